@@ -1,0 +1,70 @@
+# Build, install, check, demo and package vdsm.
+#
+#   make check   set up the host, the venv, then lint and run the whole test suite
+#   make demo    set up the host and the venv, then run scripts/demo.py
+#   make rpm     build build/rpm/RPMS/noarch/vdsm-<version>-*.noarch.rpm
+#
+# The venv is rebuilt only when setup.py changes (stamp file $(VENV)/.installed).
+
+PYTHON ?= python3
+VENV ?= .venv
+VPY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+VERSION := $(shell sed -n 's/^__version__ *= *["'\'']\([^"'\'']*\)["'\''].*/\1/p' vdsm/__init__.py)
+RPM_TOP := $(CURDIR)/build/rpm
+TARBALL := $(RPM_TOP)/SOURCES/vdsm-$(VERSION).tar.gz
+PYTEST_ARGS ?=
+
+.PHONY: all venv host lint test check demo rpm clean
+
+all: check
+
+venv: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+host:
+	bash scripts/setup-host.sh
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy vdsm vdsm_cli vdsm_api
+
+# pytest exits 5 when it collected no test: that must fail loudly, never pass as "green".
+test: $(STAMP)
+	@rc=0; $(VPY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
+	exit $$rc
+
+check: host venv lint test
+
+demo: host venv
+	$(VPY) scripts/demo.py
+
+# The RPM is built from a tarball of the working tree: tracked and untracked files that git does
+# not ignore (so never .venv/ or build/), or, outside a git work tree, everything but those.
+rpm:
+	rm -rf $(RPM_TOP)
+	mkdir -p $(RPM_TOP)/SOURCES $(RPM_TOP)/SPECS $(RPM_TOP)/BUILD $(RPM_TOP)/BUILDROOT \
+		$(RPM_TOP)/RPMS $(RPM_TOP)/SRPMS
+	sed 's/@VERSION@/$(VERSION)/g' vdsm.spec.in > $(RPM_TOP)/SPECS/vdsm.spec
+	if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then \
+		git ls-files -z --cached --others --exclude-standard \
+		| xargs -0 -r sh -c 'for f; do [ -e "$$f" ] && printf "%s\0" "$$f"; done' sh \
+		| tar --null -T - --transform 's,^,vdsm-$(VERSION)/,S' -czf $(TARBALL); \
+	else \
+		tar --exclude=./.venv --exclude=./build --exclude=__pycache__ --exclude='*.egg-info' \
+			--exclude=.mypy_cache --exclude=.ruff_cache --exclude=.pytest_cache \
+			--exclude=.hypothesis --exclude=.benchmarks --exclude=./dist \
+			--transform 's,^\.,vdsm-$(VERSION),S' -czf $(TARBALL) .; \
+	fi
+	rpmbuild -bb --nodeps --define '_topdir $(RPM_TOP)' $(RPM_TOP)/SPECS/vdsm.spec
+	@ls -1 $(RPM_TOP)/RPMS/*/*.rpm
+
+clean:
+	rm -rf build dist $(VENV) *.egg-info .mypy_cache .ruff_cache .pytest_cache .hypothesis .benchmarks
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,57 @@
+"""Packaging for vdsm: the daemon (vdsm), its client (vdsm_cli) and the API schema (vdsm_api).
+
+The version has one source, ``__version__`` in vdsm/__init__.py; it is read as text so that
+building never imports the package.
+"""
+
+import pathlib
+import re
+
+from setuptools import find_packages, setup
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def read_version() -> str:
+    text = (HERE / "vdsm" / "__init__.py").read_text(encoding="utf-8")
+    match = re.search(r'^__version__\s*=\s*["\']([^"\']+)["\']', text, re.MULTILINE)
+    if match is None:
+        raise RuntimeError("__version__ not found in vdsm/__init__.py")
+    return match.group(1)
+
+
+setup(
+    name="vdsm",
+    version=read_version(),
+    description="Host agent daemon for KVM hosts: live storage migration of running VMs' disks",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8")
+    if (HERE / "README.md").exists()
+    else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(
+        include=["vdsm", "vdsm.*", "vdsm_cli", "vdsm_cli.*", "vdsm_api", "vdsm_api.*"]
+    ),
+    package_data={"vdsm_api": ["*.yml", "*.yaml", "*.json"]},
+    python_requires=">=3.11",
+    install_requires=[
+        "libvirt-python",
+        "lxml",
+        "PyYAML",
+    ],
+    extras_require={
+        "test": [
+            "pytest",
+            "hypothesis",
+            "ruff",
+            "mypy",
+            "types-lxml",
+        ],
+    },
+    entry_points={
+        "console_scripts": [
+            "vdsmd = vdsm.vdsmd:main",
+            "vdsClient = vdsm_cli.vdsclient:main",
+        ],
+    },
+    zip_safe=False,
+)

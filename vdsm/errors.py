@@ -1,0 +1,346 @@
+"""The one error hierarchy of vdsm, with VDSM's stable numeric codes.
+
+Every failure the daemon can report is a subclass of :class:`VdsmError`. Code below the API
+raises these; only the RPC boundary turns them into the ``{'status': {'code', 'message'}}``
+envelope, and only the CLI turns them into messages and exit codes.
+
+Each class carries VDSM's ``code`` and ``name`` (the public contract, see lsm-contract §6) and
+a ``title``; the instance adds a ``detail`` that names the VM, volume, image, domain, task or
+parameter at fault, so every message is something a person can act on.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class VdsmError(Exception):
+    """Base of every vdsm error; also VDSM's GeneralException (100) when raised directly."""
+
+    code: ClassVar[int] = 100
+    name: ClassVar[str] = "GeneralException"
+    title: ClassVar[str] = "General exception"
+
+    def __init__(self, detail: str = "") -> None:
+        self.detail = detail
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        return f"{self.title}: {self.detail}" if self.detail else self.title
+
+
+# --- VM layer ---------------------------------------------------------------------------------
+
+
+class NoSuchVM(VdsmError):
+    code = 1
+    name = "noVM"
+    title = "Virtual machine does not exist"
+
+
+class DriveNotFound(VdsmError):
+    code = 13
+    name = "imageErr"
+    title = "Drive image file could not be found"
+
+
+class ReplicationNotReady(VdsmError):
+    code = 40
+    name = "unavail"
+    title = "Resource unavailable"
+
+
+class DriveSwitchFailed(VdsmError):
+    code = 41
+    name = "changeDisk"
+    title = "Failed to change disk image"
+
+
+class ReplicationError(VdsmError):
+    code = 55
+    name = "replicaErr"
+    title = "Drive replication error"
+
+
+class ReplicationNotInProgress(VdsmError):
+    code = 88
+    name = "ReplicationNotInProgress"
+    title = "Drive replication not in progress"
+
+
+# --- volumes ----------------------------------------------------------------------------------
+
+
+class VolumeDoesNotExist(VdsmError):
+    code = 201
+    name = "VolumeDoesNotExist"
+    title = "Volume does not exist"
+
+
+class IncorrectFormat(VdsmError):
+    code = 202
+    name = "IncorrectFormat"
+    title = "Incorrect volume format"
+
+
+class VolumeImageHasChildren(VdsmError):
+    code = 204
+    name = "VolumeImageHasChildren"
+    title = "Cannot delete a volume that has children"
+
+
+class VolumeCreationError(VdsmError):
+    code = 205
+    name = "VolumeCreationError"
+    title = "Error creating a new volume"
+
+
+class VolumeMetadataReadError(VdsmError):
+    code = 207
+    name = "VolumeMetadataReadError"
+    title = "Error while processing volume metadata"
+
+
+class VolumeMetadataWriteError(VdsmError):
+    code = 208
+    name = "VolumeMetadataWriteError"
+    title = "Error while updating volume metadata"
+
+
+class VolumeAlreadyExists(VdsmError):
+    code = 212
+    name = "VolumeAlreadyExists"
+    title = "Volume already exists"
+
+
+class CannotDeleteVolume(VdsmError):
+    code = 222
+    name = "CannotDeleteVolume"
+    title = "Volume deletion error"
+
+
+class IllegalVolumeSnapshot(VdsmError):
+    code = 226
+    name = "createIllegalVolumeSnapshotError"
+    title = "Cannot create volume snapshot from illegal volume"
+
+
+class IllegalVolumePrepare(VdsmError):
+    code = 227
+    name = "prepareIllegalVolumeError"
+    title = "Cannot prepare illegal volume"
+
+
+# --- images -----------------------------------------------------------------------------------
+
+
+class ImageDeleteError(VdsmError):
+    code = 256
+    name = "ImageDeleteError"
+    title = "Could not remove all image's volumes"
+
+
+class SourceImageActionError(VdsmError):
+    code = 259
+    name = "SourceImageActionError"
+    title = "Error during source image manipulation"
+
+
+class DestImageActionError(VdsmError):
+    code = 260
+    name = "DestImageActionError"
+    title = "Error during destination image manipulation"
+
+
+class CopyImageError(VdsmError):
+    code = 261
+    name = "CopyImageError"
+    title = "Low level image copy failed"
+
+
+class ImageIsNotLegalChain(VdsmError):
+    code = 262
+    name = "ImageIsNotLegalChain"
+    title = "Image is not a legal chain"
+
+
+class ImageDoesNotExistInSD(VdsmError):
+    code = 268
+    name = "ImageDoesNotExistInSD"
+    title = "Image does not exist in domain"
+
+
+# --- pools and domains ------------------------------------------------------------------------
+
+
+class StoragePoolCreationError(VdsmError):
+    code = 301
+    name = "StoragePoolCreationError"
+    title = "Error creating a storage pool"
+
+
+class StoragePoolUnknown(VdsmError):
+    code = 309
+    name = "StoragePoolUnknown"
+    title = "Unknown pool id, pool not connected"
+
+
+class StoragePoolAlreadyExists(VdsmError):
+    code = 316
+    name = "StoragePoolAlreadyExists"
+    title = "Error creating a storage pool - pool already exists"
+
+
+class StorageDomainCreationError(VdsmError):
+    code = 351
+    name = "StorageDomainCreationError"
+    title = "Error creating a storage domain"
+
+
+class StorageDomainNotInPool(VdsmError):
+    code = 353
+    name = "StorageDomainNotInPool"
+    title = "Storage domain not in pool"
+
+
+class StorageDomainDoesNotExist(VdsmError):
+    code = 358
+    name = "StorageDomainDoesNotExist"
+    title = "Storage domain does not exist"
+
+
+class StorageDomainMetadataNotFound(VdsmError):
+    code = 364
+    name = "StorageDomainMetadataNotFound"
+    title = "Storage domain invalid, metadata not found"
+
+
+class StorageDomainAlreadyExists(VdsmError):
+    code = 365
+    name = "StorageDomainAlreadyExists"
+    title = "Storage domain already exists"
+
+
+class StorageDomainLayoutError(VdsmError):
+    code = 371
+    name = "StorageDomainLayoutError"
+    title = "Storage domain layout corrupted"
+
+
+class StorageDomainAlreadyAttached(VdsmError):
+    code = 380
+    name = "StorageDomainAlreadyAttached"
+    title = "Storage domain already attached to pool"
+
+
+class NoSpaceLeftOnDomain(VdsmError):
+    code = 397
+    name = "NoSpaceLeftOnDomain"
+    title = "No space left on domain"
+
+
+# --- tasks ------------------------------------------------------------------------------------
+
+
+class UnknownTask(VdsmError):
+    code = 401
+    name = "UnknownTask"
+    title = "Task id unknown"
+
+
+class TaskNotFinished(VdsmError):
+    code = 403
+    name = "TaskNotFinished"
+    title = "Task not finished"
+
+
+class TaskStateError(VdsmError):
+    code = 410
+    name = "TaskStateError"
+    title = "Operation is not allowed in this task state"
+
+
+class TaskAborted(VdsmError):
+    code = 411
+    name = "TaskAborted"
+    title = "Task is aborted"
+
+
+# --- SPM, parameters, misc --------------------------------------------------------------------
+
+
+class SpmStatusError(VdsmError):
+    code = 654
+    name = "SpmStatusError"
+    title = "Not SPM"
+
+
+class InvalidParameter(VdsmError):
+    code = 1000
+    name = "InvalidParameterException"
+    title = "Invalid parameter"
+
+    def __init__(self, param: str, value: object, reason: str = "") -> None:
+        self.param = param
+        self.value = value
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        detail = f"{param}={shown}"
+        if reason:
+            detail += f" ({reason})"
+        super().__init__(detail)
+
+
+class NotImplementedVerb(VdsmError):
+    code = 2000
+    name = "MiscNotImplementedException"
+    title = "Method not implemented"
+
+
+class ResourceTimeout(VdsmError):
+    code = 851
+    name = "ResourceTimeout"
+    title = "Resource timeout"
+
+
+# --- external commands ------------------------------------------------------------------------
+
+
+class CommandError(VdsmError):
+    """An external command (qemu-img, ...) failed; ``detail`` carries its argv and stderr."""
+
+    code = 100
+    name = "GeneralException"
+    title = "Command failed"
+
+    def __init__(self, argv: list[str], rc: int | None, stderr: str, reason: str = "") -> None:
+        self.argv = list(argv)
+        self.rc = rc
+        self.stderr = stderr
+        what = reason or f"exit code {rc}"
+        text = stderr.strip()
+        detail = f"{' '.join(self.argv)}: {what}"
+        if text:
+            detail += f": {text}"
+        super().__init__(detail)
+
+
+class CommandTimeout(CommandError):
+    title = "Command timed out"
+
+
+class CommandAborted(CommandError):
+    title = "Command aborted"
+
+
+def all_error_types() -> list[type[VdsmError]]:
+    """Every concrete error class, for the schema, the docs and the CLI's code table."""
+    found: list[type[VdsmError]] = []
+    pending: list[type[VdsmError]] = [VdsmError]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    return found

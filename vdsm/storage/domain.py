@@ -1,0 +1,251 @@
+"""File storage domains: creation, opening, the directory layout of contract §7, space stats.
+
+A file domain is the directory ``<root>/<sdUUID>`` on any POSIX file system (local disk, an NFS
+mount, ...)::
+
+    dom_md/metadata                     KEY=VALUE domain (and, on the master, pool) metadata
+    dom_md/{ids,leases,inbox,outbox}    reserved for leases and messaging
+    images/<imgUUID>/<volUUID>[.meta|.lease]
+    master/tasks/<taskID>/              persisted SPM tasks (used on the master domain)
+
+Every path is built from validated UUIDs only. Creation assembles the domain in a hidden
+temporary directory and renames it into place, so a failed or interrupted create never leaves
+a half-made domain under its real name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from vdsm import validation
+from vdsm.errors import (
+    InvalidParameter,
+    StorageDomainAlreadyExists,
+    StorageDomainCreationError,
+    StorageDomainLayoutError,
+    StorageDomainMetadataNotFound,
+)
+from vdsm.storage import fileutil, kvfile
+from vdsm.storage.constants import (
+    DOMAIN_VERSION,
+    NAME_MAX_LENGTH,
+    SUPPORTED_BLOCK_SIZES,
+    DomainClass,
+    DomainRole,
+    DomainType,
+)
+
+DOM_MD = "dom_md"
+IMAGES = "images"
+MASTER = "master"
+TASKS = "tasks"
+RESERVED_DOM_MD_FILES = ("ids", "leases", "inbox", "outbox")
+METADATA_FILE = "metadata"
+
+
+@dataclass(frozen=True)
+class DomainMetadata:
+    sd_uuid: str
+    name: str
+    domain_type: DomainType
+    domain_class: DomainClass
+    version: int
+    block_size: int
+    remote_path: str  # the directory the domain was created in, as given
+    pool_uuid: str = ""  # empty while the domain belongs to no pool
+    role: DomainRole = DomainRole.REGULAR
+    # The pool's own metadata lives on its master domain only.
+    pool_name: str = ""
+    pool_domains: tuple[str, ...] = ()
+    master_version: int = 0
+
+    def replace(self, **changes: object) -> DomainMetadata:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def to_text(self) -> str:
+        return kvfile.dump(
+            {
+                "BLOCK_SIZE": str(self.block_size),
+                "CLASS": self.domain_class.value,
+                "DESCRIPTION": self.name,
+                "MASTER_VERSION": str(self.master_version),
+                "POOL_DESCRIPTION": self.pool_name,
+                "POOL_DOMAINS": ",".join(self.pool_domains),
+                "POOL_UUID": self.pool_uuid,
+                "REMOTE_PATH": self.remote_path,
+                "ROLE": self.role.value,
+                "SDUUID": self.sd_uuid,
+                "TYPE": self.domain_type.value,
+                "VERSION": str(self.version),
+            }
+        )
+
+    @classmethod
+    def from_text(cls, text: str, where: str) -> DomainMetadata:
+        try:
+            values = kvfile.load(text)
+            pool_domains = values["POOL_DOMAINS"]
+            return cls(
+                sd_uuid=validation.uuid(values["SDUUID"], "SDUUID"),
+                name=values["DESCRIPTION"],
+                domain_type=validation.enum_value(values["TYPE"], DomainType, "TYPE"),
+                domain_class=validation.enum_value(values["CLASS"], DomainClass, "CLASS"),
+                version=int(values["VERSION"]),
+                block_size=int(values["BLOCK_SIZE"]),
+                remote_path=values["REMOTE_PATH"],
+                pool_uuid=values["POOL_UUID"],
+                role=validation.enum_value(values["ROLE"], DomainRole, "ROLE"),
+                pool_name=values["POOL_DESCRIPTION"],
+                pool_domains=tuple(pool_domains.split(",")) if pool_domains else (),
+                master_version=int(values["MASTER_VERSION"]),
+            )
+        except (kvfile.KVFormatError, KeyError, ValueError, InvalidParameter) as e:
+            raise StorageDomainLayoutError(f"{where}: unreadable domain metadata: {e}") from None
+
+
+@dataclass(frozen=True)
+class DomainStats:
+    total_bytes: int
+    used_bytes: int
+    free_bytes: int
+
+
+class FileStorageDomain:
+    """An open file storage domain: its metadata and the paths of everything inside it."""
+
+    def __init__(self, path: Path, metadata: DomainMetadata) -> None:
+        self.path = path
+        self.metadata = metadata
+
+    def __repr__(self) -> str:
+        return f"FileStorageDomain({self.sd_uuid!r}, {str(self.path)!r})"
+
+    @property
+    def sd_uuid(self) -> str:
+        return self.metadata.sd_uuid
+
+    # --- paths (callers pass validated UUIDs; the checks here are a second guard) -----------
+
+    @property
+    def metadata_path(self) -> Path:
+        return self.path / DOM_MD / METADATA_FILE
+
+    @property
+    def images_dir(self) -> Path:
+        return self.path / IMAGES
+
+    @property
+    def tasks_dir(self) -> Path:
+        return self.path / MASTER / TASKS
+
+    def image_dir(self, img_uuid: str) -> Path:
+        return self.images_dir / validation.uuid(img_uuid, "imgUUID")
+
+    def volume_path(self, img_uuid: str, vol_uuid: str) -> Path:
+        return self.image_dir(img_uuid) / validation.uuid(vol_uuid, "volUUID")
+
+    # --- contents ---------------------------------------------------------------------------
+
+    def image_uuids(self) -> list[str]:
+        """Images of this domain: directories under ``images/`` named by a UUID."""
+        found = []
+        for entry in self.images_dir.iterdir():
+            try:
+                img_uuid = validation.uuid(entry.name, "imgUUID")
+            except InvalidParameter:
+                continue  # a temporary or foreign entry is not an image
+            if entry.is_dir() and img_uuid == entry.name:
+                found.append(img_uuid)
+        return sorted(found)
+
+    def stats(self) -> DomainStats:
+        """Space of the file system that holds the domain, as an unprivileged writer sees it."""
+        st = os.statvfs(self.path)
+        total = st.f_blocks * st.f_frsize
+        free = st.f_bavail * st.f_frsize
+        return DomainStats(total_bytes=total, used_bytes=total - free, free_bytes=free)
+
+    def write_metadata(self, metadata: DomainMetadata) -> None:
+        fileutil.atomic_write(self.metadata_path, metadata.to_text().encode("utf-8"))
+        self.metadata = metadata
+
+    # --- life cycle -------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path) -> FileStorageDomain:
+        """Open the domain at ``path`` (``<root>/<sdUUID>``), checking its layout."""
+        metadata_path = path / DOM_MD / METADATA_FILE
+        try:
+            text = metadata_path.read_text("utf-8")
+        except FileNotFoundError:
+            raise StorageDomainMetadataNotFound(f"no {metadata_path}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise StorageDomainLayoutError(f"{metadata_path}: {e}") from None
+        metadata = DomainMetadata.from_text(text, str(metadata_path))
+        if metadata.sd_uuid != path.name:
+            raise StorageDomainLayoutError(
+                f"{path}: metadata names domain {metadata.sd_uuid}, the directory {path.name}"
+            )
+        if not (path / IMAGES).is_dir():
+            raise StorageDomainLayoutError(f"{path}: no {IMAGES}/ directory")
+        return cls(path, metadata)
+
+    @classmethod
+    def create(
+        cls,
+        root: Path,
+        sd_uuid: str,
+        name: str,
+        *,
+        domain_type: DomainType = DomainType.LOCALFS,
+        domain_class: DomainClass = DomainClass.DATA,
+        version: int = DOMAIN_VERSION,
+        block_size: int = 512,
+    ) -> FileStorageDomain:
+        """Create a domain in the existing directory ``root``."""
+        sd_uuid = validation.uuid(sd_uuid, "sdUUID")
+        name = validation.text(name, "domainName", max_length=NAME_MAX_LENGTH)
+        if version != DOMAIN_VERSION:
+            raise InvalidParameter("domVersion", version, f"only version {DOMAIN_VERSION}")
+        if block_size not in SUPPORTED_BLOCK_SIZES:
+            raise InvalidParameter("blockSize", block_size, f"one of {SUPPORTED_BLOCK_SIZES}")
+        if not root.is_absolute():
+            raise InvalidParameter("typeSpecificArg", str(root), "must be an absolute path")
+        if not root.is_dir():
+            raise StorageDomainCreationError(f"{root} is not an existing directory")
+        final = root / sd_uuid
+        if final.exists() or final.is_symlink():
+            raise StorageDomainAlreadyExists(f"domain {sd_uuid} already exists in {root}")
+
+        metadata = DomainMetadata(
+            sd_uuid=sd_uuid,
+            name=name,
+            domain_type=domain_type,
+            domain_class=domain_class,
+            version=version,
+            block_size=block_size,
+            remote_path=str(root),
+        )
+        staging = root / f".{sd_uuid}.creating-{secrets.token_hex(4)}"
+        try:
+            (staging / DOM_MD).mkdir(parents=True)
+            (staging / IMAGES).mkdir()
+            (staging / MASTER / TASKS).mkdir(parents=True)
+            for reserved in RESERVED_DOM_MD_FILES:
+                fileutil.create_empty(staging / DOM_MD / reserved)
+            fileutil.atomic_write(staging / DOM_MD / METADATA_FILE, metadata.to_text().encode())
+            if final.exists():
+                raise StorageDomainAlreadyExists(f"domain {sd_uuid} already exists in {root}")
+            os.rename(staging, final)
+            fileutil.fsync_dir(root)
+        except BaseException as e:
+            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(e, OSError):
+                raise StorageDomainCreationError(f"domain {sd_uuid} in {root}: {e}") from None
+            raise
+        return cls(final, metadata)

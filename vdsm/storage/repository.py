@@ -1,0 +1,105 @@
+"""The host's storage repository: where each known storage domain lives.
+
+Domains may sit in any directory (a local disk, several NFS mounts), so the host keeps one
+symbolic link per domain, ``<repository>/domains/<sdUUID> → <root>/<sdUUID>``, as VDSM keeps
+its links under ``/rhev/data-center``. The links survive a daemon restart; a domain is looked
+up by UUID only, and the UUID is validated before it becomes part of a path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from vdsm import validation
+from vdsm.errors import StorageDomainAlreadyExists, StorageDomainDoesNotExist, VdsmError
+from vdsm.storage import fileutil
+from vdsm.storage.constants import DomainClass, DomainType
+from vdsm.storage.domain import FileStorageDomain
+
+log = logging.getLogger("vdsm.storage.repository")
+
+DOMAINS = "domains"
+
+
+class StorageRepository:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.links_dir = root / DOMAINS
+        self.links_dir.mkdir(parents=True, exist_ok=True)
+
+    def create_domain(
+        self,
+        root: Path,
+        sd_uuid: str,
+        name: str,
+        *,
+        domain_type: DomainType = DomainType.LOCALFS,
+        domain_class: DomainClass = DomainClass.DATA,
+        block_size: int = 512,
+    ) -> FileStorageDomain:
+        """Create a domain under ``root`` and make it known to this host."""
+        sd_uuid = validation.uuid(sd_uuid, "sdUUID")
+        if self._link(sd_uuid).is_symlink():
+            # Known here already, possibly in another directory: one UUID, one domain.
+            raise StorageDomainAlreadyExists(
+                f"domain {sd_uuid} is already known at {os.readlink(self._link(sd_uuid))}"
+            )
+        domain = FileStorageDomain.create(
+            root,
+            sd_uuid,
+            name,
+            domain_type=domain_type,
+            domain_class=domain_class,
+            block_size=block_size,
+        )
+        self.register(domain)
+        return domain
+
+    def connect(self, path: Path) -> FileStorageDomain:
+        """Make an existing domain directory (``<root>/<sdUUID>``) known to this host."""
+        domain = FileStorageDomain.open(path)
+        self.register(domain)
+        return domain
+
+    def register(self, domain: FileStorageDomain) -> None:
+        link = self._link(domain.sd_uuid)
+        tmp = fileutil.temp_path_for(link)
+        os.symlink(domain.path, tmp)
+        os.replace(tmp, link)
+        fileutil.fsync_dir(self.links_dir)
+        log.info("domain %s is at %s", domain.sd_uuid, domain.path)
+
+    def domain(self, sd_uuid: str) -> FileStorageDomain:
+        """Open a known domain; 358 if this host knows no such domain or it is gone."""
+        sd_uuid = validation.uuid(sd_uuid, "sdUUID")
+        link = self._link(sd_uuid)
+        if not link.is_symlink():
+            raise StorageDomainDoesNotExist(sd_uuid)
+        target = Path(os.readlink(link))
+        if not target.is_dir():
+            raise StorageDomainDoesNotExist(f"{sd_uuid}: its directory {target} is gone")
+        return FileStorageDomain.open(target)
+
+    def domain_uuids(self) -> list[str]:
+        found = []
+        for entry in self.links_dir.iterdir():
+            try:
+                found.append(validation.uuid(entry.name, "sdUUID"))
+            except VdsmError:
+                continue  # a temporary link being renamed into place
+        return sorted(found)
+
+    def domains(self) -> list[FileStorageDomain]:
+        """Every known domain that can be opened now (unreachable ones are skipped)."""
+        opened = []
+        for sd_uuid in self.domain_uuids():
+            try:
+                opened.append(self.domain(sd_uuid))
+            except VdsmError as e:
+                log.warning("domain %s unavailable: %s", sd_uuid, e)
+        return opened
+
+    def _link(self, sd_uuid: str) -> Path:
+        return self.links_dir / sd_uuid

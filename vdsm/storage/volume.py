@@ -1,0 +1,330 @@
+"""Volumes of a file domain: create (base or child), read info, set legality, delete a leaf.
+
+A volume is three files in its image directory: the data (qcow2 or raw), ``<vol>.meta`` and the
+reserved ``<vol>.lease``. Creation is ordered so that a crash at any point leaves either nothing
+or a volume marked ILLEGAL that rollback can recognise and remove:
+
+    image dir → .meta (ILLEGAL) → .lease → data → parent becomes INTERNAL → .meta LEGAL
+
+and a failed create undoes every step it took (no data file, no .meta, no empty image dir).
+Callers hold the image lock EXCLUSIVE around create and delete (see resource_locks).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from vdsm import validation
+from vdsm.errors import (
+    CannotDeleteVolume,
+    IllegalVolumeSnapshot,
+    IncorrectFormat,
+    InvalidParameter,
+    VdsmError,
+    VolumeAlreadyExists,
+    VolumeCreationError,
+    VolumeDoesNotExist,
+    VolumeImageHasChildren,
+    VolumeMetadataWriteError,
+)
+from vdsm.storage import fileutil, qemuimg, volume_metadata
+from vdsm.storage.constants import (
+    BLANK_UUID,
+    DESCRIPTION_MAX_LENGTH,
+    DiskType,
+    Legality,
+    Preallocation,
+    VolumeFormat,
+    VolumeRole,
+    VolumeStatus,
+)
+from vdsm.storage.domain import FileStorageDomain
+from vdsm.storage.volume_metadata import VolumeMetadata
+
+log = logging.getLogger("vdsm.storage.volume")
+
+META_SUFFIX = ".meta"
+LEASE_SUFFIX = ".lease"
+
+
+class Volume:
+    """A view of one volume: where its files are and how to read and change its metadata."""
+
+    def __init__(self, domain: FileStorageDomain, img_uuid: str, vol_uuid: str) -> None:
+        self.domain = domain
+        self.img_uuid = validation.uuid(img_uuid, "imgUUID")
+        self.vol_uuid = validation.uuid(vol_uuid, "volUUID")
+
+    def __repr__(self) -> str:
+        return f"Volume({self.description_for_errors})"
+
+    @property
+    def description_for_errors(self) -> str:
+        return f"volume {self.vol_uuid} of image {self.img_uuid} in domain {self.domain.sd_uuid}"
+
+    @property
+    def image_dir(self) -> Path:
+        return self.domain.image_dir(self.img_uuid)
+
+    @property
+    def path(self) -> Path:
+        return self.image_dir / self.vol_uuid
+
+    @property
+    def meta_path(self) -> Path:
+        return self.image_dir / (self.vol_uuid + META_SUFFIX)
+
+    @property
+    def lease_path(self) -> Path:
+        return self.image_dir / (self.vol_uuid + LEASE_SUFFIX)
+
+    def exists(self) -> bool:
+        return self.meta_path.exists()
+
+    def metadata(self) -> VolumeMetadata:
+        return volume_metadata.read(self.meta_path, self.description_for_errors)
+
+    def write_metadata(self, metadata: VolumeMetadata) -> None:
+        volume_metadata.write(self.meta_path, metadata, self.description_for_errors)
+
+    def set_legality(self, legality: Legality) -> None:
+        self.write_metadata(self.metadata().replace(legality=legality))
+
+    def set_role(self, role: VolumeRole) -> None:
+        self.write_metadata(self.metadata().replace(role=role))
+
+    def children(self) -> list[str]:
+        """volUUIDs of the volumes of this image whose parent is this volume."""
+        return sorted(
+            vol_uuid
+            for vol_uuid, md in image_volumes(self.domain, self.img_uuid).items()
+            if md.parent == self.vol_uuid
+        )
+
+    def info(self) -> VolumeInfo:
+        md = self.metadata()
+        try:
+            st = os.stat(self.path)
+            apparent, true = st.st_size, st.st_blocks * 512
+        except FileNotFoundError:
+            apparent = true = 0
+        if md.legality is Legality.ILLEGAL:
+            status = VolumeStatus.ILLEGAL
+        elif not self.path.exists():
+            status = VolumeStatus.INVALID
+        else:
+            status = VolumeStatus.OK
+        return VolumeInfo(
+            uuid=self.vol_uuid,
+            metadata=md,
+            apparent_size=apparent,
+            true_size=true,
+            status=status,
+            children=self.children(),
+            path=self.path,
+        )
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    uuid: str
+    metadata: VolumeMetadata
+    apparent_size: int  # bytes, as ``ls -l`` shows
+    true_size: int  # bytes allocated on the file system, as ``du`` shows
+    status: VolumeStatus
+    children: list[str]
+    path: Path
+
+
+def image_volumes(domain: FileStorageDomain, img_uuid: str) -> dict[str, VolumeMetadata]:
+    """Metadata of every volume in an image directory, by volUUID (empty if no such image)."""
+    image_dir = domain.image_dir(img_uuid)
+    found: dict[str, VolumeMetadata] = {}
+    try:
+        entries = list(image_dir.iterdir())
+    except FileNotFoundError:
+        return found
+    for entry in entries:
+        stem, suffix = entry.name[: -len(META_SUFFIX)], entry.name[-len(META_SUFFIX) :]
+        if suffix != META_SUFFIX:
+            continue
+        try:
+            vol_uuid = validation.uuid(stem, "volUUID")
+        except InvalidParameter:
+            continue  # temporary files and strangers are not volumes
+        if vol_uuid == stem:
+            found[vol_uuid] = Volume(domain, img_uuid, vol_uuid).metadata()
+    return found
+
+
+def create(
+    domain: FileStorageDomain,
+    img_uuid: str,
+    vol_uuid: str,
+    *,
+    capacity: object,
+    volume_format: object,
+    allocation: object,
+    disk_type: object = DiskType.DATA,
+    description: object = "",
+    parent_uuid: object = BLANK_UUID,
+) -> Volume:
+    """Create a volume: a base when ``parent_uuid`` is blank, else a qcow2 child of the leaf."""
+    img_uuid = validation.uuid(img_uuid, "imgUUID")
+    vol_uuid = validation.uuid(vol_uuid, "volUUID")
+    parent_uuid = validation.uuid(parent_uuid, "srcVolUUID", allow_blank=True)
+    capacity = validation.size_bytes(capacity, "size")
+    fmt = validation.enum_value(volume_format, VolumeFormat, "volFormat")
+    alloc = validation.enum_value(allocation, Preallocation, "preallocate")
+    dtype = validation.enum_value(disk_type, DiskType, "diskType")
+    desc = validation.text(description, "desc", max_length=DESCRIPTION_MAX_LENGTH)
+    if vol_uuid == parent_uuid:
+        raise InvalidParameter("srcVolUUID", parent_uuid, "a volume cannot be its own parent")
+
+    vol = Volume(domain, img_uuid, vol_uuid)
+    if vol.exists() or vol.path.exists():
+        raise VolumeAlreadyExists(vol.description_for_errors)
+    existing = image_volumes(domain, img_uuid)
+    parent = _checked_parent(domain, img_uuid, parent_uuid, existing, fmt, capacity)
+
+    metadata = VolumeMetadata(
+        domain=domain.sd_uuid,
+        image=img_uuid,
+        parent=parent_uuid,
+        capacity=capacity,
+        format=fmt,
+        allocation=alloc,
+        role=VolumeRole.LEAF,
+        disk_type=dtype,
+        description=desc,
+        legality=Legality.ILLEGAL,
+        ctime=int(time.time()),
+        generation=0,
+    )
+    try:
+        metadata.to_text()  # refuse an oversized description before any file exists
+    except VolumeMetadataWriteError:
+        raise InvalidParameter("desc", desc, "too long for the 512-byte metadata") from None
+
+    made_dir = False
+    made_files: list[Path] = []
+    parent_demoted = False
+    try:
+        if not vol.image_dir.exists():
+            vol.image_dir.mkdir()
+            made_dir = True
+            fileutil.fsync_dir(domain.images_dir)
+        made_files.append(vol.meta_path)
+        vol.write_metadata(metadata)
+        made_files.append(vol.lease_path)
+        fileutil.create_empty(vol.lease_path)
+        made_files.append(vol.path)
+        _create_data(vol, metadata, parent)
+        if parent is not None:
+            parent_demoted = True
+            parent.set_role(VolumeRole.INTERNAL)
+        vol.write_metadata(metadata.replace(legality=Legality.LEGAL))
+    except BaseException as e:
+        log.warning("creating %s failed, undoing: %s", vol.description_for_errors, e)
+        if parent_demoted and parent is not None:
+            parent.set_role(VolumeRole.LEAF)
+        for path in reversed(made_files):
+            fileutil.remove_file(path)
+        if made_dir:
+            fileutil.remove_dir_if_empty(vol.image_dir)
+        if isinstance(e, (VdsmError, OSError)):
+            raise VolumeCreationError(f"{vol.description_for_errors}: {e}") from e
+        raise
+    log.info("created %s (%s %s, %d bytes)", vol.description_for_errors, fmt, alloc, capacity)
+    return vol
+
+
+def _checked_parent(
+    domain: FileStorageDomain,
+    img_uuid: str,
+    parent_uuid: str,
+    existing: dict[str, VolumeMetadata],
+    fmt: VolumeFormat,
+    capacity: int,
+) -> Volume | None:
+    """The parent volume a new volume may be created on, or None for a new base."""
+    if parent_uuid == BLANK_UUID:
+        if existing:
+            raise VolumeCreationError(
+                f"image {img_uuid} in domain {domain.sd_uuid} already has volumes; "
+                "a second base volume would fork the chain (pass srcVolUUID)"
+            )
+        return None
+    parent = Volume(domain, img_uuid, parent_uuid)
+    if parent_uuid not in existing:
+        raise VolumeDoesNotExist(f"parent {parent.description_for_errors}")
+    parent_md = existing[parent_uuid]
+    if parent_md.legality is Legality.ILLEGAL:
+        raise IllegalVolumeSnapshot(parent.description_for_errors)
+    if parent_md.role is not VolumeRole.LEAF:
+        raise VolumeCreationError(
+            f"parent {parent.description_for_errors} is {parent_md.role}, not LEAF: "
+            "a chain cannot branch"
+        )
+    if fmt is not VolumeFormat.COW:
+        raise IncorrectFormat(f"volFormat {fmt}: a volume with a parent must be COW (qcow2)")
+    if capacity < parent_md.capacity:
+        raise InvalidParameter(
+            "size", capacity, f"smaller than the parent's capacity {parent_md.capacity}"
+        )
+    return parent
+
+
+def _create_data(vol: Volume, metadata: VolumeMetadata, parent: Volume | None) -> None:
+    preallocated = metadata.allocation is Preallocation.PREALLOCATED
+    options: dict[str, str] = {}
+    backing = backing_format = None
+    if parent is not None:
+        # Relative to the image directory, so the chain survives being mounted elsewhere.
+        backing = parent.vol_uuid
+        backing_format = parent.metadata().format.qemu_format
+        if preallocated:
+            # qcow2 refuses preallocation over a backing file unless clusters are split in
+            # sub-clusters; extended L2 entries are what make the two compatible.
+            options["extended_l2"] = "on"
+    qemuimg.create(
+        str(vol.path),
+        metadata.format.qemu_format,
+        metadata.capacity,
+        backing=backing,
+        backing_format=backing_format,
+        preallocation="falloc" if preallocated else None,
+        options=options or None,
+    )
+
+
+def delete(vol: Volume) -> None:
+    """Delete a leaf volume; its parent becomes the leaf again.
+
+    The volume is first marked ILLEGAL, so a crash half-way leaves a volume that is visibly
+    not to be used, and its ``.meta`` goes last, so the volume never becomes an orphan data file.
+    """
+    md = vol.metadata()
+    children = vol.children()
+    if children:
+        raise VolumeImageHasChildren(f"{vol.description_for_errors} has children {children}")
+    if md.role is VolumeRole.SHARED:
+        raise CannotDeleteVolume(f"{vol.description_for_errors} is a shared (template) volume")
+    try:
+        vol.write_metadata(md.replace(legality=Legality.ILLEGAL))
+        fileutil.remove_file(vol.path)
+        fileutil.remove_file(vol.lease_path)
+        fileutil.remove_file(vol.meta_path)
+        fileutil.fsync_dir(vol.image_dir)
+    except OSError as e:
+        raise CannotDeleteVolume(f"{vol.description_for_errors}: {e}") from e
+    if md.parent != BLANK_UUID:
+        parent = Volume(vol.domain, vol.img_uuid, md.parent)
+        if parent.exists():
+            parent.set_role(VolumeRole.LEAF)
+    fileutil.remove_dir_if_empty(vol.image_dir)
+    log.info("deleted %s", vol.description_for_errors)
