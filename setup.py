@@ -45,6 +45,7 @@ setup(
             "ruff",
             "mypy",
             "types-lxml",
+            "types-PyYAML",
         ],
     },
     entry_points={

@@ -29,7 +29,7 @@ PACKAGES=(
     qemu-utils qemu-system-x86
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
     libvirt-dev pkg-config gcc
-    rpm procps passwd
+    rpm procps passwd openssl
 )
 
 # The settings the QEMU driver needs in a container without systemd (see the README).

@@ -343,3 +343,22 @@ def test_uppercase_uuids_name_the_same_volume(domain: FileStorageDomain) -> None
     img, vol = new_uuid(), new_uuid()
     created = volumes.create(domain, img.upper(), vol.upper(), **GOOD)  # type: ignore[arg-type]
     assert created.path == domain.path / "images" / img / vol
+
+
+def test_remove_if_present_undoes_create_from_any_state(domain: FileStorageDomain) -> None:
+    img = new_uuid()
+    base, middle, leaf = make_chain(domain, img)
+    # As a crash after the data file was made leaves it: the data file gone already, the
+    # metadata still there and ILLEGAL, the parent already INTERNAL.
+    leaf.set_legality(Legality.ILLEGAL)
+    leaf.path.unlink()
+    volumes.remove_if_present(domain, img, leaf.vol_uuid)
+    assert not leaf.meta_path.exists() and not leaf.lease_path.exists()
+    assert middle.metadata().role is VolumeRole.LEAF
+    volumes.remove_if_present(domain, img, leaf.vol_uuid)  # a second run is harmless
+    assert [v.vol_uuid for v in image.chain(domain, img)] == [base.vol_uuid, middle.vol_uuid]
+    with pytest.raises(VolumeImageHasChildren):
+        volumes.remove_if_present(domain, img, base.vol_uuid)
+    volumes.remove_if_present(domain, img, middle.vol_uuid)
+    volumes.remove_if_present(domain, img, base.vol_uuid)
+    assert not domain.image_dir(img).exists()

@@ -66,6 +66,7 @@ def create(
     preallocation: str | None = None,
     cluster_size: int | None = None,
     options: Mapping[str, str] | None = None,
+    cancellation: runner.Cancellation | None = None,
     timeout: float = METADATA_TIMEOUT,
 ) -> None:
     """Create an image of ``fmt`` ("raw" or "qcow2"; qcow2 is always compat=1.1).
@@ -93,7 +94,7 @@ def create(
     argv.append(_filename(path))
     if size is not None:
         argv.append(str(size))
-    runner.run(argv, timeout=timeout)
+    runner.run(argv, timeout=timeout, cancellation=cancellation)
 
 
 @overload

@@ -15,7 +15,7 @@ from pathlib import Path
 from vdsm import validation
 from vdsm.errors import StorageDomainAlreadyExists, StorageDomainDoesNotExist, VdsmError
 from vdsm.storage import fileutil
-from vdsm.storage.constants import DomainClass, DomainType
+from vdsm.storage.constants import DOMAIN_VERSION, DomainClass, DomainType
 from vdsm.storage.domain import FileStorageDomain
 
 log = logging.getLogger("vdsm.storage.repository")
@@ -38,6 +38,7 @@ class StorageRepository:
         domain_type: DomainType = DomainType.LOCALFS,
         domain_class: DomainClass = DomainClass.DATA,
         block_size: int = 512,
+        version: int = DOMAIN_VERSION,
     ) -> FileStorageDomain:
         """Create a domain under ``root`` and make it known to this host."""
         sd_uuid = validation.uuid(sd_uuid, "sdUUID")
@@ -53,6 +54,7 @@ class StorageRepository:
             domain_type=domain_type,
             domain_class=domain_class,
             block_size=block_size,
+            version=version,
         )
         self.register(domain)
         return domain

@@ -47,6 +47,9 @@ _MAX_RECORD = 256
 
 ProgressCallback = Callable[[float], None]
 
+# The environment variable that tags a child with the label of its Cancellation (a task id).
+TASK_ID_ENV = "VDSM_TASK_ID"
+
 
 @dataclass(frozen=True)
 class CommandResult:
@@ -67,7 +70,10 @@ class Cancellation:
     this token raises CommandAborted without starting its process.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, label: str | None = None) -> None:
+        # Every child started under a labelled token carries ``VDSM_TASK_ID=<label>`` in its
+        # environment, so a restarted daemon can find (and kill) what a dead one left running.
+        self.label = label
         self._lock = threading.Lock()
         self._cancelled = False
         self._commands: set[_Command] = set()
@@ -233,6 +239,11 @@ def run(
     if cancellation is not None and cancellation.cancelled:
         raise CommandAborted(args, None, "", reason="cancelled before start")
 
+    child_env = None if env is None else dict(env)
+    if cancellation is not None and cancellation.label is not None:
+        child_env = dict(os.environ if child_env is None else child_env)
+        child_env[TASK_ID_ENV] = cancellation.label
+
     log.debug("running %s", args)
     started = time.monotonic()
     try:
@@ -242,7 +253,7 @@ def run(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=cwd,
-            env=None if env is None else dict(env),
+            env=child_env,
             start_new_session=True,
         )
     except OSError as e:

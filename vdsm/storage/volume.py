@@ -21,6 +21,7 @@ from pathlib import Path
 from vdsm import validation
 from vdsm.errors import (
     CannotDeleteVolume,
+    CommandAborted,
     IllegalVolumeSnapshot,
     IncorrectFormat,
     InvalidParameter,
@@ -43,6 +44,7 @@ from vdsm.storage.constants import (
     VolumeStatus,
 )
 from vdsm.storage.domain import FileStorageDomain
+from vdsm.storage.runner import Cancellation
 from vdsm.storage.volume_metadata import VolumeMetadata
 
 log = logging.getLogger("vdsm.storage.volume")
@@ -161,10 +163,19 @@ def image_volumes(domain: FileStorageDomain, img_uuid: str) -> dict[str, VolumeM
     return found
 
 
-def create(
+@dataclass(frozen=True)
+class VolumePlan:
+    """A checked request to create a volume: what create() will make, and on which parent."""
+
+    volume: Volume
+    metadata: VolumeMetadata  # as first written: ILLEGAL until the data exists
+    parent: Volume | None
+
+
+def plan_create(
     domain: FileStorageDomain,
-    img_uuid: str,
-    vol_uuid: str,
+    img_uuid: object,
+    vol_uuid: object,
     *,
     capacity: object,
     volume_format: object,
@@ -172,8 +183,12 @@ def create(
     disk_type: object = DiskType.DATA,
     description: object = "",
     parent_uuid: object = BLANK_UUID,
-) -> Volume:
-    """Create a volume: a base when ``parent_uuid`` is blank, else a qcow2 child of the leaf."""
+) -> VolumePlan:
+    """Check a create request against the domain as it is now, creating nothing.
+
+    The API layer calls this before it starts a task, so bad input is answered at once;
+    create() calls it again under the image lock.
+    """
     img_uuid = validation.uuid(img_uuid, "imgUUID")
     vol_uuid = validation.uuid(vol_uuid, "volUUID")
     parent_uuid = validation.uuid(parent_uuid, "srcVolUUID", allow_blank=True)
@@ -209,7 +224,39 @@ def create(
         metadata.to_text()  # refuse an oversized description before any file exists
     except VolumeMetadataWriteError:
         raise InvalidParameter("desc", desc, "too long for the 512-byte metadata") from None
+    return VolumePlan(volume=vol, metadata=metadata, parent=parent)
 
+
+def create(
+    domain: FileStorageDomain,
+    img_uuid: object,
+    vol_uuid: object,
+    *,
+    capacity: object,
+    volume_format: object,
+    allocation: object,
+    disk_type: object = DiskType.DATA,
+    description: object = "",
+    parent_uuid: object = BLANK_UUID,
+    cancellation: Cancellation | None = None,
+) -> Volume:
+    """Create a volume: a base when ``parent_uuid`` is blank, else a qcow2 child of the leaf.
+
+    ``cancellation`` (a task's) lets a stop kill qemu-img and tags it with the task's id.
+    """
+    plan = plan_create(
+        domain,
+        img_uuid,
+        vol_uuid,
+        capacity=capacity,
+        volume_format=volume_format,
+        allocation=allocation,
+        disk_type=disk_type,
+        description=description,
+        parent_uuid=parent_uuid,
+    )
+    vol, metadata, parent = plan.volume, plan.metadata, plan.parent
+    fmt, alloc = metadata.format, metadata.allocation
     made_dir = False
     made_files: list[Path] = []
     parent_demoted = False
@@ -223,7 +270,7 @@ def create(
         made_files.append(vol.lease_path)
         fileutil.create_empty(vol.lease_path)
         made_files.append(vol.path)
-        _create_data(vol, metadata, parent)
+        _create_data(vol, metadata, parent, cancellation)
         if parent is not None:
             parent_demoted = True
             parent.set_role(VolumeRole.INTERNAL)
@@ -236,10 +283,14 @@ def create(
             fileutil.remove_file(path)
         if made_dir:
             fileutil.remove_dir_if_empty(vol.image_dir)
+        if isinstance(e, CommandAborted):
+            raise  # a stopped task: not a creation error
         if isinstance(e, (VdsmError, OSError)):
             raise VolumeCreationError(f"{vol.description_for_errors}: {e}") from e
         raise
-    log.info("created %s (%s %s, %d bytes)", vol.description_for_errors, fmt, alloc, capacity)
+    log.info(
+        "created %s (%s %s, %d bytes)", vol.description_for_errors, fmt, alloc, metadata.capacity
+    )
     return vol
 
 
@@ -279,7 +330,12 @@ def _checked_parent(
     return parent
 
 
-def _create_data(vol: Volume, metadata: VolumeMetadata, parent: Volume | None) -> None:
+def _create_data(
+    vol: Volume,
+    metadata: VolumeMetadata,
+    parent: Volume | None,
+    cancellation: Cancellation | None,
+) -> None:
     preallocated = metadata.allocation is Preallocation.PREALLOCATED
     options: dict[str, str] = {}
     backing = backing_format = None
@@ -299,7 +355,19 @@ def _create_data(vol: Volume, metadata: VolumeMetadata, parent: Volume | None) -
         backing_format=backing_format,
         preallocation="falloc" if preallocated else None,
         options=options or None,
+        cancellation=cancellation,
     )
+
+
+def check_delete(vol: Volume) -> VolumeMetadata:
+    """Refuse to delete a volume with children or a shared one; return its metadata."""
+    md = vol.metadata()
+    children = vol.children()
+    if children:
+        raise VolumeImageHasChildren(f"{vol.description_for_errors} has children {children}")
+    if md.role is VolumeRole.SHARED:
+        raise CannotDeleteVolume(f"{vol.description_for_errors} is a shared (template) volume")
+    return md
 
 
 def delete(vol: Volume) -> None:
@@ -308,12 +376,7 @@ def delete(vol: Volume) -> None:
     The volume is first marked ILLEGAL, so a crash half-way leaves a volume that is visibly
     not to be used, and its ``.meta`` goes last, so the volume never becomes an orphan data file.
     """
-    md = vol.metadata()
-    children = vol.children()
-    if children:
-        raise VolumeImageHasChildren(f"{vol.description_for_errors} has children {children}")
-    if md.role is VolumeRole.SHARED:
-        raise CannotDeleteVolume(f"{vol.description_for_errors} is a shared (template) volume")
+    md = check_delete(vol)
     try:
         vol.write_metadata(md.replace(legality=Legality.ILLEGAL))
         fileutil.remove_file(vol.path)
@@ -328,3 +391,27 @@ def delete(vol: Volume) -> None:
             parent.set_role(VolumeRole.LEAF)
     fileutil.remove_dir_if_empty(vol.image_dir)
     log.info("deleted %s", vol.description_for_errors)
+
+
+def remove_if_present(domain: FileStorageDomain, img_uuid: str, vol_uuid: str) -> None:
+    """Undo create() from whatever state a failure or a crash left: idempotent.
+
+    Removes the volume's files if any are there (metadata last), then repairs the image: a
+    volume left INTERNAL without a child (its child was this volume) becomes the LEAF again.
+    Refuses, like delete(), to remove a volume that has children.
+    """
+    vol = Volume(domain, img_uuid, vol_uuid)
+    if vol.meta_path.exists() and vol.children():
+        raise VolumeImageHasChildren(f"{vol.description_for_errors} has children")
+    for path in (vol.path, vol.lease_path, vol.meta_path):
+        fileutil.remove_file(path)
+    if not vol.image_dir.exists():
+        return
+    fileutil.fsync_dir(vol.image_dir)
+    remaining = image_volumes(domain, vol.img_uuid)
+    parents = {md.parent for md in remaining.values()}
+    for other_uuid, md in remaining.items():
+        if md.role is VolumeRole.INTERNAL and other_uuid not in parents:
+            Volume(domain, vol.img_uuid, other_uuid).set_role(VolumeRole.LEAF)
+    fileutil.remove_stale_temps(vol.image_dir)
+    fileutil.remove_dir_if_empty(vol.image_dir)

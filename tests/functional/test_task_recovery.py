@@ -1,0 +1,193 @@
+"""Tasks across failures of a real vdsmd: stopped mid-copy, killed with SIGKILL mid-create and
+mid-copy, stopped with SIGTERM. Every case ends rolled back and reported, with nothing
+half-made left behind and no orphaned qemu-img still running.
+
+The in-flight moments come from tests/fakes/slow-qemu-img, a named fake that holds a chosen
+qemu-img subcommand (a real qemu-img cannot be paused on demand) and then runs the real one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.functional.conftest import VdsmdProcess, new_uuid, wait_task
+from tests.functional.test_storage_api import Storage, ok
+from vdsm.storage import volume as volumes
+from vdsm.storage.repository import StorageRepository
+
+FAKE_QEMU_IMG = Path(__file__).resolve().parents[1] / "fakes" / "slow-qemu-img"
+MiB = 1024**2
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def wait_for_hold(marker: Path, subcommand: str, timeout: float = 60) -> int:
+    """Wait until the fake holds ``subcommand``; return the held process's pid."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if marker.exists():
+            for line in marker.read_text().splitlines():
+                pid, held = line.split()
+                if held == subcommand:
+                    return int(pid)
+        time.sleep(0.02)
+    raise AssertionError(f"qemu-img {subcommand} was never started")
+
+
+@pytest.fixture
+def held_vdsmd(tmp_path: Path) -> Iterator[tuple[VdsmdProcess, Path]]:
+    """A vdsmd whose qemu-img create and convert are held until killed."""
+    marker = tmp_path / "held"
+    env = {
+        "VDSM_QEMU_IMG": str(FAKE_QEMU_IMG),
+        "FAKE_QEMU_IMG_HOLD": "create,convert",
+        "FAKE_QEMU_IMG_MARKER": str(marker),
+        "FAKE_QEMU_IMG_DELAY": "600",
+    }
+    daemon = VdsmdProcess(tmp_path / "vdsmd", ["--shutdown-grace", "2"], env=env)
+    daemon.start()
+    try:
+        yield daemon, marker
+    finally:
+        if daemon.running:
+            daemon.kill()
+
+
+def files_of(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if "master/tasks" not in str(p))
+
+
+def test_kill_9_during_volume_create_rolls_back_on_restart(
+    held_vdsmd: tuple[VdsmdProcess, Path], tmp_path: Path
+) -> None:
+    daemon, marker = held_vdsmd
+    storage = Storage(daemon, tmp_path)
+    before = files_of(tmp_path / "src")
+    img, vol = new_uuid(), new_uuid()
+    task = ok(
+        storage.rpc.createVolume(
+            storage.sd, storage.sp, img, str(MiB), "RAW", "SPARSE", "DATA", vol
+        )
+    )["uuid"]
+    qemu_img_pid = wait_for_hold(marker, "create")
+    # The create is in flight: metadata (ILLEGAL) and lease exist, the data file does not yet.
+    assert (tmp_path / "src" / storage.sd / "images" / img / f"{vol}.meta").exists()
+
+    daemon.kill()
+    assert pid_alive(qemu_img_pid), "the crash leaves qemu-img running, as a real crash would"
+    daemon.restart()
+
+    status = ok(daemon.xmlrpc().getTaskStatus(task))["taskStatus"]
+    assert status["taskState"] == "finished" and status["taskResult"] == "cleanSuccess", status
+    assert "restart" in status["message"]
+    assert not pid_alive(qemu_img_pid), "recovery must kill the orphaned qemu-img"
+    # No volume, no .meta, no image directory: the domain is as before the create.
+    assert files_of(tmp_path / "src") == before
+    assert ok(storage.rpc.getImagesList(storage.sd))["imageslist"] == []
+
+
+def test_stop_mid_copy_rolls_back(held_vdsmd: tuple[VdsmdProcess, Path], tmp_path: Path) -> None:
+    daemon, marker = held_vdsmd
+    storage = Storage(daemon, tmp_path)
+    img, base, leaf = _cloned_image(storage, daemon, marker, tmp_path)
+    task = ok(storage.rpc.syncImageData(storage.sp, storage.sd, img, storage.sd2, "INTERNAL"))[
+        "uuid"
+    ]
+    convert_pid = wait_for_hold(marker, "convert")
+    assert ok(storage.rpc.getTaskStatus(task))["taskStatus"]["taskState"] == "running"
+
+    ok(storage.rpc.stopTask(task))
+    status = wait_task(daemon, task, timeout=30)
+    assert status["taskResult"] == "cleanSuccess" and status["code"] == 411, status
+    assert not pid_alive(convert_pid), "stopTask kills the copy"
+    info = ok(storage.rpc.getVolumeInfo(storage.sd2, storage.sp, img, base))["info"]
+    assert info["legality"] == "ILLEGAL", "a half-copied twin must never look valid"
+    # The source is untouched and still LEGAL.
+    assert (
+        ok(storage.rpc.getVolumeInfo(storage.sd, storage.sp, img, base))["info"]["legality"]
+        == "LEGAL"
+    )
+
+
+def test_kill_9_during_copy_rolls_back_on_restart(
+    held_vdsmd: tuple[VdsmdProcess, Path], tmp_path: Path
+) -> None:
+    daemon, marker = held_vdsmd
+    storage = Storage(daemon, tmp_path)
+    img, base, leaf = _cloned_image(storage, daemon, marker, tmp_path)
+    task = ok(storage.rpc.syncImageData(storage.sp, storage.sd, img, storage.sd2, "ALL"))["uuid"]
+    convert_pid = wait_for_hold(marker, "convert")
+
+    daemon.kill()
+    daemon.restart()
+    status = ok(daemon.xmlrpc().getTaskStatus(task))["taskStatus"]
+    assert status["taskState"] == "finished" and status["taskResult"] == "cleanSuccess", status
+    assert not pid_alive(convert_pid)
+    for vol in (base, leaf):
+        info = ok(storage.rpc.getVolumeInfo(storage.sd2, storage.sp, img, vol))["info"]
+        assert info["legality"] == "ILLEGAL" or vol == leaf
+
+
+def test_sigterm_stops_cleanly_and_rolls_back_running_tasks(
+    held_vdsmd: tuple[VdsmdProcess, Path], tmp_path: Path
+) -> None:
+    daemon, marker = held_vdsmd
+    storage = Storage(daemon, tmp_path)
+    img, vol = new_uuid(), new_uuid()
+    task = ok(
+        storage.rpc.createVolume(
+            storage.sd, storage.sp, img, str(MiB), "RAW", "SPARSE", "DATA", vol
+        )
+    )["uuid"]
+    qemu_img_pid = wait_for_hold(marker, "create")
+    started = time.monotonic()
+    assert daemon.stop(timeout=90) == 0
+    # The grace is 2 s here; the held create never finishes, so it is stopped and rolled back.
+    assert time.monotonic() - started < 60
+    assert not pid_alive(qemu_img_pid)
+    assert "vdsmd stopped" in daemon.log()
+    assert not (daemon.run_dir / "vdsmd.pid").exists()
+    daemon.restart()
+    status = ok(daemon.xmlrpc().getTaskStatus(task))["taskStatus"]
+    assert status["taskResult"] == "cleanSuccess", status
+    assert ok(storage.rpc.getImagesList(storage.sd))["imageslist"] == []
+
+
+def _cloned_image(
+    storage: Storage, daemon: VdsmdProcess, marker: Path, tmp_path: Path
+) -> tuple[str, str, str]:
+    """An image of a raw base and a qcow2 leaf on src, its empty twin chain on dst.
+
+    Volume creation goes through the held qemu-img too, so the files are made here with the
+    real qemu-img through vdsm's storage library, sharing the daemon's domains on disk."""
+    repository = StorageRepository(daemon.state_dir / "storage")
+    img, base, leaf = new_uuid(), new_uuid(), new_uuid()
+    for sd in (storage.sd, storage.sd2):
+        domain = repository.domain(sd)
+        volumes.create(
+            domain, img, base, capacity=64 * MiB, volume_format="RAW", allocation="SPARSE"
+        )
+        volumes.create(
+            domain,
+            img,
+            leaf,
+            capacity=64 * MiB,
+            volume_format="COW",
+            allocation="SPARSE",
+            parent_uuid=base,
+        )
+    src_base = repository.domain(storage.sd).path / "images" / img / base
+    with open(src_base, "r+b") as f:
+        f.write(os.urandom(4 * MiB))
+    return img, base, leaf

@@ -1,0 +1,28 @@
+"""The API layer: thin verbs grouped by namespace, named by the schema's ``call`` fields.
+
+Each method takes the snake_case arguments the RPC binding already checked against the schema,
+calls the model (storage, tasks, later VMs), and returns the payload in VDSM's wire shape. It
+raises vdsm.errors types; only the RPC binding turns them into envelopes.
+"""
+
+from __future__ import annotations
+
+from vdsm.api.host import HostAPI
+from vdsm.api.images import ImagesAPI
+from vdsm.api.pools import DomainsAPI, PoolsAPI
+from vdsm.api.tasks import TasksAPI
+from vdsm.api.volumes import VolumesAPI
+from vdsm.storage.host_storage import HostStorage
+from vdsm.storage.task_manager import TaskManager
+
+
+def build(storage: HostStorage, tasks: TaskManager) -> dict[str, object]:
+    """The namespace objects the dispatcher resolves ``call: <namespace>.<method>`` in."""
+    return {
+        "host": HostAPI(),
+        "tasks": TasksAPI(tasks),
+        "pools": PoolsAPI(storage),
+        "domains": DomainsAPI(storage),
+        "volumes": VolumesAPI(storage, tasks),
+        "images": ImagesAPI(storage, tasks),
+    }

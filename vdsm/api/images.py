@@ -1,0 +1,90 @@
+"""Image verbs: delete (task), prepare, teardown, and the SPM half of live storage migration:
+cloneImageStructure and syncImageData (tasks)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vdsm.errors import ImageDoesNotExistInSD
+from vdsm.storage import image, image_copy
+from vdsm.storage.host_storage import HostStorage
+from vdsm.storage.resource_locks import LockMode, image_resource
+from vdsm.storage.rollback_steps import REMOVE_IMAGE
+from vdsm.storage.task_context import TaskContext
+from vdsm.storage.task_manager import TaskManager
+
+
+class ImagesAPI:
+    def __init__(self, storage: HostStorage, tasks: TaskManager) -> None:
+        self._storage = storage
+        self._tasks = tasks
+
+    def delete(
+        self, img_uuid: str, sp_uuid: str, sd_uuid: str, post_zero: bool, force: bool
+    ) -> str:
+        pool = self._storage.spm_pool(sp_uuid)
+        domain = pool.domain(sd_uuid)
+        if not image.exists(domain, img_uuid):
+            raise ImageDoesNotExistInSD(f"image {img_uuid} in domain {sd_uuid}")
+
+        def job(ctx: TaskContext) -> None:
+            with self._storage.locks.hold(
+                [(image_resource(sd_uuid, img_uuid), LockMode.EXCLUSIVE)]
+            ):
+                if not image.exists(domain, img_uuid):
+                    raise ImageDoesNotExistInSD(f"image {img_uuid} in domain {sd_uuid}")
+                # A delete interrupted half-way is finished, not undone: its undo completes it.
+                ctx.add_rollback(REMOVE_IMAGE, {"sd_uuid": sd_uuid, "img_uuid": img_uuid})
+                image.delete(domain, img_uuid)
+                ctx.set_progress(100)
+
+        return self._tasks.submit("deleteImage", job, tasks_dir=pool.master.tasks_dir)
+
+    def prepare(self, sp_uuid: str, sd_uuid: str, img_uuid: str, vol_uuid: str) -> dict[str, Any]:
+        domain = self._storage.pool_domain(sp_uuid, sd_uuid)
+        prepared = image.prepare(domain, img_uuid, vol_uuid)
+        return {
+            "path": str(prepared.path),
+            "volumeChain": [
+                {
+                    "domainID": sd_uuid,
+                    "imageID": img_uuid,
+                    "volumeID": vol.vol_uuid,
+                    "path": str(vol.path),
+                    "leasePath": str(vol.lease_path),
+                    "leaseOffset": 0,
+                }
+                for vol in prepared.chain
+            ],
+        }
+
+    def teardown(self, sp_uuid: str, sd_uuid: str, img_uuid: str, vol_uuid: str) -> None:
+        domain = self._storage.pool_domain(sp_uuid, sd_uuid)
+        if not image.exists(domain, img_uuid):
+            raise ImageDoesNotExistInSD(f"image {img_uuid} in domain {sd_uuid}")
+
+    def clone_structure(self, img_uuid: str, sp_uuid: str, sd_uuid: str, dst_sd_uuid: str) -> str:
+        pool = self._storage.spm_pool(sp_uuid)
+        src, dst = pool.domain(sd_uuid), pool.domain(dst_sd_uuid)
+        image_copy.check_clone(src, dst, img_uuid)
+
+        def job(ctx: TaskContext) -> None:
+            with self._storage.locks.hold(image_copy.lock_requests(src, dst, img_uuid)):
+                image_copy.clone_structure(src, dst, img_uuid, ctx)
+
+        return self._tasks.submit("cloneImageStructure", job, tasks_dir=pool.master.tasks_dir)
+
+    def sync_data(
+        self, img_uuid: str, sp_uuid: str, sd_uuid: str, dst_sd_uuid: str, sync_type: str
+    ) -> str:
+        pool = self._storage.spm_pool(sp_uuid)
+        src, dst = pool.domain(sd_uuid), pool.domain(dst_sd_uuid)
+        image_copy.check_sync(src, dst, img_uuid, sync_type)
+
+        def job(ctx: TaskContext) -> None:
+            with self._storage.locks.hold(image_copy.lock_requests(src, dst, img_uuid)):
+                image_copy.sync_data(src, dst, img_uuid, sync_type, ctx)
+
+        return self._tasks.submit(
+            "syncImageData", job, tasks_dir=pool.master.tasks_dir, is_copy=True
+        )

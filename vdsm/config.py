@@ -1,0 +1,135 @@
+"""vdsmd's settings: typed, each with its default and why, from a config file and flags.
+
+The file is INI (``/etc/vdsm/vdsm.conf`` by default), one ``[vdsm]`` section whose keys are
+the field names below; flags override the file. A bad value is reported naming the key and
+the file, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_CONFIG_FILE = Path("/etc/vdsm/vdsm.conf")
+SECTION = "vdsm"
+
+
+class ConfigError(Exception):
+    """A setting is missing, malformed or contradicts another; the message says which."""
+
+
+@dataclass(frozen=True)
+class Config:
+    # Loopback by default: the API can create and delete disks, so exposing it to the network
+    # is a deliberate choice (with TLS and client certificates).
+    host: str = "127.0.0.1"
+    # VDSM's port, so existing engines and scripts find us.
+    port: int = 54321
+    # Durable state: the storage repository (links to domains), VM records.
+    state_dir: Path = Path("/var/lib/vdsm")
+    # Runtime files: the pid and the bound port, for scripts and tests.
+    run_dir: Path = Path("/run/vdsm")
+    libvirt_uri: str = "qemu:///system"
+    # TLS with client-certificate verification, as VDSM does. Without tls_ca, clients are not
+    # asked for a certificate.
+    tls: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    # Copies saturate storage: two at a time keep a 2-core host responsive.
+    max_concurrent_copies: int = 2
+    # An API request is a few KiB; anything much larger is an error or an attack.
+    max_request_bytes: int = 4 * 1024 * 1024
+    # Seconds SIGTERM waits for running tasks before stopping (and rolling back) the rest.
+    shutdown_grace: float = 10.0
+    log_level: str = "INFO"
+    log_file: Path | None = None  # None: standard error
+
+    def validate(self) -> Config:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port: {self.port} is not a TCP port")
+        if self.max_concurrent_copies < 1:
+            raise ConfigError("max_concurrent_copies: must be at least 1")
+        if self.max_request_bytes < 1024:
+            raise ConfigError("max_request_bytes: must be at least 1024")
+        if self.tls and (self.tls_cert is None or self.tls_key is None):
+            raise ConfigError("tls: needs tls_cert and tls_key")
+        for name in ("tls_cert", "tls_key", "tls_ca"):
+            path = getattr(self, name)
+            if self.tls and path is not None and not path.is_file():
+                raise ConfigError(f"{name}: {path} is not a readable file")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(f"log_level: {self.log_level!r} is not DEBUG, INFO, WARNING, ERROR")
+        return self
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _convert(name: str, text: str) -> object:
+    kind = str(_FIELDS[name].type)
+    try:
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+        if kind == "bool":
+            lowered = text.strip().lower()
+            if lowered not in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+                raise ValueError(text)
+            return lowered in ("true", "yes", "1", "on")
+        if kind.startswith("Path"):
+            return Path(text) if text else None
+        return text
+    except ValueError:
+        raise ConfigError(f"{name}: {text!r} is not a valid {kind}") from None
+
+
+def load(path: Path | None, overrides: dict[str, str]) -> Config:
+    """Read ``path`` (a missing default file is fine; a missing named one is not), then apply
+    ``overrides`` (field name → text, from flags)."""
+    values: dict[str, object] = {}
+    if path is not None:
+        parser = configparser.ConfigParser()
+        try:
+            with open(path, encoding="utf-8") as f:
+                parser.read_file(f)
+        except FileNotFoundError:
+            if path != DEFAULT_CONFIG_FILE:
+                raise ConfigError(f"config file {path} does not exist") from None
+        except (OSError, configparser.Error) as e:
+            raise ConfigError(f"config file {path}: {e}") from None
+        if parser.has_section(SECTION):
+            for key, text in parser.items(SECTION):
+                if key not in _FIELDS:
+                    raise ConfigError(f"{path}: unknown setting {key!r} in [{SECTION}]")
+                values[key] = _convert(key, text)
+    for key, text in overrides.items():
+        values[key] = _convert(key, text)
+    return Config(**values).validate()  # type: ignore[arg-type]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags for every setting: --port 54321, --state-dir DIR, --tls/--no-tls, ..."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG_FILE,
+        help=f"the INI config file with a [{SECTION}] section (default {DEFAULT_CONFIG_FILE})",
+    )
+    for name, f in _FIELDS.items():
+        flag = "--" + name.replace("_", "-")
+        if str(f.type) == "bool":
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction)
+        else:
+            parser.add_argument(flag, dest=name, metavar=name.upper(), help=f"default {f.default}")
+
+
+def from_arguments(args: argparse.Namespace) -> Config:
+    overrides = {
+        name: str(getattr(args, name)) for name in _FIELDS if getattr(args, name, None) is not None
+    }
+    return load(args.config, overrides)

@@ -1,0 +1,440 @@
+"""The storage side of the two SPM verbs of live storage migration (contract §4), run in a task.
+
+- :func:`clone_structure` (cloneImageStructure): an empty twin of an image's chain on another
+  domain — same volUUIDs, capacities, formats, allocation, parents — no data.
+- :func:`sync_data` (syncImageData): copy the data of the chosen volumes (ALL, INTERNAL, LEAF)
+  into their existing twins, layer by layer, thin staying thin and preallocated preallocated.
+
+Locks: the caller (the API layer) holds, for the whole call, the source image SHARED and the
+destination image EXCLUSIVE: ``locks.hold(lock_requests(src, dst, img_uuid))``. Before starting
+the task it may call :func:`check_clone` / :func:`check_sync` to refuse bad requests at once;
+the task checks again under the locks.
+
+Both record an undo step before every step they take (see :data:`ROLLBACK_STEPS`), so a failed,
+stopped or crashed task leaves no half-made destination: a clone's volumes are removed, a twin
+being (or having been) written is left ILLEGAL. Errors carry the real cause: metadata problems,
+qemu-img's stderr.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from vdsm import validation
+from vdsm.errors import (
+    CommandAborted,
+    CommandError,
+    CopyImageError,
+    DestImageActionError,
+    ImageDoesNotExistInSD,
+    ImageIsNotLegalChain,
+    NotImplementedVerb,
+    SourceImageActionError,
+    StorageDomainDoesNotExist,
+    TaskAborted,
+    VdsmError,
+    VolumeDoesNotExist,
+)
+from vdsm.storage import image, qemuimg
+from vdsm.storage import volume as volumes
+from vdsm.storage.constants import BLANK_UUID, Legality, Preallocation
+from vdsm.storage.domain import FileStorageDomain
+from vdsm.storage.repository import StorageRepository
+from vdsm.storage.resource_locks import LockMode, image_resource
+from vdsm.storage.task_context import JSONArgs, RollbackStep, TaskContext
+from vdsm.storage.volume import Volume
+from vdsm.storage.volume_metadata import VolumeMetadata
+
+log = logging.getLogger("vdsm.storage.image_copy")
+
+# Names of the rollback steps: stable, they are persisted in task files.
+REMOVE_VOLUME = "image_copy.remove_volume"
+MARK_ILLEGAL = "image_copy.mark_illegal"
+
+
+# One volume of a chain with the metadata read when the chain was checked; a chain, base first.
+ChainEntry = tuple[Volume, VolumeMetadata]
+Chain = list[ChainEntry]
+
+
+class SyncType(StrEnum):
+    ALL = "ALL"  # every volume of the chain
+    INTERNAL = "INTERNAL"  # all but the leaf (during LSM the VM's mirror copies the leaf)
+    LEAF = "LEAF"  # the leaf only
+
+
+def lock_requests(
+    src: FileStorageDomain, dst: FileStorageDomain, img_uuid: str
+) -> list[tuple[str, LockMode]]:
+    """The locks a clone or a sync needs: the source image SHARED, the destination EXCLUSIVE.
+
+    The UUID is canonicalised first, so that "ABC..." and "abc..." name the same lock.
+    """
+    img_uuid = validation.uuid(img_uuid, "imgUUID")
+    return [
+        (image_resource(src.sd_uuid, img_uuid), LockMode.SHARED),
+        (image_resource(dst.sd_uuid, img_uuid), LockMode.EXCLUSIVE),
+    ]
+
+
+# --- cloneImageStructure ----------------------------------------------------------------------
+
+
+def clone_structure(
+    src: FileStorageDomain, dst: FileStorageDomain, img_uuid: str, ctx: TaskContext
+) -> None:
+    """Create on ``dst`` an empty, LEGAL twin of the chain of image ``img_uuid`` of ``src``.
+
+    Raises 268 (no such image on src), 262 (src chain broken), 259 (src unreadable or a
+    volume not LEGAL), 260 (image already on dst, or creating a twin failed), 411 (stopped).
+    """
+    img_uuid = validation.uuid(img_uuid, "imgUUID")  # canonical: it names files
+    source = check_clone(src, dst, img_uuid)
+    log.info("cloning structure of image %s from %s to %s", img_uuid, src.sd_uuid, dst.sd_uuid)
+    for done, (vol, md) in enumerate(source, start=1):
+        ctx.check_aborted()
+        # Recorded first: a crash inside create leaves files the step recognises by name.
+        ctx.add_rollback(REMOVE_VOLUME, _volume_args(Volume(dst, img_uuid, vol.vol_uuid)))
+        try:
+            # create() makes the volume LEGAL and demotes its parent to INTERNAL.
+            volumes.create(
+                dst,
+                img_uuid,
+                vol.vol_uuid,
+                capacity=md.capacity,
+                volume_format=md.format,
+                allocation=md.allocation,
+                disk_type=md.disk_type,
+                description=md.description,
+                parent_uuid=md.parent,
+                cancellation=ctx.cancellation,
+            )
+        except (CommandAborted, TaskAborted):
+            raise
+        except (VdsmError, OSError) as e:
+            raise DestImageActionError(
+                f"creating volume {vol.vol_uuid} of image {img_uuid} in domain {dst.sd_uuid}: {e}"
+            ) from e
+        ctx.set_progress(100.0 * done / len(source))
+
+
+def check_clone(src: FileStorageDomain, dst: FileStorageDomain, img_uuid: str) -> Chain:
+    """The checks of :func:`clone_structure` (also for the API layer, to refuse at once what
+    the task would refuse); returns the source chain. Raises 268, 262, 259, 260."""
+    img_uuid = validation.uuid(img_uuid, "imgUUID")
+    source = _source_chain(src, img_uuid)
+    if image.exists(dst, img_uuid):
+        raise DestImageActionError(f"image {img_uuid} already exists in domain {dst.sd_uuid}")
+    return source
+
+
+# --- syncImageData ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Copy:
+    """One volume to copy into its twin, and how."""
+
+    src: Volume
+    src_md: VolumeMetadata
+    dst: Volume
+    dst_md: VolumeMetadata
+    backing: str | None  # the twin's parent volUUID (its backing name), None for a base
+    backing_format: str | None
+    size: int  # bytes the source layer allocates itself: what the copy moves
+
+
+def sync_data(
+    src: FileStorageDomain,
+    dst: FileStorageDomain,
+    img_uuid: str,
+    sync_type: str,
+    ctx: TaskContext,
+) -> None:
+    """Copy the volumes chosen by ``sync_type`` into their twins on ``dst``, one at a time.
+
+    The twins must be fresh from :func:`clone_structure` (or hold a partial copy of the same
+    read-only source): a base twin is written with --target-is-zero, so areas where the
+    source reads zeros are not written at all.
+
+    Copies run one after another, not in parallel: qemu-img opens a twin together with its
+    backing chain, and a copy into a parent twin holds the write lock that a copy into its
+    child would need (measured: 'Failed to get shared "write" lock').
+
+    Raises 2000 (unknown syncType), 268, 262 (chains differ), 259, 260, 261 (qemu-img failed),
+    411 (stopped).
+    """
+    mode, pairs, target = _checked_sync(src, dst, img_uuid, sync_type)
+    copies = [_plan(s, d, target) for s, d in pairs]
+    progress = _Progress(ctx, sum(copy.size for copy in copies))
+    log.info(
+        "syncing %s of image %s: %d volumes, %d bytes", mode, img_uuid, len(copies), progress.total
+    )
+    for copy in copies:
+        _copy_volume(copy, ctx, progress)
+    progress.finish()
+
+
+def check_sync(
+    src: FileStorageDomain, dst: FileStorageDomain, img_uuid: str, sync_type: str
+) -> None:
+    """The checks of :func:`sync_data`, also for the API layer to refuse at once what the
+    task would refuse. Raises 2000, 268, 262, 259, 260."""
+    _checked_sync(src, dst, img_uuid, sync_type)
+
+
+def _checked_sync(
+    src: FileStorageDomain, dst: FileStorageDomain, img_uuid: str, sync_type: str
+) -> tuple[SyncType, list[tuple[ChainEntry, ChainEntry]], Chain]:
+    """The sync mode, the (source, twin) pairs to copy and the whole destination chain."""
+    try:
+        mode = SyncType(sync_type)
+    except ValueError:
+        raise NotImplementedVerb(
+            f"syncType={sync_type!r}: expected one of {', '.join(SyncType)}"
+        ) from None
+    img_uuid = validation.uuid(img_uuid, "imgUUID")
+    source = _source_chain(src, img_uuid)
+    target = _destination_chain(dst, img_uuid)
+    return mode, _selected_pairs(mode, source, target, img_uuid), target
+
+
+def _selected_pairs(
+    mode: SyncType, source: Chain, target: Chain, img_uuid: str
+) -> list[tuple[ChainEntry, ChainEntry]]:
+    """Pair source volumes with their twins after checking the chains as contract §4 says."""
+    src_uuids = [vol.vol_uuid for vol, _ in source]
+    dst_uuids = [vol.vol_uuid for vol, _ in target]
+    # Outside ALL the leaves may differ: the destination leaf may be a mirror's target.
+    same = src_uuids == dst_uuids if mode is SyncType.ALL else src_uuids[:-1] == dst_uuids[:-1]
+    if not same:
+        raise ImageIsNotLegalChain(
+            f"image {img_uuid}: source chain {src_uuids} and destination chain {dst_uuids} "
+            f"differ{'' if mode is SyncType.ALL else ' (leaves excluded)'}"
+        )
+    if mode is SyncType.ALL:
+        return list(zip(source, target, strict=True))
+    if mode is SyncType.INTERNAL:
+        return list(zip(source[:-1], target[:-1], strict=True))
+    return [(source[-1], target[-1])]
+
+
+def _plan(source: ChainEntry, twin: ChainEntry, target: Chain) -> _Copy:
+    (src_vol, src_md), (dst_vol, dst_md) = source, twin
+    if dst_md.format is not src_md.format or dst_md.capacity < src_md.capacity:
+        raise DestImageActionError(
+            f"{dst_vol.description_for_errors} is {dst_md.format}, {dst_md.capacity} bytes: "
+            f"cannot hold {src_vol.description_for_errors} ({src_md.format}, "
+            f"{src_md.capacity} bytes)"
+        )
+    if not dst_vol.path.exists():
+        raise DestImageActionError(f"{dst_vol.description_for_errors}: data file missing")
+    backing = backing_format = None
+    if dst_md.parent != BLANK_UUID:
+        backing = dst_md.parent
+        backing_format = {vol.vol_uuid: md for vol, md in target}[backing].format.qemu_format
+    try:
+        # Depth 0: only what this layer holds itself, which is all a layer copy moves.
+        # force_share: a leaf may be open in a running VM; this is a read of metadata only.
+        extents = qemuimg.map(src_vol.path, fmt=src_md.format.qemu_format, force_share=True)
+    except CommandError as e:
+        raise SourceImageActionError(f"{src_vol.description_for_errors}: {e.detail}") from e
+    size = qemuimg.allocated_bytes(extents, depth=0)
+    return _Copy(src_vol, src_md, dst_vol, dst_md, backing, backing_format, size)
+
+
+def _copy_volume(copy: _Copy, ctx: TaskContext, progress: _Progress) -> None:
+    ctx.check_aborted()
+    ctx.add_rollback(MARK_ILLEGAL, _volume_args(copy.dst))
+    # ILLEGAL while written: a partially copied twin must never be usable.
+    _set_dst_legality(copy.dst, Legality.ILLEGAL)
+    log.info("copying %s (%d bytes) to its twin", copy.src.description_for_errors, copy.size)
+    allocated_before = _allocated(copy.dst)
+    try:
+        qemuimg.convert(
+            copy.src.path,
+            copy.dst.path,
+            src_format=copy.src_md.format.qemu_format,
+            dst_format=copy.dst_md.format.qemu_format,
+            target_exists=True,
+            # With a parent: -B tells qemu-img the twin has a backing file, so only this
+            # layer is copied and the twin's own link is kept. Without one: the fresh twin
+            # reads as zeros, so skip zeros (a preallocated twin keeps its allocation).
+            backing=copy.backing,
+            backing_format=copy.backing_format,
+            target_is_zero=copy.backing is None,
+            on_progress=progress.volume(copy.size),
+            cancellation=ctx.cancellation,
+        )
+    except CommandAborted as e:
+        raise TaskAborted(f"copy of {copy.src.description_for_errors} stopped") from e
+    except CommandError as e:
+        raise CopyImageError(
+            f"copying {copy.src.description_for_errors} to domain {copy.dst.domain.sd_uuid}: "
+            f"{e.detail}"
+        ) from e
+    if copy.dst_md.allocation is Preallocation.PREALLOCATED:
+        _keep_preallocated(copy.dst, allocated_before)
+    # A stop that arrived as the copy ended still stops the task, with the twin ILLEGAL.
+    ctx.check_aborted()
+    _set_dst_legality(copy.dst, Legality.LEGAL)
+    progress.volume_done(copy.size)
+
+
+def _allocated(vol: Volume) -> int:
+    try:
+        return vol.path.stat().st_blocks * 512
+    except OSError as e:
+        raise DestImageActionError(f"{vol.description_for_errors}: {e}") from e
+
+
+def _keep_preallocated(vol: Volume, allocated_before: int) -> None:
+    """Give a preallocated twin back the space the copy released.
+
+    Where the source layer has zero clusters qemu-img writes zeros with "may unmap", and qcow2
+    then frees those clusters and punches them out of the file (measured on 7.2). Reserving
+    the whole file again is a no-op on allocated ranges; it runs only when space was released,
+    because without fallocate(2) (NFSv3) glibc emulates it block by block.
+    """
+    if _allocated(vol) >= allocated_before:
+        return
+    try:
+        fd = os.open(vol.path, os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, os.fstat(fd).st_size)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise DestImageActionError(
+            f"{vol.description_for_errors}: cannot keep it preallocated: {e}"
+        ) from e
+    log.info("re-allocated space released by the copy in %s", vol.description_for_errors)
+
+
+class _Progress:
+    """Progress of a whole sync, weighted by the bytes each volume has to copy.
+
+    qemu-img reports from a reader thread of the runner, hence the lock.
+    """
+
+    def __init__(self, ctx: TaskContext, total: int) -> None:
+        self._ctx = ctx
+        self._lock = threading.Lock()
+        self.total = total
+        self._done = 0  # bytes of the volumes already copied
+
+    def volume(self, size: int) -> Callable[[float], None]:
+        """The on_progress callback for the copy of a volume of ``size`` bytes."""
+        return lambda percent: self._report(self._done + int(size * percent / 100))
+
+    def volume_done(self, size: int) -> None:
+        with self._lock:
+            self._done += size
+        self._report(self._done)
+
+    def finish(self) -> None:
+        self._ctx.set_progress(100.0, done_bytes=self.total, total_bytes=self.total)
+
+    def _report(self, done: int) -> None:
+        with self._lock:
+            # Nothing to copy (empty volumes) counts as done only at the end.
+            percent = 100.0 * done / self.total if self.total else 0.0
+            self._ctx.set_progress(percent, done_bytes=done, total_bytes=self.total)
+
+
+# --- chains -----------------------------------------------------------------------------------
+
+
+def _source_chain(domain: FileStorageDomain, img_uuid: str) -> Chain:
+    """The source chain, base to leaf, every volume LEGAL with its data file; else 268/262/259."""
+    try:
+        chain = [(vol, vol.metadata()) for vol in image.chain(domain, img_uuid)]
+    except (ImageDoesNotExistInSD, ImageIsNotLegalChain):
+        raise
+    except (VdsmError, OSError) as e:
+        raise SourceImageActionError(f"image {img_uuid} in domain {domain.sd_uuid}: {e}") from e
+    for vol, md in chain:
+        if md.legality is not Legality.LEGAL:
+            raise SourceImageActionError(f"{vol.description_for_errors} is {md.legality}")
+        if not vol.path.exists():
+            raise SourceImageActionError(f"{vol.description_for_errors}: data file missing")
+    return chain
+
+
+def _destination_chain(domain: FileStorageDomain, img_uuid: str) -> Chain:
+    """The twins' chain on the destination; 260 when missing or unreadable, 262 when broken."""
+    where = f"image {img_uuid} in destination domain {domain.sd_uuid}"
+    if not image.exists(domain, img_uuid):
+        raise DestImageActionError(f"{where} does not exist (clone its structure first)")
+    try:
+        return [(vol, vol.metadata()) for vol in image.chain(domain, img_uuid)]
+    except ImageIsNotLegalChain:
+        raise
+    except (VdsmError, OSError) as e:
+        raise DestImageActionError(f"{where}: {e}") from e
+
+
+def _set_dst_legality(vol: Volume, legality: Legality) -> None:
+    try:
+        vol.set_legality(legality)
+    except (VdsmError, OSError) as e:
+        raise DestImageActionError(f"marking {vol.description_for_errors} {legality}: {e}") from e
+
+
+def _volume_args(vol: Volume) -> dict[str, str]:
+    return {"sd_uuid": vol.domain.sd_uuid, "img_uuid": vol.img_uuid, "vol_uuid": vol.vol_uuid}
+
+
+# --- rollback ---------------------------------------------------------------------------------
+
+
+def _domain_or_none(
+    repository: StorageRepository, args: JSONArgs, step: str
+) -> FileStorageDomain | None:
+    try:
+        return repository.domain(args["sd_uuid"])
+    except StorageDomainDoesNotExist as e:
+        # A domain that is gone took the volume with it. An unreachable one raises instead
+        # (StorageDomainLayoutError...): the undo is still owed.
+        log.warning("%s %s: %s; nothing to undo", step, dict(args), e)
+        return None
+
+
+def _remove_volume(repository: StorageRepository, args: JSONArgs) -> None:
+    """Undo the creation of a cloned volume: its files, its parent's demotion, an empty dir.
+
+    The destination image did not exist when the clone started and the clone held it
+    EXCLUSIVE, so every file named after this volume is the clone's to remove.
+    """
+    domain = _domain_or_none(repository, args, REMOVE_VOLUME)
+    if domain is None:
+        return
+    volumes.remove_if_present(domain, args["img_uuid"], args["vol_uuid"])
+    log.info("rollback: removed volume %s of image %s", args["vol_uuid"], args["img_uuid"])
+
+
+def _mark_illegal(repository: StorageRepository, args: JSONArgs) -> None:
+    """Leave a twin whose copy did not complete (or is being reverted) ILLEGAL."""
+    domain = _domain_or_none(repository, args, MARK_ILLEGAL)
+    if domain is None:
+        return
+    vol = Volume(domain, args["img_uuid"], args["vol_uuid"])
+    try:
+        md = vol.metadata()
+    except VolumeDoesNotExist:
+        log.warning("rollback: %s is gone; nothing to mark", vol.description_for_errors)
+        return
+    if md.legality is not Legality.ILLEGAL:
+        vol.write_metadata(md.replace(legality=Legality.ILLEGAL))
+    log.info("rollback: marked %s ILLEGAL", vol.description_for_errors)
+
+
+ROLLBACK_STEPS: dict[str, RollbackStep] = {
+    REMOVE_VOLUME: _remove_volume,
+    MARK_ILLEGAL: _mark_illegal,
+}

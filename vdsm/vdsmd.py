@@ -1,0 +1,147 @@
+"""vdsmd: the host agent daemon. Reads its config, recovers, serves the API until SIGTERM.
+
+Start-up order matters for crash safety: the storage repository is opened and every task
+left unfinished by a previous daemon is rolled back *before* the API answers, so no caller
+ever sees a half-done task as running. On SIGTERM or SIGINT the server stops accepting
+requests, running tasks get ``shutdown_grace`` seconds to finish and are then stopped and
+rolled back, and the daemon exits 0. VMs are libvirt's, never touched by a stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+
+from vdsm import __version__, api, config
+from vdsm.rpc.dispatcher import Dispatcher
+from vdsm.rpc.http_server import RPCServer, make_ssl_context
+from vdsm.storage import fileutil, rollback_steps
+from vdsm.storage.host_storage import HostStorage
+from vdsm.storage.repository import StorageRepository
+from vdsm.storage.task_manager import TaskManager
+from vdsm_api import schema
+
+log = logging.getLogger("vdsm.vdsmd")
+
+PID_FILE = "vdsmd.pid"
+PORT_FILE = "vdsmd.port"
+
+
+class Daemon:
+    """Everything vdsmd runs, built from a Config and torn down in reverse order."""
+
+    def __init__(self, cfg: config.Config) -> None:
+        self.cfg = cfg
+        repository = StorageRepository(cfg.state_dir / "storage")
+        self.storage = HostStorage(repository)
+        self.tasks = TaskManager(
+            rollback_steps=rollback_steps.table(),
+            repository=repository,
+            max_concurrent_copies=cfg.max_concurrent_copies,
+        )
+        recovered = self.tasks.recover(
+            master.tasks_dir for _, master in self.storage.master_tasks_dirs()
+        )
+        if recovered:
+            log.info("rolled back %d task(s) left unfinished: %s", len(recovered), recovered)
+        dispatcher = Dispatcher(schema.load(), api.build(self.storage, self.tasks))
+        ssl_context = None
+        if cfg.tls:
+            assert cfg.tls_cert is not None and cfg.tls_key is not None  # Config.validate
+            ssl_context = make_ssl_context(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
+        self.server = RPCServer(
+            (cfg.host, cfg.port),
+            dispatcher,
+            max_request_bytes=cfg.max_request_bytes,
+            ssl_context=ssl_context,
+        )
+
+    def serve(self, stop: threading.Event) -> None:
+        thread = threading.Thread(target=self.server.serve_forever, name="rpc-server")
+        thread.start()
+        self._write_run_files()
+        scheme = "https" if self.cfg.tls else "http"
+        log.info(
+            "vdsmd %s serving %s://%s:%d (XML-RPC /RPC2, JSON-RPC /jsonrpc)",
+            __version__,
+            scheme,
+            self.cfg.host,
+            self.server.port,
+        )
+        stop.wait()
+        log.info("stopping: no new requests; tasks get %.0fs to finish", self.cfg.shutdown_grace)
+        self.server.shutdown()
+        thread.join()
+        self.server.server_close()
+        self.tasks.shutdown(self.cfg.shutdown_grace)
+        self._remove_run_files()
+        log.info("vdsmd stopped")
+
+    def _write_run_files(self) -> None:
+        self.cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        fileutil.atomic_write(self.cfg.run_dir / PID_FILE, f"{os.getpid()}\n".encode())
+        fileutil.atomic_write(self.cfg.run_dir / PORT_FILE, f"{self.server.port}\n".encode())
+
+    def _remove_run_files(self) -> None:
+        for name in (PID_FILE, PORT_FILE):
+            fileutil.remove_file(self.cfg.run_dir / name)
+
+
+def setup_logging(cfg: config.Config) -> None:
+    handler: logging.Handler
+    if cfg.log_file is not None:
+        cfg.log_file.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(cfg.log_file)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)-7s (%(threadName)s) [%(name)s] %(message)s")
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(cfg.log_level.upper())
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="vdsmd",
+        description="vdsm host agent: storage domains, volumes, tasks and live storage "
+        "migration over XML-RPC (/RPC2) and JSON-RPC (/jsonrpc).",
+    )
+    parser.add_argument("--version", action="version", version=f"vdsmd {__version__}")
+    config.add_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = config.from_arguments(args)
+    except config.ConfigError as e:
+        print(f"vdsmd: configuration error: {e}", file=sys.stderr)
+        return 2
+    setup_logging(cfg)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        daemon = Daemon(cfg)
+    except OSError as e:
+        log.error("cannot start: %s", e)
+        return 1
+    daemon.serve(stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
