@@ -15,7 +15,7 @@ RPM_TOP := $(CURDIR)/build/rpm
 TARBALL := $(RPM_TOP)/SOURCES/vdsm-$(VERSION).tar.gz
 PYTEST_ARGS ?=
 
-.PHONY: all venv host lint test check demo rpm clean
+.PHONY: all venv host lint test check demo rpm docs clean
 
 all: check
 
@@ -41,6 +41,10 @@ test: $(STAMP)
 	exit $$rc
 
 check: host venv lint test
+
+# docs/api.md is generated from the schema; a test fails while it is stale.
+docs: $(STAMP)
+	$(VPY) -m vdsm_api.docs > docs/api.md
 
 demo: host venv
 	$(VPY) scripts/demo.py

@@ -33,6 +33,9 @@ class Config:
     # Runtime files: the pid and the bound port, for scripts and tests.
     run_dir: Path = Path("/run/vdsm")
     libvirt_uri: str = "qemu:///system"
+    # The libvirt domain type of VMs: "kvm", "qemu" (TCG: slow but runs anywhere), or "auto":
+    # kvm only on real kvm_intel/kvm_amd, as a Linux guest does not boot on nested kvm_pvm.
+    vm_domain_type: str = "auto"
     # TLS with client-certificate verification, as VDSM does. Without tls_ca, clients are not
     # asked for a certificate.
     tls: bool = False
@@ -61,6 +64,8 @@ class Config:
             path = getattr(self, name)
             if self.tls and path is not None and not path.is_file():
                 raise ConfigError(f"{name}: {path} is not a readable file")
+        if self.vm_domain_type not in ("auto", "kvm", "qemu"):
+            raise ConfigError(f"vm_domain_type: {self.vm_domain_type!r} is not auto, kvm, qemu")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(f"log_level: {self.log_level!r} is not DEBUG, INFO, WARNING, ERROR")
         return self

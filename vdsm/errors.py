@@ -39,6 +39,18 @@ class NoSuchVM(VdsmError):
     title = "Virtual machine does not exist"
 
 
+class VMExists(VdsmError):
+    code = 4
+    name = "exist"
+    title = "Virtual machine already exists"
+
+
+class VMCreateError(VdsmError):
+    code = 9
+    name = "createErr"
+    title = "Error creating the requested VM"
+
+
 class DriveNotFound(VdsmError):
     code = 13
     name = "imageErr"
@@ -55,6 +67,18 @@ class DriveSwitchFailed(VdsmError):
     code = 41
     name = "changeDisk"
     title = "Failed to change disk image"
+
+
+class SnapshotError(VdsmError):
+    code = 48
+    name = "snapshotErr"
+    title = "Snapshot failed"
+
+
+class MergeError(VdsmError):
+    code = 52
+    name = "mergeErr"
+    title = "Merge failed"
 
 
 class ReplicationError(VdsmError):

@@ -24,6 +24,9 @@ from vdsm.storage import fileutil, rollback_steps
 from vdsm.storage.host_storage import HostStorage
 from vdsm.storage.repository import StorageRepository
 from vdsm.storage.task_manager import TaskManager
+from vdsm.virt.connection import Connection
+from vdsm.virt.vm_manager import VmManager, detect_domain_type
+from vdsm.virt.vm_store import VmStore
 from vdsm_api import schema
 
 log = logging.getLogger("vdsm.vdsmd")
@@ -49,7 +52,17 @@ class Daemon:
         )
         if recovered:
             log.info("rolled back %d task(s) left unfinished: %s", len(recovered), recovered)
-        dispatcher = Dispatcher(schema.load(), api.build(self.storage, self.tasks))
+        self.connection = Connection(cfg.libvirt_uri)
+        self.vms = VmManager(
+            self.connection,
+            self.storage,
+            VmStore(cfg.state_dir / "vms"),
+            domain_type=detect_domain_type(cfg.vm_domain_type),
+        )
+        log.info("recovered VMs: %s", self.vms.recover())
+        dispatcher = Dispatcher(
+            schema.load(), api.build(self.storage, self.tasks, self.connection, self.vms)
+        )
         ssl_context = None
         if cfg.tls:
             assert cfg.tls_cert is not None and cfg.tls_key is not None  # Config.validate
@@ -80,7 +93,8 @@ class Daemon:
         self.server.server_close()
         self.tasks.shutdown(self.cfg.shutdown_grace)
         self._remove_run_files()
-        log.info("vdsmd stopped")
+        self.connection.close()
+        log.info("vdsmd stopped (VMs keep running)")
 
     def _write_run_files(self) -> None:
         self.cfg.run_dir.mkdir(parents=True, exist_ok=True)

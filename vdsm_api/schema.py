@@ -21,7 +21,7 @@ from vdsm import validation
 from vdsm.errors import InvalidParameter
 
 SCHEMA_FILE = "vdsm-api.yml"
-SCALARS = ("uuid", "uuid_or_blank", "string", "int", "bool", "size", "dict", "any")
+SCALARS = ("uuid", "uuid_or_blank", "uuid_or_null", "string", "int", "bool", "size", "dict", "any")
 
 
 class SchemaError(Exception):
@@ -92,6 +92,8 @@ def _convert_scalar(kind: str, value: object, param: str) -> Any:
         return validation.uuid(value, param)
     if kind == "uuid_or_blank":
         return validation.uuid(value, param, allow_blank=True)
+    if kind == "uuid_or_null":
+        return None if value is None else validation.uuid(value, param)
     if kind == "size":
         return validation.size_bytes(value, param)
     if kind == "string":

@@ -11,15 +11,22 @@ from vdsm.api.host import HostAPI
 from vdsm.api.images import ImagesAPI
 from vdsm.api.pools import DomainsAPI, PoolsAPI
 from vdsm.api.tasks import TasksAPI
+from vdsm.api.vms import CapabilitiesAPI, VmsAPI
 from vdsm.api.volumes import VolumesAPI
 from vdsm.storage.host_storage import HostStorage
 from vdsm.storage.task_manager import TaskManager
+from vdsm.virt.connection import Connection
+from vdsm.virt.vm_manager import VmManager
 
 
-def build(storage: HostStorage, tasks: TaskManager) -> dict[str, object]:
+def build(
+    storage: HostStorage, tasks: TaskManager, connection: Connection, vms: VmManager
+) -> dict[str, object]:
     """The namespace objects the dispatcher resolves ``call: <namespace>.<method>`` in."""
     return {
         "host": HostAPI(),
+        "capabilities": CapabilitiesAPI(connection, vms),
+        "vms": VmsAPI(vms, storage),
         "tasks": TasksAPI(tasks),
         "pools": PoolsAPI(storage),
         "domains": DomainsAPI(storage),

@@ -1,0 +1,73 @@
+"""VM verbs: create, destroy, list, getStats, snapshot; and the host's capabilities."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from vdsm import __version__
+from vdsm.errors import InvalidParameter
+from vdsm.storage.host_storage import HostStorage
+from vdsm.virt import snapshot
+from vdsm.virt.connection import Connection
+from vdsm.virt.vm_manager import VmManager
+from vdsm.virt.vm_stats import vm_stats
+
+
+class VmsAPI:
+    def __init__(self, vms: VmManager, storage: HostStorage) -> None:
+        self._vms = vms
+        self._storage = storage
+
+    def create(self, vm_id: str | None, params: dict[str, Any]) -> dict[str, Any]:
+        if vm_id is not None:
+            if params.get("vmId") not in (None, vm_id):
+                raise InvalidParameter("vmParams.vmId", params.get("vmId"), f"differs from {vm_id}")
+            params = {**params, "vmId": vm_id}
+        vm = self._vms.create(params)
+        return {**vm.record.params, "vmId": vm.vm_id, "status": vm.status()}
+
+    def destroy(self, vm_id: str) -> None:
+        self._vms.destroy(vm_id)
+
+    def list_vms(self, full_status: bool, vm_list: list[str], only_uuid: bool) -> list[Any]:
+        wanted = set(vm_list)
+        vms = [vm for vm in self._vms.all() if not wanted or vm.vm_id in wanted]
+        if only_uuid:
+            return [vm.vm_id for vm in vms]
+        if full_status:
+            return [vm_stats(vm) for vm in vms]
+        return [{"vmId": vm.vm_id, "vmName": vm.name, "status": vm.status()} for vm in vms]
+
+    def get_stats(self, vm_id: str) -> list[dict[str, Any]]:
+        return [vm_stats(self._vms.get(vm_id))]
+
+    def snapshot(self, vm_id: str, snap_drives: list[dict[str, Any]], **_compat: Any) -> None:
+        snapshot.snapshot(self._vms.get(vm_id), self._storage, snap_drives)
+
+
+class CapabilitiesAPI:
+    def __init__(self, connection: Connection, vms: VmManager) -> None:
+        self._connection = connection
+        self._vms = vms
+
+    def get(self) -> dict[str, Any]:
+        conn = self._connection.get()
+        qemu = conn.getVersion()
+        libvirt_version = conn.getLibVersion()
+        return {
+            "version": __version__,
+            "hostname": socket.gethostname(),
+            "cpuCores": str(os.cpu_count() or 1),
+            "memSize": str(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2**20),
+            "domainType": self._vms.domain_type,
+            "accelerator": "kvm" if self._vms.domain_type == "kvm" else "tcg",
+            "kvmEnabled": str(self._vms.domain_type == "kvm").lower(),
+            "qemuVersion": _dotted(qemu),
+            "libvirtVersion": _dotted(libvirt_version),
+        }
+
+
+def _dotted(version: int) -> str:
+    return f"{version // 1_000_000}.{version // 1000 % 1000}.{version % 1000}"

@@ -1,0 +1,159 @@
+"""A VM: a view of one libvirt domain plus its durable record. Operations live elsewhere.
+
+The view answers what a VM *is* (status, drives, block job state) and keeps its record on
+disk current; snapshot, replication and merge are modules of their own that act on it. One
+lock per VM serialises the operations that change its drives.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+import libvirt
+
+from vdsm.errors import DriveNotFound, VdsmError
+from vdsm.virt import domain_xml
+from vdsm.virt.connection import Connection, error_message, is_no_domain
+from vdsm.virt.domain_xml import LiveDisk
+from vdsm.virt.drives import Drive
+from vdsm.virt.vm_store import VmRecord, VmStore
+
+log = logging.getLogger("vdsm.virt.vm")
+
+UP = "Up"
+PAUSED = "Paused"
+DOWN = "Down"
+
+
+class VmDown(VdsmError):
+    """The operation needs a running VM."""
+
+    title = "Virtual machine is down"
+
+
+@dataclass(frozen=True)
+class BlockJobEvent:
+    """The last block job event libvirt sent for a disk."""
+
+    job_type: int
+    status: int  # libvirt.VIR_DOMAIN_BLOCK_JOB_{COMPLETED,FAILED,CANCELED,READY}
+
+
+class Vm:
+    def __init__(self, record: VmRecord, connection: Connection, store: VmStore) -> None:
+        self.record = record
+        self._connection = connection
+        self._store = store
+        self.lock = threading.RLock()
+        self._events_lock = threading.Lock()
+        self._job_events: dict[str, BlockJobEvent] = {}
+        self._job_event_cond = threading.Condition(self._events_lock)
+
+    @property
+    def vm_id(self) -> str:
+        return self.record.vm_id
+
+    @property
+    def name(self) -> str:
+        return str(self.record.params.get("vmName", self.vm_id))
+
+    # --- libvirt side -----------------------------------------------------------------------
+
+    def domain(self) -> libvirt.virDomain:
+        """The running domain; VmDown if QEMU is gone."""
+        try:
+            return self._connection.get().lookupByUUIDString(self.vm_id)
+        except libvirt.libvirtError as e:
+            if is_no_domain(e):
+                message = self.record.exit_message or "not running"
+                raise VmDown(f"VM {self.vm_id}: {message}") from None
+            raise VdsmError(f"VM {self.vm_id}: {error_message(e)}") from None
+
+    def status(self) -> str:
+        try:
+            state, _ = self.domain().state()
+        except VmDown:
+            return DOWN
+        except libvirt.libvirtError as e:  # it went away between the lookup and the question
+            if is_no_domain(e):
+                return DOWN
+            raise VdsmError(f"VM {self.vm_id}: {error_message(e)}") from None
+        if state == libvirt.VIR_DOMAIN_PAUSED:
+            return PAUSED
+        if state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED):
+            return UP
+        return DOWN
+
+    def live_disks(self) -> dict[str, LiveDisk]:
+        try:
+            return domain_xml.read_disks(self.domain().XMLDesc(0))
+        except libvirt.libvirtError as e:  # it went away between the lookup and the question
+            if is_no_domain(e):
+                raise VmDown(f"VM {self.vm_id}: not running") from None
+            raise VdsmError(f"VM {self.vm_id}: {error_message(e)}") from None
+
+    # --- drives -----------------------------------------------------------------------------
+
+    @property
+    def drives(self) -> list[Drive]:
+        return list(self.record.drives)
+
+    def find_drive(self, domain_id: str, image_id: str, volume_id: str) -> Drive:
+        """The drive whose (domainID, imageID, current volumeID) match; 13 otherwise."""
+        for drive in self.record.drives:
+            if drive.identity() == (domain_id, image_id, volume_id):
+                return drive
+        raise DriveNotFound(
+            f"VM {self.vm_id} has no drive on volume {volume_id} of image {image_id} "
+            f"in domain {domain_id}"
+        )
+
+    def drive_by_target(self, target: str) -> Drive:
+        for drive in self.record.drives:
+            if drive.target == target:
+                return drive
+        raise DriveNotFound(f"VM {self.vm_id} has no drive {target}")
+
+    def replace_drive(self, drive: Drive) -> None:
+        """Record that a disk now runs on another chain (after a snapshot, pivot, merge)."""
+        self.record.drives = [drive if d.target == drive.target else d for d in self.record.drives]
+        self.save()
+
+    def save(self) -> None:
+        self._store.save(self.record)
+
+    # --- events (called on the libvirt event thread: no libvirt calls here) ------------------
+
+    def on_block_job(self, disk: str, job_type: int, status: int) -> None:
+        with self._job_event_cond:
+            self._job_events[disk] = BlockJobEvent(job_type, status)
+            self._job_event_cond.notify_all()
+
+    def last_job_event(self, target: str) -> BlockJobEvent | None:
+        with self._events_lock:
+            return self._job_events.get(target)
+
+    def clear_job_event(self, target: str) -> None:
+        with self._events_lock:
+            self._job_events.pop(target, None)
+
+    def wait_job_event(
+        self, target: str, statuses: set[int], timeout: float
+    ) -> BlockJobEvent | None:
+        """Wait until the disk's last job event has one of ``statuses``."""
+        with self._job_event_cond:
+            self._job_event_cond.wait_for(
+                lambda: (e := self._job_events.get(target)) is not None and e.status in statuses,
+                timeout=timeout,
+            )
+            return self._job_events.get(target)
+
+    def mark_down(self, message: str) -> None:
+        if self.record.exit_message is None:
+            self.record.exit_message = message
+            try:
+                self.save()
+            except OSError:
+                log.exception("cannot persist that VM %s is down", self.vm_id)

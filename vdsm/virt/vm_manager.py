@@ -1,0 +1,223 @@
+"""The VMs of this host: create, destroy, look up, recover after a restart, route events.
+
+Create writes the VM's record *before* asking libvirt to start it, so a crash in between
+leaves a record recovery understands (the VM is reported Down) and never a running VM vdsm
+does not know. A failed create leaves nothing defined or running: domains are transient, and
+anything started is destroyed again if a later step fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import libvirt
+
+from vdsm.errors import NoSuchVM, VdsmError, VMCreateError, VMExists
+from vdsm.storage.host_storage import HostStorage
+from vdsm.virt import domain_xml, drives, vm_spec
+from vdsm.virt.connection import Connection, error_message, is_no_domain
+from vdsm.virt.drives import VolumeLink, parse_volume_path
+from vdsm.virt.vm import Vm, VmDown
+from vdsm.virt.vm_store import VmRecord, VmStore
+
+log = logging.getLogger("vdsm.virt.vm_manager")
+
+
+def detect_domain_type(requested: str) -> str:
+    """ "kvm", "qemu" (TCG), or for "auto": kvm only with a real kvm_intel/kvm_amd module.
+
+    A /dev/kvm alone is not enough: nested set-ups (kvm_pvm) provide one on which a Linux guest
+    does not boot (qemu-notes), while TCG always works.
+    """
+    if requested in ("kvm", "qemu"):
+        return requested
+    hardware = any(Path(f"/sys/module/{m}").exists() for m in ("kvm_intel", "kvm_amd"))
+    return "kvm" if hardware and Path("/dev/kvm").exists() else "qemu"
+
+
+class VmManager:
+    def __init__(
+        self,
+        connection: Connection,
+        storage: HostStorage,
+        store: VmStore,
+        *,
+        domain_type: str,
+    ) -> None:
+        self._connection = connection
+        self._storage = storage
+        self._store = store
+        self.domain_type = domain_type
+        self._lock = threading.Lock()
+        self._vms: dict[str, Vm] = {}
+        self._creating: set[str] = set()
+        connection.set_listener(self)
+
+    # --- lookup -----------------------------------------------------------------------------
+
+    def get(self, vm_id: str) -> Vm:
+        with self._lock:
+            vm = self._vms.get(vm_id)
+        if vm is None:
+            raise NoSuchVM(vm_id)
+        return vm
+
+    def all(self) -> list[Vm]:
+        with self._lock:
+            return list(self._vms.values())
+
+    # --- create and destroy -----------------------------------------------------------------
+
+    def create(self, params: dict[str, Any]) -> Vm:
+        spec = vm_spec.parse(params)
+        with self._lock:
+            if spec.vm_id in self._vms or spec.vm_id in self._creating:
+                raise VMExists(spec.vm_id)
+            self._creating.add(spec.vm_id)
+        try:
+            return self._create(spec)
+        finally:
+            with self._lock:
+                self._creating.discard(spec.vm_id)
+
+    def _create(self, spec: vm_spec.VmSpec) -> Vm:
+        conn = self._connection.get()
+        try:
+            conn.lookupByUUIDString(spec.vm_id)
+        except libvirt.libvirtError as e:
+            if not is_no_domain(e):
+                raise VMCreateError(f"VM {spec.vm_id}: {error_message(e)}") from None
+        else:
+            raise VMExists(f"{spec.vm_id} (a libvirt domain with this UUID runs)")
+        if spec.console_log is None:
+            spec = _with_console(spec, self._store.console_log(spec.vm_id))
+        prepared = [drives.prepare(self._storage, disk) for disk in spec.disks]
+        xml = domain_xml.build(spec, prepared, self.domain_type)
+        record = VmRecord(
+            vm_id=spec.vm_id,
+            params=spec.params,
+            drives=prepared,
+            console_log=str(spec.console_log) if spec.console_log else None,
+        )
+        self._store.save(record)
+        try:
+            conn.createXML(xml, 0)
+        except libvirt.libvirtError as e:
+            self._store.remove(spec.vm_id)
+            raise VMCreateError(f"VM {spec.vm_id}: libvirt: {error_message(e)}") from None
+        except BaseException:
+            self._store.remove(spec.vm_id)
+            raise
+        vm = Vm(record, self._connection, self._store)
+        with self._lock:
+            self._vms[spec.vm_id] = vm
+        log.info("VM %s (%s) started on %s", spec.vm_id, spec.name, self.domain_type)
+        return vm
+
+    def destroy(self, vm_id: str) -> None:
+        vm = self.get(vm_id)
+        with vm.lock:
+            try:
+                self._connection.get().lookupByUUIDString(vm_id).destroy()
+            except libvirt.libvirtError as e:
+                if not is_no_domain(e):
+                    raise VdsmError(f"VM {vm_id}: destroy: {error_message(e)}") from None
+            self._store.remove(vm_id)
+            with self._lock:
+                self._vms.pop(vm_id, None)
+        log.info("VM %s destroyed", vm_id)
+
+    # --- recovery ---------------------------------------------------------------------------
+
+    def recover(self) -> list[str]:
+        """Recover every VM from its record and libvirt; return their ids."""
+        for record in self._store.load_all():
+            vm = Vm(record, self._connection, self._store)
+            try:
+                live = vm.live_disks()
+            except VmDown:
+                vm.mark_down("QEMU process is gone (found at recovery)")
+                log.warning("VM %s recovered as Down", record.vm_id)
+            except Exception as e:
+                # libvirt itself is unreachable (or the record is odd): say nothing about the VM
+                # until it can be checked, and never let one VM stop the daemon's start.
+                log.error("VM %s not checked at recovery: %s", record.vm_id, e)
+            else:
+                self._reconcile(vm, live)
+                log.info("VM %s recovered: %s", record.vm_id, vm.status())
+            with self._lock:
+                self._vms[record.vm_id] = vm
+        return sorted(self._vms)
+
+    def _reconcile(self, vm: Vm, live: dict[str, domain_xml.LiveDisk]) -> None:
+        """libvirt knows which chain QEMU has open: if the record disagrees (a snapshot or a
+        pivot finished just before a crash), the record follows libvirt."""
+        changed = False
+        for drive in vm.drives:
+            disk = live.get(drive.target)
+            if disk is None:
+                continue
+            chain = _chain_from_paths(disk.chain)
+            if chain is None or chain == drive.chain:
+                continue
+            domain_id = parse_volume_path(chain[-1].path)
+            if domain_id is None:
+                continue
+            log.warning(
+                "VM %s drive %s: record named another chain, following libvirt",
+                vm.vm_id,
+                drive.target,
+            )
+            vm.record.drives = [
+                d.with_chain(domain_id[0], chain) if d.target == drive.target else d
+                for d in vm.record.drives
+            ]
+            changed = True
+        if changed:
+            vm.save()
+
+    # --- events -----------------------------------------------------------------------------
+
+    def _lookup(self, vm_id: str) -> Vm | None:
+        with self._lock:
+            return self._vms.get(vm_id)
+
+    def on_lifecycle(self, vm_id: str, event: int, detail: int) -> None:
+        vm = self._lookup(vm_id)
+        if vm is not None and event in (
+            libvirt.VIR_DOMAIN_EVENT_STOPPED,
+            libvirt.VIR_DOMAIN_EVENT_CRASHED,
+        ):
+            reason = {
+                libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN: "the guest shut down",
+                libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED: "destroyed",
+                libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED: "the guest crashed",
+                libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED: "QEMU process failed",
+            }.get(detail, f"stopped (libvirt detail {detail})")
+            vm.mark_down(reason)
+
+    def on_block_job(self, vm_id: str, disk: str, job_type: int, status: int) -> None:
+        vm = self._lookup(vm_id)
+        if vm is not None:
+            vm.on_block_job(disk, job_type, status)
+
+    def on_io_error(self, vm_id: str, disk: str, action: int, reason: str) -> None:
+        log.warning("VM %s disk %s: I/O error (%s), action %d", vm_id, disk, reason, action)
+
+
+def _with_console(spec: vm_spec.VmSpec, path: Path) -> vm_spec.VmSpec:
+    return replace(spec, console_log=path)
+
+
+def _chain_from_paths(chain: tuple[tuple[str, str], ...]) -> tuple[VolumeLink, ...] | None:
+    links = []
+    for path, fmt in chain:
+        parsed = parse_volume_path(path)
+        if parsed is None:
+            return None
+        links.append(VolumeLink(volume_id=parsed[2], path=path, format=fmt))
+    return tuple(links)
