@@ -29,9 +29,18 @@ setup(
     else "",
     long_description_content_type="text/markdown",
     packages=find_packages(
-        include=["vdsm", "vdsm.*", "vdsm_cli", "vdsm_cli.*", "vdsm_api", "vdsm_api.*"]
+        include=[
+            "vdsm",
+            "vdsm.*",
+            "vdsm_cli",
+            "vdsm_cli.*",
+            "vdsm_api",
+            "vdsm_api.*",
+            "vdsm_guest",
+            "vdsm_guest.*",
+        ]
     ),
-    package_data={"vdsm_api": ["*.yml", "*.yaml", "*.json"]},
+    package_data={"vdsm_api": ["*.yml", "*.yaml", "*.json"], "vdsm_guest": ["init.sh"]},
     python_requires=">=3.11",
     install_requires=[
         "libvirt-python",

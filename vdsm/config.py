@@ -42,6 +42,9 @@ class Config:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
+    # Seconds a mirror in auto copy mode may go without shrinking what is left to copy before
+    # it is restarted with synchronous writes (which always converge, at some guest latency).
+    replication_convergence_window: float = 10.0
     # Copies saturate storage: two at a time keep a 2-core host responsive.
     max_concurrent_copies: int = 2
     # An API request is a few KiB; anything much larger is an error or an attack.

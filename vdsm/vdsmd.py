@@ -25,6 +25,7 @@ from vdsm.storage.host_storage import HostStorage
 from vdsm.storage.repository import StorageRepository
 from vdsm.storage.task_manager import TaskManager
 from vdsm.virt.connection import Connection
+from vdsm.virt.replication import Replications
 from vdsm.virt.vm_manager import VmManager, detect_domain_type
 from vdsm.virt.vm_store import VmStore
 from vdsm_api import schema
@@ -59,9 +60,15 @@ class Daemon:
             VmStore(cfg.state_dir / "vms"),
             domain_type=detect_domain_type(cfg.vm_domain_type),
         )
+        self.replications = Replications(
+            self.storage, convergence_window=cfg.replication_convergence_window
+        )
         log.info("recovered VMs: %s", self.vms.recover())
+        for vm in self.vms.all():
+            self.replications.recover(vm)
         dispatcher = Dispatcher(
-            schema.load(), api.build(self.storage, self.tasks, self.connection, self.vms)
+            schema.load(),
+            api.build(self.storage, self.tasks, self.connection, self.vms, self.replications),
         )
         ssl_context = None
         if cfg.tls:

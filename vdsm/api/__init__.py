@@ -16,17 +16,22 @@ from vdsm.api.volumes import VolumesAPI
 from vdsm.storage.host_storage import HostStorage
 from vdsm.storage.task_manager import TaskManager
 from vdsm.virt.connection import Connection
+from vdsm.virt.replication import Replications
 from vdsm.virt.vm_manager import VmManager
 
 
 def build(
-    storage: HostStorage, tasks: TaskManager, connection: Connection, vms: VmManager
+    storage: HostStorage,
+    tasks: TaskManager,
+    connection: Connection,
+    vms: VmManager,
+    replications: Replications,
 ) -> dict[str, object]:
     """The namespace objects the dispatcher resolves ``call: <namespace>.<method>`` in."""
     return {
         "host": HostAPI(),
         "capabilities": CapabilitiesAPI(connection, vms),
-        "vms": VmsAPI(vms, storage),
+        "vms": VmsAPI(vms, storage, replications),
         "tasks": TasksAPI(tasks),
         "pools": PoolsAPI(storage),
         "domains": DomainsAPI(storage),

@@ -11,14 +11,16 @@ from vdsm.errors import InvalidParameter
 from vdsm.storage.host_storage import HostStorage
 from vdsm.virt import snapshot
 from vdsm.virt.connection import Connection
+from vdsm.virt.replication import Replications
 from vdsm.virt.vm_manager import VmManager
 from vdsm.virt.vm_stats import vm_stats
 
 
 class VmsAPI:
-    def __init__(self, vms: VmManager, storage: HostStorage) -> None:
+    def __init__(self, vms: VmManager, storage: HostStorage, replications: Replications) -> None:
         self._vms = vms
         self._storage = storage
+        self._replications = replications
 
     def create(self, vm_id: str | None, params: dict[str, Any]) -> dict[str, Any]:
         if vm_id is not None:
@@ -45,6 +47,24 @@ class VmsAPI:
 
     def snapshot(self, vm_id: str, snap_drives: list[dict[str, Any]], **_compat: Any) -> None:
         snapshot.snapshot(self._vms.get(vm_id), self._storage, snap_drives)
+
+    def disk_replicate_start(
+        self,
+        vm_id: str,
+        src_disk: dict[str, Any],
+        dst_disk: dict[str, Any],
+        need_extend: bool = True,
+        copy_mode: str = "auto",
+        bandwidth: int = 0,
+    ) -> None:
+        self._replications.start(
+            self._vms.get(vm_id), src_disk, dst_disk, copy_mode=copy_mode, bandwidth_mib=bandwidth
+        )
+
+    def disk_replicate_finish(
+        self, vm_id: str, src_disk: dict[str, Any], dst_disk: dict[str, Any]
+    ) -> None:
+        self._replications.finish(self._vms.get(vm_id), src_disk, dst_disk)
 
 
 class CapabilitiesAPI:

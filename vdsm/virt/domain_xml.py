@@ -39,6 +39,10 @@ def build(spec: VmSpec, drives: Sequence[Drive], domain_type: str) -> str:
         if spec.initrd is not None:
             etree.SubElement(os_el, "initrd").text = str(spec.initrd)
         etree.SubElement(os_el, "cmdline").text = spec.kernel_args
+    if domain_type == "qemu":
+        # Under TCG the emulated CPU's features are free; with RDRAND the guest kernel's
+        # random number generator starts at once (a second faster boot, measured).
+        etree.SubElement(domain, "cpu", mode="maximum", check="none")
     features = etree.SubElement(domain, "features")
     etree.SubElement(features, "acpi")
     # A guest that stops ends its VM: the engine decides what happens next, not libvirt.
