@@ -25,6 +25,7 @@ from vdsm.storage.host_storage import HostStorage
 from vdsm.storage.repository import StorageRepository
 from vdsm.storage.task_manager import TaskManager
 from vdsm.virt.connection import Connection
+from vdsm.virt.merge import Merges
 from vdsm.virt.replication import Replications
 from vdsm.virt.vm_manager import VmManager, detect_domain_type
 from vdsm.virt.vm_store import VmStore
@@ -63,12 +64,16 @@ class Daemon:
         self.replications = Replications(
             self.storage, convergence_window=cfg.replication_convergence_window
         )
+        self.merges = Merges(self.storage)
         log.info("recovered VMs: %s", self.vms.recover())
         for vm in self.vms.all():
             self.replications.recover(vm)
+            self.merges.recover(vm)
         dispatcher = Dispatcher(
             schema.load(),
-            api.build(self.storage, self.tasks, self.connection, self.vms, self.replications),
+            api.build(
+                self.storage, self.tasks, self.connection, self.vms, self.replications, self.merges
+            ),
         )
         ssl_context = None
         if cfg.tls:

@@ -149,9 +149,12 @@ class Client:
                 f"{where}: HTTP {e.errcode} {e.errmsg} (is it vdsmd? TLS needs -s)"
             ) from None
         except ssl.SSLError as e:
-            raise ConnectionFailed(
-                f"TLS with {where} failed: {_reason(e)}{_TLS_HINTS.get(str(e.reason), '')}"
-            ) from None
+            hint = _TLS_HINTS.get(str(e.reason), "")
+            if not hint and self.endpoint.cert is None:
+                # With TLS 1.3 a server that wants a client certificate may just close the
+                # connection, which the client sees as an EOF, not as the server's alert.
+                hint = _CLIENT_CERT_HINT
+            raise ConnectionFailed(f"TLS with {where} failed: {_reason(e)}{hint}") from None
         except ConnectionRefusedError:
             raise ConnectionFailed(
                 f"cannot connect to {where}: connection refused (is vdsmd running?)"

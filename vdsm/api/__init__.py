@@ -16,6 +16,7 @@ from vdsm.api.volumes import VolumesAPI
 from vdsm.storage.host_storage import HostStorage
 from vdsm.storage.task_manager import TaskManager
 from vdsm.virt.connection import Connection
+from vdsm.virt.merge import Merges
 from vdsm.virt.replication import Replications
 from vdsm.virt.vm_manager import VmManager
 
@@ -26,12 +27,13 @@ def build(
     connection: Connection,
     vms: VmManager,
     replications: Replications,
+    merges: Merges,
 ) -> dict[str, object]:
     """The namespace objects the dispatcher resolves ``call: <namespace>.<method>`` in."""
     return {
         "host": HostAPI(),
         "capabilities": CapabilitiesAPI(connection, vms),
-        "vms": VmsAPI(vms, storage, replications),
+        "vms": VmsAPI(vms, storage, replications, merges),
         "tasks": TasksAPI(tasks),
         "pools": PoolsAPI(storage),
         "domains": DomainsAPI(storage),

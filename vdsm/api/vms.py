@@ -11,16 +11,20 @@ from vdsm.errors import InvalidParameter
 from vdsm.storage.host_storage import HostStorage
 from vdsm.virt import snapshot
 from vdsm.virt.connection import Connection
+from vdsm.virt.merge import Merges
 from vdsm.virt.replication import Replications
 from vdsm.virt.vm_manager import VmManager
 from vdsm.virt.vm_stats import vm_stats
 
 
 class VmsAPI:
-    def __init__(self, vms: VmManager, storage: HostStorage, replications: Replications) -> None:
+    def __init__(
+        self, vms: VmManager, storage: HostStorage, replications: Replications, merges: Merges
+    ) -> None:
         self._vms = vms
         self._storage = storage
         self._replications = replications
+        self._merges = merges
 
     def create(self, vm_id: str | None, params: dict[str, Any]) -> dict[str, Any]:
         if vm_id is not None:
@@ -65,6 +69,24 @@ class VmsAPI:
         self, vm_id: str, src_disk: dict[str, Any], dst_disk: dict[str, Any]
     ) -> None:
         self._replications.finish(self._vms.get(vm_id), src_disk, dst_disk)
+
+    def merge(
+        self,
+        vm_id: str,
+        drive: dict[str, Any],
+        base_vol_uuid: str,
+        top_vol_uuid: str,
+        bandwidth: int = 0,
+        job_uuid: str | None = None,
+    ) -> None:
+        self._merges.start(
+            self._vms.get(vm_id),
+            drive,
+            base_vol_uuid,
+            top_vol_uuid,
+            bandwidth_mib=bandwidth,
+            job_id=job_uuid,
+        )
 
 
 class CapabilitiesAPI:

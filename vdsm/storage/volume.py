@@ -99,6 +99,10 @@ class Volume:
     def set_role(self, role: VolumeRole) -> None:
         self.write_metadata(self.metadata().replace(role=role))
 
+    def set_parent(self, parent_uuid: str) -> None:
+        """Record a new parent (after a merge removed the old one from the chain)."""
+        self.write_metadata(self.metadata().replace(parent=parent_uuid))
+
     def children(self) -> list[str]:
         """volUUIDs of the volumes of this image whose parent is this volume."""
         return sorted(
@@ -387,7 +391,8 @@ def delete(vol: Volume) -> None:
         raise CannotDeleteVolume(f"{vol.description_for_errors}: {e}") from e
     if md.parent != BLANK_UUID:
         parent = Volume(vol.domain, vol.img_uuid, md.parent)
-        if parent.exists():
+        # Another child may point at it (after a merge rewired a chain): then it stays INTERNAL.
+        if parent.exists() and not parent.children():
             parent.set_role(VolumeRole.LEAF)
     fileutil.remove_dir_if_empty(vol.image_dir)
     log.info("deleted %s", vol.description_for_errors)

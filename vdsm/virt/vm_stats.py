@@ -47,8 +47,10 @@ def vm_stats(vm: Vm) -> dict[str, Any]:
             if job:
                 mirror = live[drive.target].mirror if drive.target in live else None
                 event = vm.last_job_event(drive.target)
+                merge = vm.record.merges.get(drive.target)
                 stats["blockJobs"][drive.target] = {
                     "drive": drive.target,
+                    "jobID": merge["job_id"] if merge else "",
                     "imgUUID": drive.image_id,
                     "blockJobType": JOB_TYPES.get(job.get("type", 0), "unknown"),
                     "cur": str(job.get("cur", 0)),

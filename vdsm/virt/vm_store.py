@@ -34,6 +34,8 @@ class VmRecord:
     # Replications in progress, by drive target (the record the contract asks to persist
     # before a replication touches the destination; see replication.py).
     replications: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Live merges in progress, by drive target (see merge.py).
+    merges: dict[str, dict[str, Any]] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
 
     def to_json(self) -> dict[str, Any]:
@@ -45,6 +47,7 @@ class VmRecord:
             "console_log": self.console_log,
             "exit_message": self.exit_message,
             "replications": self.replications,
+            "merges": self.merges,
             "created": self.created,
         }
 
@@ -59,6 +62,7 @@ class VmRecord:
             console_log=data.get("console_log"),
             exit_message=data.get("exit_message"),
             replications=data.get("replications", {}),
+            merges=data.get("merges", {}),
             created=data.get("created", 0.0),
         )
 

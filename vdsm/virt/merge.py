@@ -1,0 +1,198 @@
+"""Live merge: VM.merge commits a volume into its parent while the VM runs (as VDSM's merge).
+
+``merge(vm, drive, base, top)`` starts libvirt's blockCommit of ``top`` into ``base`` (its
+parent) and returns; the job shows in getVmStats. A watcher thread finishes it:
+
+- top is the active layer: an *active* commit; once it is READY, ``blockJobAbort(PIVOT)``
+  switches the VM to ``base``, which becomes the active layer;
+- top is internal: a plain commit with relative backing names; when it completes, top's
+  child is backed by ``base`` (libvirt rewrote its header; vdsm records the new parent).
+
+Either way the drive's chain loses ``top``, which is marked ILLEGAL (its data now lives in
+``base``) for the caller to delete with deleteVolume. The merge's record sits in the VM's
+durable record from before the job starts until the chain is updated, so a restarted vdsmd
+finishes the bookkeeping of a merge that completed while it was down, or forgets one that
+failed; a failed merge leaves the chain as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+import libvirt
+
+from vdsm import validation
+from vdsm.errors import InvalidParameter, MergeError, VdsmError
+from vdsm.storage.constants import Legality
+from vdsm.storage.host_storage import HostStorage
+from vdsm.storage.volume import Volume
+from vdsm.virt.connection import error_message
+from vdsm.virt.drives import Drive, drive_spec
+from vdsm.virt.vm import Vm
+
+log = logging.getLogger("vdsm.virt.merge")
+
+COMMITTING = "committing"  # blockCommit started; waiting for READY (active) or completion
+PIVOTING = "pivoting"  # active commit READY, blockJobAbort(PIVOT) requested
+
+
+class Merges:
+    def __init__(self, storage: HostStorage) -> None:
+        self._storage = storage
+
+    def start(
+        self,
+        vm: Vm,
+        drive_value: object,
+        base_id: str,
+        top_id: str,
+        *,
+        bandwidth_mib: int = 0,
+        job_id: str | None = None,
+    ) -> None:
+        base_id = validation.uuid(base_id, "baseVolUUID")
+        top_id = validation.uuid(top_id, "topVolUUID")
+        job_id = validation.uuid(job_id, "jobUUID") if job_id else str(uuid.uuid4())
+        if bandwidth_mib < 0:
+            raise InvalidParameter("bandwidth", bandwidth_mib, "must be 0 (unlimited) or more")
+        with vm.lock:
+            drive = vm.find_drive(*drive_spec(drive_value, "drive"))
+            ids = [link.volume_id for link in drive.chain]
+            if top_id not in ids or ids.index(top_id) == 0:
+                raise MergeError(
+                    f"volume {top_id} is not a non-base volume of drive {drive.target}"
+                )
+            if ids[ids.index(top_id) - 1] != base_id:
+                raise MergeError(f"volume {base_id} is not the parent of {top_id}")
+            if drive.target in vm.record.replications or drive.target in vm.record.merges:
+                raise MergeError(f"drive {drive.target} is busy with another block job")
+            dom = vm.domain()
+            if dom.blockJobInfo(drive.target, 0):
+                raise MergeError(f"drive {drive.target} already has a block job")
+            active = top_id == drive.volume_id
+            record = {
+                "state": COMMITTING,
+                "job_id": job_id,
+                "base": base_id,
+                "top": top_id,
+                "active": active,
+                "started": time.time(),
+            }
+            vm.record.merges[drive.target] = record
+            vm.save()
+            base_path = drive.chain[ids.index(base_id)].path
+            top_path = drive.chain[ids.index(top_id)].path
+            flags = libvirt.VIR_DOMAIN_BLOCK_COMMIT_RELATIVE
+            if active:
+                flags |= libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE
+            vm.clear_job_event(drive.target)
+            try:
+                dom.blockCommit(drive.target, base_path, top_path, bandwidth_mib, flags)
+            except libvirt.libvirtError as e:
+                vm.record.merges.pop(drive.target, None)
+                vm.save()
+                raise MergeError(
+                    f"VM {vm.vm_id} drive {drive.target}: {error_message(e)}"
+                ) from None
+        log.info(
+            "VM %s drive %s: merging %s into %s (job %s, %s)",
+            vm.vm_id,
+            drive.target,
+            top_id,
+            base_id,
+            job_id,
+            "active" if active else "internal",
+        )
+        self._watch(vm, drive.target)
+
+    def recover(self, vm: Vm) -> None:
+        for target in list(vm.record.merges):
+            self._watch(vm, target)
+
+    def _watch(self, vm: Vm, target: str) -> None:
+        threading.Thread(
+            target=self._run, args=(vm, target), name=f"merge-{vm.vm_id[:8]}-{target}", daemon=True
+        ).start()
+
+    def _run(self, vm: Vm, target: str) -> None:
+        try:
+            self._follow(vm, target)
+        except Exception:
+            log.exception("VM %s drive %s: merge watcher failed", vm.vm_id, target)
+
+    def _follow(self, vm: Vm, target: str) -> None:
+        while True:
+            time.sleep(0.2)
+            with vm.lock:
+                record = vm.record.merges.get(target)
+                if record is None:
+                    return
+                try:
+                    dom = vm.domain()
+                    job = dom.blockJobInfo(target, 0)
+                    live = vm.live_disks().get(target)
+                except VdsmError as e:
+                    log.warning("VM %s drive %s: merge abandoned: %s", vm.vm_id, target, e)
+                    self._forget(vm, target)
+                    return
+                drive = vm.drive_by_target(target)
+                live_ids = [p.rsplit("/", 1)[-1] for p, _ in (live.chain if live else ())]
+                if not job:
+                    if live is not None and record["top"] not in live_ids:
+                        self._done(vm, drive, record)  # finished (maybe while we were down)
+                    else:
+                        event = vm.last_job_event(target)
+                        log.error(
+                            "VM %s drive %s: merge failed (last event %s); chain unchanged",
+                            vm.vm_id,
+                            target,
+                            event,
+                        )
+                        self._forget(vm, target)
+                    return
+                if record["active"] and live is not None and live.mirror and live.mirror.ready:
+                    record["state"] = PIVOTING
+                    vm.save()
+                    try:
+                        dom.blockJobAbort(target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
+                    except libvirt.libvirtError as e:
+                        record["state"] = COMMITTING
+                        vm.save()
+                        log.warning(
+                            "VM %s drive %s: merge pivot refused, retrying: %s",
+                            vm.vm_id,
+                            target,
+                            error_message(e),
+                        )
+                        continue
+                    self._done(vm, drive, record)
+                    return
+
+    def _done(self, vm: Vm, drive: Drive, record: dict[str, Any]) -> None:
+        top = record["top"]
+        ids = [link.volume_id for link in drive.chain]
+        chain = tuple(link for link in drive.chain if link.volume_id != top)
+        vm.record.merges.pop(drive.target, None)
+        vm.record.drives = [
+            drive.with_chain(drive.domain_id, chain) if d.target == drive.target else d
+            for d in vm.record.drives
+        ]
+        vm.save()
+        vm.clear_job_event(drive.target)
+        domain = self._storage.pool_domain(drive.pool_id, drive.domain_id)
+        if top in ids and ids.index(top) + 1 < len(ids):  # internal: the child's new parent
+            Volume(domain, drive.image_id, ids[ids.index(top) + 1]).set_parent(record["base"])
+        Volume(domain, drive.image_id, top).set_legality(Legality.ILLEGAL)
+        log.info("VM %s drive %s: merged %s into %s", vm.vm_id, drive.target, top, record["base"])
+
+    def _forget(self, vm: Vm, target: str) -> None:
+        vm.record.merges.pop(target, None)
+        vm.save()
+
+    def job_id(self, vm: Vm, target: str) -> str | None:
+        record = vm.record.merges.get(target)
+        return str(record["job_id"]) if record else None
