@@ -15,6 +15,7 @@ lookups. Usage::
 from __future__ import annotations
 
 import argparse
+import shlex
 import gzip
 import hashlib
 import io
@@ -289,9 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     except (GuestBuildError, CommandError) as e:
         print(f"cannot build the guest: {e}", file=sys.stderr)
         return 1
-    print(f"kernel={guest.kernel}")
-    print(f"initrd={guest.initrd}")
-    print(f"cmdline={guest.cmdline}")
+    # Shell-quoted, so that `eval "$(python -m vdsm_guest.build)"` sets the three variables.
+    print(f"kernel={shlex.quote(str(guest.kernel))}")
+    print(f"initrd={shlex.quote(str(guest.initrd))}")
+    print(f"cmdline={shlex.quote(guest.cmdline)}")
     return 0
 
 
