@@ -15,7 +15,6 @@ lookups. Usage::
 from __future__ import annotations
 
 import argparse
-import shlex
 import gzip
 import hashlib
 import io
@@ -23,6 +22,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import sys
 import tempfile
