@@ -27,9 +27,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from vdsm_api.schema import Param, ParamType, Verb
+from vdsm_api.wire import xmlrpc_safe
 from vdsm_cli.errors import UsageError
 
-_INT32 = range(-(2**31), 2**31)
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*([KMGT])(?:i?B)?\s*$", re.IGNORECASE)
 _SIZE_UNITS = {"K": 1, "M": 2, "G": 3, "T": 4}
 
@@ -81,22 +81,9 @@ def convert_args(verb: Verb, values: Sequence[str]) -> list[Any]:
         raise UsageError(e.message, usage_line(verb)) from None
 
 
-def wire(value: Any) -> Any:
-    """XML-RPC-safe: integers beyond 32 bits (from JSON arguments) as decimal strings."""
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, int):
-        return value if value in _INT32 else str(value)
-    if isinstance(value, dict):
-        return {str(k): wire(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [wire(v) for v in value]
-    return value
-
-
 def convert_arg(param: Param, value: str) -> Any:
     try:
-        return wire(convert_value(param.type, value))
+        return xmlrpc_safe(convert_value(param.type, value))
     except ValueError as e:
         raise UsageError(f"{param.name}: {e} (got {value!r})") from None
 

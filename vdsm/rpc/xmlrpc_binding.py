@@ -8,18 +8,16 @@ XML-RPC integers are 32-bit, so larger integers (sizes) travel as decimal string
 from __future__ import annotations
 
 import xmlrpc.client
-from typing import Any
 
 from vdsm.errors import VdsmError
 from vdsm.rpc import envelope
 from vdsm.rpc.dispatcher import Dispatcher
+from vdsm_api.wire import xmlrpc_safe
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 METHOD_NOT_FOUND = -32601
 INTERNAL_ERROR = -32603
-
-_INT32 = range(-(2**31), 2**31)
 
 
 def handle(dispatcher: Dispatcher, body: bytes, flow_id: str | None) -> bytes:
@@ -37,23 +35,10 @@ def handle(dispatcher: Dispatcher, body: bytes, flow_id: str | None) -> bytes:
         response = envelope.success(verb, dispatcher.call(verb, kwargs, flow_id))
     except VdsmError as e:
         response = envelope.failure(e)
-    text = xmlrpc.client.dumps((wire(response),), methodresponse=True, allow_none=True)
+    text = xmlrpc.client.dumps((xmlrpc_safe(response),), methodresponse=True, allow_none=True)
     return text.encode("utf-8")
 
 
 def fault(code: int, message: str) -> bytes:
     text = xmlrpc.client.dumps(xmlrpc.client.Fault(code, message), methodresponse=True)
     return text.encode("utf-8")
-
-
-def wire(value: Any) -> Any:
-    """Make a payload XML-RPC-safe: big integers as strings, tuples as lists."""
-    if isinstance(value, bool) or value is None:
-        return value
-    if isinstance(value, int):
-        return value if value in _INT32 else str(value)
-    if isinstance(value, dict):
-        return {str(k): wire(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [wire(v) for v in value]
-    return value
