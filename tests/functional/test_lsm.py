@@ -379,3 +379,36 @@ def test_refused_pivot_is_41_and_keeps_the_replication(vms: VmFixture) -> None:
     m.finish_when_ready(src, src)  # the caller's way out: abort
     assert vms.stats(vm_id)["disks"]["vda"]["domainID"] == m.st.sd
     assert m.rpc.diskReplicateFinish(vm_id, src, src)["status"]["code"] == 88
+
+
+def test_live_snapshot_under_guest_writes_verifies(vms: VmFixture, guest: GuestImage) -> None:
+    vm_id = vms.start(**guest_params(guest, slots=32, pause=0.02))
+    console = Path(vms.stats(vm_id)["consoleLog"])
+    wait_writes(console, 10)
+    snap = Migration(vms, vm_id).live_snapshot()
+    wait_writes(console, wait_writes(console, 0) + 20)
+    stats = vms.stats(vm_id)
+    assert chain_of(stats) == [vms.base, vms.leaf, snap]
+    result = checker.check(Path(stats["disks"]["vda"]["path"]), "qcow2", console)
+    assert result.ok, result.failures
+    ok(vms.daemon.xmlrpc().destroy(vm_id))
+
+
+def test_abort_under_guest_writes_keeps_every_write_on_the_source(
+    vms: VmFixture, guest: GuestImage
+) -> None:
+    vm_id = vms.start(**guest_params(guest, slots=32, pause=0.02))
+    console = Path(vms.stats(vm_id)["consoleLog"])
+    wait_writes(console, 10)
+    m = Migration(vms, vm_id)
+    m.clone()
+    src, dst = m.disk(m.st.sd, vms.leaf), m.disk(m.st.sd2, vms.leaf)
+    ok(m.rpc.diskReplicateStart(vm_id, src, dst))
+    m.sync("INTERNAL")
+    wait_writes(console, wait_writes(console, 0) + 10)
+    m.finish_when_ready(src, src)
+    wait_writes(console, wait_writes(console, 0) + 20)
+    stats = vms.stats(vm_id)
+    assert stats["disks"]["vda"]["domainID"] == m.st.sd
+    result = checker.check(Path(stats["disks"]["vda"]["path"]), "qcow2", console)
+    assert result.ok, result.failures

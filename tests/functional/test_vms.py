@@ -264,3 +264,40 @@ def qemu_pid(vm_id: str) -> int:
     """The QEMU process of a domain, from libvirt's pid file."""
     name = virsh("domname", vm_id).strip()
     return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip())
+
+
+def test_vdsmd_reconnects_when_libvirtd_restarts(vms: VmFixture) -> None:
+    """libvirtd restarted under a running vdsmd: the VMs (QEMU outlives libvirtd) and vdsmd's
+    connection, events included, come back."""
+    vm_id = vms.start()
+    pid = qemu_pid(vm_id)
+    libvirtd = int(
+        subprocess.run(
+            ["pidof", "libvirtd"], capture_output=True, text=True, check=True
+        ).stdout.split()[0]
+    )
+    os.kill(libvirtd, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{libvirtd}").exists():
+        assert time.monotonic() < deadline, "libvirtd did not stop"
+        time.sleep(0.1)
+    repo = Path(__file__).resolve().parents[2]
+    subprocess.run(
+        ["bash", str(repo / "scripts" / "setup-host.sh")],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    assert vms.stats(vm_id)["status"] == "Up"
+    assert qemu_pid(vm_id) == pid
+    # Events flow again: a QEMU killed now is seen as Down.
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while vms.stats(vm_id)["status"] != "Down":
+        assert time.monotonic() < deadline, "VM not reported Down after the reconnection"
+        time.sleep(0.1)
+    # The reason comes from libvirt's lifecycle event, received on the new connection.
+    deadline = time.monotonic() + 10
+    while vms.stats(vm_id)["exitMessage"] == "not running":
+        assert time.monotonic() < deadline, "no lifecycle event after the reconnection"
+        time.sleep(0.1)
