@@ -48,6 +48,8 @@ exit codes: 0 success, 1 vdsmd answered an error (or waitTask: the task failed),
 # Commands of vdsClient itself (not schema verbs): name → summary.
 FRIENDLY = {
     "waitTask": "Wait for a task to finish, showing its progress; exit 0 if it succeeded.",
+    "moveDisk": "Move a running VM's disk to another storage domain, live, in one command "
+    "(journaled: --resume after any interruption).",
 }
 
 WAIT_TASK_HELP = """\

@@ -22,7 +22,10 @@ from vdsm_cli.errors import ApiError
 BLANK_UUID = "00000000-0000-0000-0000-000000000000"
 FINISHED = "finished"
 SUCCESS = "success"
-POLL_INTERVAL = 0.5  # seconds between two polls of a task or a block job
+# Seconds between two polls of a task or a block job: short at first (most tasks of the flow
+# end within a few tens of ms, and each wait adds to the move's time), then every POLL_INTERVAL.
+POLL_FIRST = 0.05
+POLL_INTERVAL = 0.5
 
 # VDSM's codes that the flow tells apart (lsm-contract §6).
 NO_VM = 1
@@ -106,12 +109,27 @@ def _drive(target: str, data: dict[str, Any]) -> Drive:
     )
 
 
+class Poller:
+    """The pauses of one wait: POLL_FIRST, doubling up to POLL_INTERVAL."""
+
+    def __init__(self, sleep: Callable[[float], None]) -> None:
+        self._sleep = sleep
+        self._next = POLL_FIRST
+
+    def pause(self) -> None:
+        self._sleep(self._next)
+        self._next = min(POLL_INTERVAL, self._next * 2)
+
+
 class Vdsm:
     """One vdsmd, spoken to through its legacy XML-RPC verbs."""
 
     def __init__(self, client: Client, sleep: Callable[[float], None] = time.sleep) -> None:
         self.client = client
         self.sleep = sleep
+
+    def poller(self) -> Poller:
+        return Poller(self.sleep)
 
     @property
     def address(self) -> str:
@@ -253,6 +271,7 @@ class Vdsm:
         Raises TaskFailed when it did not succeed. No timeout: copies of big disks take as
         long as they take, and the progress shows whether they move.
         """
+        poller = self.poller()
         while True:
             status = self.task_status(task_id)
             if status is None:
@@ -263,7 +282,7 @@ class Vdsm:
                 if status.get("taskResult") != SUCCESS:
                     raise TaskFailed(task_id, verb, status)
                 return status
-            self.sleep(POLL_INTERVAL)
+            poller.pause()
 
     def stop_task(self, task_id: str) -> None:
         """Stop a running task; a finished or unknown one is left alone."""

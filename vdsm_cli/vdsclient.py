@@ -26,7 +26,7 @@ from vdsm_api import schema as api_schema
 from vdsm_api.schema import Schema, Verb
 from vdsm_cli import args as cli_args
 from vdsm_cli import help as cli_help
-from vdsm_cli import output, progress
+from vdsm_cli import move_disk, output, progress
 from vdsm_cli.client import Client, Endpoint, parse_address
 from vdsm_cli.errors import (
     EXIT_INTERRUPTED,
@@ -105,7 +105,7 @@ def endpoint(cmd: Command, address: str) -> Endpoint:
 def find_verb(schema: Schema, name: str) -> Verb:
     verb = schema.by_xmlrpc.get(name)
     if verb is None:
-        known = [*schema.by_xmlrpc, WAIT_TASK]
+        known = [*schema.by_xmlrpc, WAIT_TASK, move_disk.COMMAND]
         close = difflib.get_close_matches(name, known, n=3)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         raise UsageError(f"unknown verb {name!r}{hint} (`{PROG} --help` lists them)")
@@ -124,7 +124,9 @@ def run(argv: list[str], out: TextIO, err: TextIO) -> int:
     if cmd.help:
         # `VERB --help`, `HOST VERB --help`, or just --help.
         verb_name = words[1] if len(words) >= 2 else None
-        if len(words) == 1 and (words[0] in schema.by_xmlrpc or words[0] == WAIT_TASK):
+        if len(words) == 1 and (
+            words[0] in schema.by_xmlrpc or words[0] in (WAIT_TASK, move_disk.COMMAND)
+        ):
             verb_name = words[0]
         out.write(_help_text(schema, verb_name))
         return EXIT_OK
@@ -135,6 +137,8 @@ def run(argv: list[str], out: TextIO, err: TextIO) -> int:
     flow_id = cmd.flow_id or str(uuid.uuid4())
     if verb_name == WAIT_TASK:
         return wait_task(cmd, target, flow_id, values, out, err)
+    if verb_name == move_disk.COMMAND:
+        return move_disk.run(values, target, flow_id, cmd.json, out)
     verb = find_verb(schema, verb_name)
     wire_args = cli_args.convert_args(verb, values)
     try:
@@ -155,6 +159,8 @@ def _help_text(schema: Schema, verb_name: str | None) -> str:
         return cli_help.main_help(schema)
     if verb_name == WAIT_TASK:
         return cli_help.WAIT_TASK_HELP
+    if verb_name == move_disk.COMMAND:
+        return move_disk.HELP
     return cli_help.verb_help(find_verb(schema, verb_name))
 
 

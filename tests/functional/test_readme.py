@@ -51,4 +51,5 @@ def test_the_readme_walkthrough_works_as_written(tmp_path: Path) -> None:
     after = out.rsplit("status = Up", 2)
     assert len(after) == 3, out[-3000:]
     assert out.count("finished success") == 3
-    assert "VDSMW seq=" in out.splitlines()[-1]
+    assert "VDSMW seq=" in out
+    assert "moved to domain" in out

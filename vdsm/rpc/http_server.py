@@ -83,6 +83,11 @@ class RPCServer(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: RPCServer
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY: a reply goes out as two writes (headers, then body); with Nagle the body
+    # waited for the client's delayed ACK of the headers, 40 ms on every call after the first
+    # of a keep-alive connection (bench/: 43 ms per ping instead of 0.6 ms; a disk move makes
+    # dozens of calls).
+    disable_nagle_algorithm = True
     timeout = CONNECTION_TIMEOUT
     server_version = "vdsm"
     sys_version = ""

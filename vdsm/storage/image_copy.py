@@ -177,6 +177,13 @@ def sync_data(
     )
     for copy in copies:
         _copy_volume(copy, ctx, progress)
+    # Durable before the task succeeds (the caller then pivots and deletes the source).
+    # Flushed once at the end, not after each volume: the kernel writes the first twins back
+    # while the next ones are copied (bench: 1.27 s vs 1.82 s for 1.75 GiB in 3 volumes). A
+    # crash before this point leaves the task unfinished, and its recovery marks every twin
+    # ILLEGAL, so a LEGAL twin whose data was not flushed yet is never used.
+    for copy in copies:
+        _flush(copy.dst)
     progress.finish()
 
 
@@ -284,6 +291,26 @@ def _copy_volume(copy: _Copy, ctx: TaskContext, progress: _Progress) -> None:
     ctx.check_aborted()
     _set_dst_legality(copy.dst, Legality.LEGAL)
     progress.volume_done(copy.size)
+
+
+def _flush(vol: Volume) -> None:
+    """Put a twin's data on stable storage.
+
+    qemu-img convert's default target cache mode is "unsafe": it never flushes, and a copy
+    ends with its data in the page cache. A synced twin must survive a host crash (after the
+    pivot the source is deleted), so the sync ends with one fsync per twin. Measured by
+    bench/ (docs/benchmarks.md, "tuning"): the cheapest durable recipe here; qemu-img's own
+    -t writeback flushes at every qcow2 metadata update (2-3x slower) and -t none (O_DIRECT)
+    is 15-50% slower on this kind of disk.
+    """
+    try:
+        fd = os.open(vol.path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise DestImageActionError(f"{vol.description_for_errors}: cannot flush: {e}") from e
 
 
 def _allocated(vol: Volume) -> int:

@@ -39,6 +39,17 @@ log = logging.getLogger("vdsm.virt.merge")
 COMMITTING = "committing"  # blockCommit started; waiting for READY (active) or completion
 PIVOTING = "pivoting"  # active commit READY, blockJobAbort(PIVOT) requested
 
+# The watcher: woken by these job events, else every _POLL seconds; never more often than
+# every _MIN_PAUSE seconds.
+_WAKE_ON = {
+    libvirt.VIR_DOMAIN_BLOCK_JOB_READY,
+    libvirt.VIR_DOMAIN_BLOCK_JOB_COMPLETED,
+    libvirt.VIR_DOMAIN_BLOCK_JOB_FAILED,
+    libvirt.VIR_DOMAIN_BLOCK_JOB_CANCELED,
+}
+_POLL = 0.2
+_MIN_PAUSE = 0.01
+
 
 class Merges:
     def __init__(self, storage: HostStorage) -> None:
@@ -126,7 +137,13 @@ class Merges:
 
     def _follow(self, vm: Vm, target: str) -> None:
         while True:
-            time.sleep(0.2)
+            # Woken by libvirt's job event (READY, or the job's end) as soon as it arrives,
+            # instead of a fixed 0.2 s sleep: bench/ measured the merge step of a disk move
+            # at 0.29 s with the sleep, most of it spent asleep (docs/benchmarks.md, overhead).
+            # The poll stays as the fallback for an event that never comes (a restart).
+            vm.wait_job_event(target, _WAKE_ON, timeout=_POLL)
+            time.sleep(_MIN_PAUSE)  # a READY event stays recorded: never spin on it
+            refused = False
             with vm.lock:
                 record = vm.record.merges.get(target)
                 if record is None:
@@ -168,9 +185,12 @@ class Merges:
                             target,
                             error_message(e),
                         )
-                        continue
-                    self._done(vm, drive, record)
-                    return
+                        refused = True
+                    else:
+                        self._done(vm, drive, record)
+                        return
+            if refused:
+                time.sleep(_POLL)  # retry the refused pivot at the old pace
 
     def _done(self, vm: Vm, drive: Drive, record: dict[str, Any]) -> None:
         top = record["top"]

@@ -1,0 +1,351 @@
+"""vdsClient moveDisk: live storage migration of a VM's disks in one command.
+
+The client drives lsm-contract §1 against vdsmd through the API only, as an engine would:
+auto-snapshot, clone, mirror, sync, READY, pivot, delete the source, then a live merge that
+gives the disk back the chain it had. This module is the command: its options, pre-flight
+(:mod:`vdsm_cli.move_plan`), ``--dry-run``, one disk or ``--all`` of them one after another,
+``--resume``. One disk's move is run by :mod:`vdsm_cli.move_driver` over the steps of
+:mod:`vdsm_cli.move_forward` and :mod:`vdsm_cli.move_rollback`, journaled by
+:mod:`vdsm_cli.move_journal`, shown by :mod:`vdsm_cli.move_progress`.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from vdsm_cli.client import Client, Endpoint
+from vdsm_cli.errors import EXIT_INTERRUPTED, EXIT_OK, CliError, UsageError
+from vdsm_cli.move_api import Vdsm
+from vdsm_cli.move_driver import COMMAND, execute, new_journal
+from vdsm_cli.move_flow import MoveContext
+from vdsm_cli.move_journal import JournalStore, default_state_dir
+from vdsm_cli.move_plan import (
+    DiskPlan,
+    Refused,
+    attached_drive,
+    check_room,
+    describe,
+    plan_steps,
+    plan_text,
+    preflight,
+    running_vm,
+)
+from vdsm_cli.move_progress import Reporter
+from vdsm_cli.move_rollback import ROLLBACK_STEPS
+
+USAGE = (
+    f"{COMMAND} VM_ID (IMAGE_ID | --all) DST_SD_UUID [--keep-source] [--no-merge] "
+    "[--sync-writes] [--bandwidth MIB] [--ready-timeout SECONDS] [--dry-run] [--resume] "
+    "[--state-dir DIR]"
+)
+
+HELP = f"""\
+usage: vdsClient [--json] HOST[:PORT] {COMMAND} VM_ID IMAGE_ID DST_SD_UUID [options]
+       vdsClient [--json] HOST[:PORT] {COMMAND} VM_ID --all DST_SD_UUID [options]
+       vdsClient [--json] HOST[:PORT] {COMMAND} VM_ID (IMAGE_ID | --all) --resume
+
+  Move a running VM's disk to another storage domain of its pool, live, in one command:
+  auto-snapshot, cloneImageStructure, diskReplicateStart, syncImageData INTERNAL, wait for
+  READY, diskReplicateFinish (pivot), delete the source image, then merge the auto-snapshot
+  into its parent on the destination so the disk keeps the chain it had.
+
+  Checked first, before anything is touched: the VM is Up and the image attached to it, the
+  destination is in the same pool with room for the allocated data x 1.1 + 64 MiB, and no
+  replication, merge or other move runs on the disk.
+
+  Each step is journaled before it runs (in $VDSM_MOVE_STATE_DIR, else
+  ~/.local/state/vdsm/moves). On any error, or Ctrl-C, the mirror is aborted first and the
+  destination deleted only if that worked: the VM stays on the source. After the pivot there
+  is no way back: the move is finished instead. A second Ctrl-C leaves things as they are.
+  If the client or vdsmd dies, --resume finishes or rolls back from where it stopped.
+
+arguments:
+  VM_ID                the running VM
+  IMAGE_ID             the disk's image (see getVmStats); or --all for every disk, one
+                       after another, stopping at the first failure
+  DST_SD_UUID          the destination storage domain (optional with --resume)
+
+options:
+  --keep-source        do not delete the source image after the pivot
+  --no-merge           keep the auto-snapshot in the chain (no live merge)
+  --sync-writes        mirror with synchronous writes from the start (guest writes reach
+                       both sides before completing: always converges, slower writes)
+  --bandwidth MIB      limit the mirror to MIB MiB/s (0: unlimited). The sync has no limit
+                       in the API, and the merge (what the guest wrote during the move)
+                       runs unlimited so that it converges
+  --ready-timeout S    give up (and roll back) if the mirror is not READY after S seconds;
+                       also how long a merge may make no progress (default 600)
+  --dry-run            check and print the plan and a time estimate; change nothing
+  --resume             finish or roll back a move that was interrupted; with --keep-source
+                       or --no-merge it skips what is left of those steps
+  --state-dir DIR      where the journals are kept
+  --json               (before HOST) one JSON object a line: start, step, progress (bytes
+                       done/total, rate, ETA of the step and overall), stepDone, note,
+                       summary, result
+
+exit codes: 0 moved (or nothing to do), 1 failed and rolled back (the VM runs on the source,
+            the destination is clean) or refused by the pre-flight, 2 usage error,
+            3 connection error before anything changed, 4 stopped half-way and could not
+            be rolled back: the message says exactly what is left, --resume retries,
+            130 interrupted (Ctrl-C) and rolled back
+"""
+
+_FLAGS = {
+    "--all": "all",
+    "--keep-source": "keep_source",
+    "--no-merge": "no_merge",
+    "--dry-run": "dry_run",
+    "--resume": "resume",
+    "--sync-writes": "sync_writes",
+}
+_VALUED = {"--bandwidth", "--ready-timeout", "--state-dir"}
+
+
+@dataclass
+class Options:
+    vm_id: str
+    image_id: str | None  # None with --all
+    dst_domain: str | None  # may be omitted with --resume
+    keep_source: bool = False
+    merge: bool = True
+    dry_run: bool = False
+    resume: bool = False
+    sync_writes: bool = False
+    bandwidth: int = 0
+    ready_timeout: float = 600.0
+    state_dir: Path | None = None
+    json: bool = False
+
+    def journal_options(self) -> dict[str, Any]:
+        return {
+            "keepSource": self.keep_source,
+            "merge": self.merge,
+            "bandwidth": self.bandwidth,
+            "copyMode": "sync" if self.sync_writes else "auto",
+            "readyTimeout": self.ready_timeout,
+        }
+
+
+def parse(values: list[str], json_output: bool) -> Options:
+    flags: set[str] = set()
+    valued: dict[str, str] = {}
+    words: list[str] = []
+    tokens = iter(values)
+    for token in tokens:
+        name, sep, inline = token.partition("=")
+        if name in _FLAGS and not sep:
+            flags.add(_FLAGS[name])
+        elif name in _VALUED:
+            value = inline if sep else next(tokens, None)
+            if value is None:
+                raise UsageError(f"option {name} needs a value", USAGE)
+            valued[name] = value
+        elif token.startswith("-"):
+            raise UsageError(f"unknown option {token}", USAGE)
+        else:
+            words.append(token)
+    wanted = 2 if "all" in flags else 3
+    if not wanted - ("resume" in flags) <= len(words) <= wanted:
+        raise UsageError(f"{COMMAND} takes VM_ID, IMAGE_ID (or --all) and DST_SD_UUID", USAGE)
+    if "resume" in flags and "dry_run" in flags:
+        raise UsageError("--dry-run and --resume do not go together", USAGE)
+    vm_id = _uuid(words[0], "VM_ID")
+    image_id = None if "all" in flags else _uuid(words[1], "IMAGE_ID")
+    dst = _uuid(words[wanted - 1], "DST_SD_UUID") if len(words) == wanted else None
+    options = Options(
+        vm_id,
+        image_id,
+        dst,
+        keep_source="keep_source" in flags,
+        merge="no_merge" not in flags,
+        dry_run="dry_run" in flags,
+        resume="resume" in flags,
+        sync_writes="sync_writes" in flags,
+        json=json_output,
+    )
+    if "--bandwidth" in valued:
+        options.bandwidth = _number(valued["--bandwidth"], "--bandwidth", int, minimum=0)
+    if "--ready-timeout" in valued:
+        options.ready_timeout = _number(valued["--ready-timeout"], "--ready-timeout", float, 1)
+    if "--state-dir" in valued:
+        options.state_dir = Path(valued["--state-dir"])
+    return options
+
+
+def _uuid(text: str, what: str) -> str:
+    try:
+        return str(uuid.UUID(text))  # canonical: it names the journal file
+    except ValueError:
+        raise UsageError(f"{what} {text!r} is not a UUID", USAGE) from None
+
+
+def _number(text: str, name: str, kind: type[Any], minimum: float) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise UsageError(f"{name} needs a number, not {text!r}", USAGE) from None
+    if value < minimum:
+        raise UsageError(f"{name} must be at least {minimum:g}", USAGE)
+    return value
+
+
+# --- one disk, all disks ----------------------------------------------------------------------
+
+
+class Mover:
+    def __init__(
+        self, options: Options, api: Vdsm, store: JournalStore, reporter: Reporter, out: TextIO
+    ) -> None:
+        self.options = options
+        self.api = api
+        self.store = store
+        self.reporter = reporter
+        self.out = out
+
+    def main(self) -> int:
+        if self.options.image_id is not None:
+            return self.move_one(self.options.image_id)
+        return self.move_all()
+
+    def plan(self, image_id: str) -> DiskPlan:
+        o = self.options
+        journal = self.store.load(o.vm_id, image_id)
+        if journal is not None:
+            raise Refused(
+                f"a move of image {image_id} is recorded ({journal.direction}, at step "
+                f"{journal.step or 'start'}) in {self.store.path(o.vm_id, image_id)}: "
+                "finish it with --resume first"
+            )
+        vm = running_vm(self.api, o.vm_id)
+        assert o.dst_domain is not None
+        return preflight(
+            self.api,
+            vm,
+            attached_drive(vm, image_id),
+            o.dst_domain,
+            keep_source=o.keep_source,
+            merge=o.merge,
+        )
+
+    def move_one(self, image_id: str) -> int:
+        o = self.options
+        lock = self.store.lock(o.vm_id, image_id)
+        try:
+            if o.resume:
+                return self.resume(image_id)
+            plan = self.plan(image_id)
+            if plan.already_there or o.dry_run:
+                self.show_plan(plan)
+                return EXIT_OK
+            journal = new_journal(plan, o.journal_options(), self.api.address)
+            ctx = MoveContext(self.api, self.store, journal, self.reporter)
+            self.reporter.start(
+                self.header(journal.target, image_id, plan.drive.domain_id, plan.dst_domain),
+                plan.steps,
+                plan.expected_bytes(),
+                ROLLBACK_STEPS,
+            )
+            execute(ctx, resume=False)
+            return EXIT_OK
+        finally:
+            lock.release(remove=not self.store.path(o.vm_id, image_id).exists())
+
+    def resume(self, image_id: str) -> int:
+        o = self.options
+        journal = self.store.load(o.vm_id, image_id)
+        if journal is None:
+            self.reporter.result(EXIT_OK, f"nothing to resume for image {image_id}")
+            return EXIT_OK
+        if o.dst_domain not in (None, journal.dst_domain):
+            raise UsageError(
+                f"the recorded move of image {image_id} goes to {journal.dst_domain}, "
+                f"not {o.dst_domain}",
+                USAGE,
+            )
+        # Only ever drop optional work on resume; never add any.
+        if o.keep_source:
+            journal.options["keepSource"] = True
+        if not o.merge:
+            journal.options["merge"] = False
+        ctx = MoveContext(self.api, self.store, journal, self.reporter)
+        steps = plan_steps(
+            keep_source=journal.options["keepSource"], merge=journal.options["merge"]
+        )
+        header = self.header(journal.target, image_id, journal.src_domain, journal.dst_domain)
+        header["title"] = f"resuming: {header['title']} (stopped at {journal.step or 'start'})"
+        self.reporter.start(header, steps, {}, ROLLBACK_STEPS)
+        execute(ctx, resume=True)
+        return EXIT_OK
+
+    def move_all(self) -> int:
+        o = self.options
+        if o.resume:
+            images = self.store.images_of(o.vm_id)
+            if not images:
+                self.reporter.result(EXIT_OK, f"nothing to resume for VM {o.vm_id}")
+            return self._one_by_one(images)
+        vm = running_vm(self.api, o.vm_id)
+        images = [d.image_id for d in sorted(vm.drives.values(), key=lambda d: d.target)]
+        plans = [self.plan(image_id) for image_id in images]
+        check_room(plans)
+        todo = [p for p in plans if not p.already_there]
+        if o.dry_run or not todo:
+            for plan in plans:
+                self.show_plan(plan)
+            return EXIT_OK
+        targets = ", ".join(p.drive.target for p in todo)
+        self.reporter.note(f"moving {len(todo)} disks one after another: {targets}")
+        return self._one_by_one([p.drive.image_id for p in todo])
+
+    def _one_by_one(self, images: list[str]) -> int:
+        for index, image_id in enumerate(images):
+            try:
+                self.move_one(image_id)
+            except CliError as e:
+                done, rest = images[:index], images[index + 1 :]
+                e.message = (
+                    f"image {image_id}: {e.message} [stopped at this disk; moved before it: "
+                    f"{', '.join(done) or 'none'}; not started: {', '.join(rest) or 'none'}]"
+                )
+                raise
+        return EXIT_OK
+
+    def header(self, target: str, image_id: str, src: str, dst: str) -> dict[str, Any]:
+        return {
+            "title": f"moving disk {target} (image {image_id}) of VM {self.options.vm_id} "
+            f"from domain {src} to {dst}",
+            "vmId": self.options.vm_id,
+            "imageID": image_id,
+            "srcDomainID": src,
+            "dstDomainID": dst,
+        }
+
+    def show_plan(self, plan: DiskPlan) -> None:
+        rates = self.store.measured_rates()
+        if self.options.json:
+            self.out.write(json.dumps({"event": "plan", **describe(plan, rates)}) + "\n")
+        else:
+            self.out.write(plan_text(plan, rates) + "\n")
+        self.out.flush()
+
+
+def run(values: list[str], endpoint: Endpoint, flow_id: str, json_output: bool, out: TextIO) -> int:
+    """The command's entry point for vdsclient: EXIT_OK, or a CliError with its exit code."""
+    options = parse(values, json_output)
+    api = Vdsm(Client(endpoint, flow_id))
+    store = JournalStore(options.state_dir or default_state_dir())
+    reporter = Reporter(out, json_lines=options.json, live=out.isatty())
+    try:
+        return Mover(options, api, store, reporter, out).main()
+    except CliError as e:
+        reporter.result(e.exit_code, e.message)  # --json: the outcome as the last line
+        raise
+    except KeyboardInterrupt:
+        reporter.result(EXIT_INTERRUPTED, "interrupted")
+        raise
+    finally:
+        reporter.close()

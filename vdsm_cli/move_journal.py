@@ -1,0 +1,265 @@
+"""The journal of a disk move: what the flow is about to do, persisted before it does it.
+
+One JSON file per (VM, image) in the state directory (``$VDSM_MOVE_STATE_DIR``, else
+``$XDG_STATE_HOME/vdsm/moves``, else ``~/.local/state/vdsm/moves``), replaced atomically
+(write, fsync, rename, fsync of the directory) on every change, so a client killed at any
+instant leaves either the previous state or the next one, never a torn file. The journal is
+data only: step names, ids and numbers, never references to code. It is removed when the move
+ends cleanly (moved, or rolled back); a journal left on disk means ``--resume`` has work to do.
+
+A sibling ``.lock`` file, held with flock(2) for the whole run, keeps a second vdsClient from
+moving the same disk at the same time; the kernel drops the lock when the process dies, so a
+killed client never blocks the ``--resume`` that follows it.
+
+``history.jsonl`` keeps the summary of every finished move: its measured rate is what
+``--dry-run`` bases its time estimate on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vdsm.storage import fileutil
+from vdsm_cli.errors import CliError
+
+JOURNAL_VERSION = 1
+FORWARD = "forward"  # moving towards the destination
+ROLLBACK = "rollback"  # undoing, back to the source
+HISTORY = "history.jsonl"
+HISTORY_KEEP = 20  # the last moves the estimate looks at
+
+# TEST ONLY. Read by the functional tests' hook points and nothing else: after the journal
+# records the named point, the client SIGKILLs (STOP_AT) or SIGSTOPs (PAUSE_AT) itself, so a
+# test can crash it, or crash vdsmd under it, at an exact step. A point is a step name (the
+# step is persisted, not yet run) or STEP+ (its action was issued, e.g. a task submitted).
+TEST_STOP_AT = "VDSM_MOVE_TEST_STOP_AT"
+TEST_PAUSE_AT = "VDSM_MOVE_TEST_PAUSE_AT"
+
+
+class MoveBusy(CliError):
+    """Another vdsClient holds this disk's lock."""
+
+
+def default_state_dir() -> Path:
+    explicit = os.environ.get("VDSM_MOVE_STATE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "vdsm" / "moves"
+
+
+@dataclass
+class Journal:
+    """Everything a later run needs to finish or undo this move (camelCase on disk)."""
+
+    vm_id: str
+    image_id: str
+    pool_id: str
+    src_domain: str
+    dst_domain: str
+    target: str  # the drive (vda) when the move started
+    original_chain: list[str]  # volUUIDs base → leaf before the move
+    leaf_capacity: int  # bytes: the auto-snapshot gets the leaf's capacity
+    snapshot_volume: str  # chosen before it is created, so a crash can never lose it
+    merge_job: str  # the live merge's job id on the destination, chosen up front too
+    options: dict[str, Any]  # keepSource, merge, bandwidth, copyMode, readyTimeout
+    address: str  # the vdsmd this move talks to
+    direction: str = FORWARD
+    step: str = ""  # the step persisted before it runs (FORWARD or ROLLBACK list)
+    tasks: dict[str, str] = field(default_factory=dict)  # step → vdsmd task id
+    done: list[str] = field(default_factory=list)  # steps finished, in order
+    seconds: dict[str, float] = field(default_factory=dict)  # step → time it took
+    copied: dict[str, int] = field(default_factory=dict)  # sync, mirror, merge: bytes copied
+    pivot_seconds: float | None = None  # duration of the successful diskReplicateFinish
+    stopped_at: str = ""  # the forward step the move stopped at, when it turned to rollback
+    cause: str = ""  # why it is rolling back (or stopped)
+    notes: list[str] = field(default_factory=list)  # what was left on purpose, for the user
+    started: float = field(default_factory=time.time)
+    updated: float = 0.0
+    pid: int = 0
+    version: int = JOURNAL_VERSION
+
+    @property
+    def leaf(self) -> str:
+        return self.original_chain[-1]
+
+    def to_json(self) -> dict[str, Any]:
+        return {_wire_name(k): v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Journal:
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {_field_name(k): v for k, v in data.items()}
+        unknown = set(values) - names
+        if unknown or values.get("version") != JOURNAL_VERSION:
+            raise ValueError(
+                f"not a version-{JOURNAL_VERSION} move journal (version "
+                f"{values.get('version')!r}, unknown keys {sorted(unknown)})"
+            )
+        return cls(**values)
+
+
+# On disk, ids are spelt as VDSM spells them; every other field is plain camelCase.
+_WIRE_NAMES = {
+    "image_id": "imageID",
+    "pool_id": "poolID",
+    "src_domain": "srcDomainID",
+    "dst_domain": "dstDomainID",
+    "snapshot_volume": "snapshotVolumeID",
+    "merge_job": "mergeJobID",
+}
+_FIELD_NAMES = {wire: name for name, wire in _WIRE_NAMES.items()}
+
+
+def _wire_name(name: str) -> str:
+    if name in _WIRE_NAMES:
+        return _WIRE_NAMES[name]
+    head, *rest = name.split("_")
+    return head + "".join(word.capitalize() for word in rest)
+
+
+def _field_name(wire: str) -> str:
+    if wire in _FIELD_NAMES:
+        return _FIELD_NAMES[wire]
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in wire)
+
+
+class DiskLock:
+    """flock(2) on ``<vm>--<img>.lock``, refusing at once (never waiting) if it is held."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise MoveBusy(
+                    f"another vdsClient (pid {holder}) is moving this disk right now "
+                    f"(lock {self.path})"
+                ) from None
+            # The previous holder may have unlinked the file between our open and flock:
+            # then we locked a file nobody else will ever see; take the one on disk instead.
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, str(os.getpid()).encode(), 0)
+                self._fd = fd
+                return
+            os.close(fd)
+
+    def release(self, remove: bool) -> None:
+        if self._fd is None:
+            return
+        if remove:  # unlinked while still held: see the inode check in acquire()
+            fileutil.remove_file(self.path)
+        os.close(self._fd)
+        self._fd = None
+
+
+class JournalStore:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def path(self, vm_id: str, image_id: str) -> Path:
+        return self.directory / f"{vm_id}--{image_id}.json"
+
+    def lock(self, vm_id: str, image_id: str) -> DiskLock:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock = DiskLock(self.directory / f"{vm_id}--{image_id}.lock")
+        lock.acquire()
+        return lock
+
+    def load(self, vm_id: str, image_id: str) -> Journal | None:
+        path = self.path(vm_id, image_id)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as e:
+            raise CliError(f"cannot read the move journal {path}: {e}") from None
+        try:
+            return Journal.from_json(data)
+        except (TypeError, ValueError) as e:
+            raise CliError(f"{path}: {e}") from None
+
+    def images_of(self, vm_id: str) -> list[str]:
+        """The images of a VM that have a journal (moves to resume)."""
+        if not self.directory.is_dir():
+            return []
+        prefix = f"{vm_id}--"
+        return sorted(
+            p.name[len(prefix) : -len(".json")]
+            for p in self.directory.glob(f"{prefix}*.json")
+            if not p.name.startswith(".")
+        )
+
+    def save(self, journal: Journal) -> None:
+        journal.updated = time.time()
+        journal.pid = os.getpid()
+        data = json.dumps(journal.to_json(), indent=1, sort_keys=True).encode() + b"\n"
+        fileutil.atomic_write(self.path(journal.vm_id, journal.image_id), data, mode=0o600)
+
+    def remove(self, journal: Journal) -> None:
+        fileutil.remove_file(self.path(journal.vm_id, journal.image_id))
+        fileutil.fsync_dir(self.directory)
+
+    def record_history(self, summary: dict[str, Any]) -> None:
+        """Append a finished move's summary; keep the last HISTORY_KEEP (best effort)."""
+        path = self.directory / HISTORY
+        try:
+            lines = path.read_text().splitlines()[-(HISTORY_KEEP - 1) :] if path.exists() else []
+            lines.append(json.dumps(summary, sort_keys=True))
+            fileutil.atomic_write(path, ("\n".join(lines) + "\n").encode(), mode=0o600)
+        except OSError:
+            pass
+
+    def measured_rates(self) -> list[float]:
+        """Average copy rates (bytes/s) of the recent moves, oldest first."""
+        path = self.directory / HISTORY
+        rates = []
+        try:
+            text = path.read_text()
+        except OSError:
+            return []
+        for line in text.splitlines():
+            try:
+                rate = float(json.loads(line).get("averageRate") or 0)
+            except (ValueError, AttributeError):
+                continue
+            if rate > 0:
+                rates.append(rate)
+        return rates
+
+
+_paused_at: set[str] = set()  # TEST ONLY: a pause point freezes the client once per run
+
+
+def test_hook(point: str) -> None:
+    """TEST ONLY (see TEST_STOP_AT): crash or freeze this client at ``point``."""
+    if point in _points(TEST_STOP_AT):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if point in _points(TEST_PAUSE_AT) and point not in _paused_at:
+        # Once: a step re-entered after a Ctrl-C (finishing after the pivot) goes on.
+        _paused_at.add(point)
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def _points(variable: str) -> set[str]:
+    return {p.strip() for p in os.environ.get(variable, "").split(",") if p.strip()}

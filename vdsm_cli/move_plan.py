@@ -1,0 +1,297 @@
+"""Pre-flight of a disk move, and its plan: what will happen, to what, and about how long.
+
+Every check goes through the API (as an engine would) and runs before anything is touched:
+
+- the VM is on this host and Up, and the image is attached to it;
+- the destination domain is in the drive's pool (getStoragePoolInfo's dominfo);
+- no block job runs on the drive (a replication or a merge shows in getVmStats blockJobs),
+  and no journal records another move of it;
+- the image is not already in the destination domain;
+- every volume of the chain is LEGAL, and the destination has room for the chain's allocated
+  data (sum of getVolumeInfo truesize) × 1.1 + 64 MiB (getStorageDomainStats diskfree).
+
+A refusal is a :class:`Refused` error naming the problem; nothing has changed when it is
+raised. A disk already on the destination is not an error: the plan says so (nothing to do).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from vdsm_cli.errors import ApiError, CliError
+from vdsm_cli.move_api import NO_VM, Drive, Vdsm, VmView
+from vdsm_cli.progress import human_bytes, human_duration
+
+MIB = 1024 * 1024
+SPACE_FACTOR = 1.1  # qcow2 metadata and the mirror's dirty rewrites, on top of the data
+SPACE_OVERHEAD = 64 * MIB
+ASSUMED_RATE = 100 * MIB  # bytes/s, for an estimate before any move was measured
+STEP_OVERHEAD = 0.5  # seconds each step costs besides its data: calls, task polling
+
+# The forward steps, in order. The journal records the step before it runs. PIVOT is the
+# point of no return: before it a failure rolls back to the source, after it a failure (or a
+# resume) finishes towards the destination.
+CREATE_SNAPSHOT = "create_snapshot"
+SNAPSHOT = "snapshot"
+CLONE = "clone"
+REPLICATE = "replicate"
+SYNC = "sync"
+WAIT_READY = "wait_ready"
+PIVOT = "pivot"
+DELETE_SOURCE = "delete_source"
+MERGE = "merge"
+DELETE_SNAPSHOT = "delete_snapshot"
+STEPS = [
+    CREATE_SNAPSHOT,
+    SNAPSHOT,
+    CLONE,
+    REPLICATE,
+    SYNC,
+    WAIT_READY,
+    PIVOT,
+    DELETE_SOURCE,
+    MERGE,
+    DELETE_SNAPSHOT,
+]
+TITLES = {
+    CREATE_SNAPSHOT: "create the auto-snapshot volume on the source (createVolume)",
+    SNAPSHOT: "live snapshot: the new volume becomes the active layer (snapshot)",
+    CLONE: "create the empty chain on the destination (cloneImageStructure)",
+    REPLICATE: "mirror the active layer to the destination (diskReplicateStart)",
+    SYNC: "copy the read-only volumes (syncImageData INTERNAL)",
+    WAIT_READY: "wait until the mirror is READY",
+    PIVOT: "switch the VM to the destination (diskReplicateFinish)",
+    DELETE_SOURCE: "delete the source image (deleteImage)",
+    MERGE: "merge the auto-snapshot into its parent on the destination (merge)",
+    DELETE_SNAPSHOT: "delete the merged auto-snapshot volume (deleteVolume)",
+}
+
+
+class Refused(CliError):
+    """Pre-flight said no; nothing was touched."""
+
+
+@dataclass(frozen=True)
+class VolumeFacts:
+    volume_id: str
+    format: str
+    capacity: int
+    allocated: int  # truesize: bytes the volume's file really uses
+    legality: str
+
+
+@dataclass(frozen=True)
+class DiskPlan:
+    vm_id: str
+    drive: Drive
+    dst_domain: str
+    chain: list[VolumeFacts] = field(default_factory=list)
+    free: int = 0
+    keep_source: bool = False
+    merge: bool = True
+
+    @property
+    def already_there(self) -> bool:
+        return self.drive.domain_id == self.dst_domain
+
+    @property
+    def allocated(self) -> int:
+        return sum(v.allocated for v in self.chain)
+
+    @property
+    def needed(self) -> int:
+        return int(self.allocated * SPACE_FACTOR) + SPACE_OVERHEAD
+
+    @property
+    def steps(self) -> list[str]:
+        return plan_steps(keep_source=self.keep_source, merge=self.merge)
+
+    def expected_bytes(self) -> dict[str, int]:
+        """What each data step should move: the internal volumes by sync, the leaf by the
+        mirror (the auto-snapshot starts empty: what the guest writes meanwhile)."""
+        internal = sum(v.allocated for v in self.chain)
+        return {SYNC: internal, WAIT_READY: 0, MERGE: 0}
+
+
+def plan_steps(*, keep_source: bool, merge: bool) -> list[str]:
+    skip = set()
+    if keep_source:
+        skip.add(DELETE_SOURCE)
+    if not merge:
+        skip |= {MERGE, DELETE_SNAPSHOT}
+    return [s for s in STEPS if s not in skip]
+
+
+def running_vm(api: Vdsm, vm_id: str) -> VmView:
+    try:
+        vm = api.vm(vm_id)
+    except ApiError as e:
+        if e.code == NO_VM:
+            raise Refused(f"VM {vm_id} is not running on {api.address} ({e.text})") from None
+        raise
+    if vm.status != "Up":
+        raise Refused(f"VM {vm_id} is {vm.status}: a live move needs a running VM")
+    return vm
+
+
+def attached_drive(vm: VmView, image_id: str) -> Drive:
+    drive = vm.drive_of_image(image_id)
+    if drive is None:
+        disks = ", ".join(f"{d.target}={d.image_id}" for d in vm.drives.values()) or "none"
+        raise Refused(f"image {image_id} is not attached to VM {vm.vm_id} (its disks: {disks})")
+    return drive
+
+
+def preflight(
+    api: Vdsm,
+    vm: VmView,
+    drive: Drive,
+    dst_domain: str,
+    *,
+    keep_source: bool,
+    merge: bool,
+) -> DiskPlan:
+    """Check one disk; its plan, or Refused. The journal check is the caller's (it holds
+    the disk's lock)."""
+    plan = DiskPlan(vm.vm_id, drive, dst_domain, keep_source=keep_source, merge=merge)
+    if plan.already_there:
+        return plan
+    members = api.pool_domains(drive.pool_id)
+    if dst_domain not in members:
+        raise Refused(
+            f"destination domain {dst_domain} is not in pool {drive.pool_id} of disk "
+            f"{drive.target} (the pool's domains: {', '.join(sorted(members))})"
+        )
+    job = vm.jobs.get(drive.target)
+    if job:
+        kind = job.get("blockJobType", "block")
+        what = {"copy": "a replication (another migration)", "commit": "a merge"}.get(kind, kind)
+        raise Refused(f"disk {drive.target} of VM {vm.vm_id} is busy: {what} is running on it")
+    if drive.image_id in api.images(dst_domain):
+        raise Refused(
+            f"image {drive.image_id} already exists in destination domain {dst_domain} "
+            "(left by an earlier move? delete it first, or --resume that move)"
+        )
+    chain = []
+    for volume_id in api.volumes(drive.domain_id, drive.pool_id, drive.image_id):
+        info = api.volume_info(drive.domain_id, drive.pool_id, drive.image_id, volume_id)
+        chain.append(_facts(volume_id, info))
+    if [v.volume_id for v in chain] != list(drive.chain):
+        raise Refused(
+            f"image {drive.image_id}: the domain lists volumes {[v.volume_id for v in chain]} "
+            f"but the VM runs on {list(drive.chain)}"
+        )
+    illegal = [v.volume_id for v in chain if v.legality != "LEGAL"]
+    if illegal:
+        raise Refused(f"image {drive.image_id}: volumes {illegal} are not LEGAL")
+    plan = DiskPlan(
+        vm.vm_id,
+        drive,
+        dst_domain,
+        chain=chain,
+        free=api.domain_free(dst_domain),
+        keep_source=keep_source,
+        merge=merge,
+    )
+    check_room([plan])
+    return plan
+
+
+def check_room(plans: list[DiskPlan]) -> None:
+    """All the disks moving to a domain must fit there together."""
+    by_domain: dict[str, list[DiskPlan]] = {}
+    for plan in plans:
+        if not plan.already_there:
+            by_domain.setdefault(plan.dst_domain, []).append(plan)
+    for domain, group in by_domain.items():
+        needed = sum(p.needed for p in group)
+        allocated = sum(p.allocated for p in group)
+        free = group[0].free
+        if free < needed:
+            raise Refused(
+                f"not enough room in destination domain {domain}: the move needs "
+                f"{human_bytes(needed)} ({needed} bytes: {human_bytes(allocated)} of allocated "
+                f"data × {SPACE_FACTOR} + {human_bytes(SPACE_OVERHEAD)}), "
+                f"{human_bytes(free)} ({free} bytes) are free"
+            )
+
+
+def _facts(volume_id: str, info: dict[str, Any]) -> VolumeFacts:
+    return VolumeFacts(
+        volume_id=volume_id,
+        format=str(info.get("format", "?")),
+        capacity=int(info.get("capacity") or 0),
+        allocated=int(info.get("truesize") or 0),
+        legality=str(info.get("legality", "?")),
+    )
+
+
+def estimate(plan: DiskPlan, rates: list[float]) -> tuple[float, float, str]:
+    """(seconds, rate, where the rate comes from) for the whole move of one disk."""
+    if rates:
+        recent = sorted(rates[-5:])
+        rate = recent[len(recent) // 2]
+        source = f"the median of the last {len(recent)} measured moves"
+    else:
+        rate = float(ASSUMED_RATE)
+        source = "assumed: no move measured yet on this client"
+    seconds = plan.allocated / rate + STEP_OVERHEAD * len(plan.steps)
+    return seconds, rate, source
+
+
+def describe(plan: DiskPlan, rates: list[float]) -> dict[str, Any]:
+    """The plan as data (``--dry-run --json`` prints it as is)."""
+    seconds, rate, source = estimate(plan, rates)
+    return {
+        "vmId": plan.vm_id,
+        "imageID": plan.drive.image_id,
+        "drive": plan.drive.target,
+        "poolID": plan.drive.pool_id,
+        "srcDomainID": plan.drive.domain_id,
+        "dstDomainID": plan.dst_domain,
+        "alreadyThere": plan.already_there,
+        "chain": [
+            {
+                "volumeID": v.volume_id,
+                "format": v.format,
+                "capacity": v.capacity,
+                "allocated": v.allocated,
+            }
+            for v in plan.chain
+        ],
+        "allocatedBytes": plan.allocated,
+        "neededBytes": plan.needed,
+        "freeBytes": plan.free,
+        "steps": [] if plan.already_there else plan.steps,
+        "estimatedSeconds": 0 if plan.already_there else round(seconds, 1),
+        "estimateRate": rate,
+        "estimateBasis": source,
+    }
+
+
+def plan_text(plan: DiskPlan, rates: list[float]) -> str:
+    d = plan.drive
+    if plan.already_there:
+        return f"disk {d.target} (image {d.image_id}) is already in domain {plan.dst_domain}"
+    seconds, rate, source = estimate(plan, rates)
+    lines = [
+        f"move disk {d.target} of VM {plan.vm_id} (image {d.image_id})",
+        f"  from domain {d.domain_id} to {plan.dst_domain} (pool {d.pool_id})",
+        "  chain, base to leaf:",
+    ]
+    for v in plan.chain:
+        lines.append(
+            f"    {v.volume_id}  {v.format:4s} {human_bytes(v.capacity):>10s} virtual, "
+            f"{human_bytes(v.allocated):>10s} allocated"
+        )
+    lines += [
+        f"  data to copy: {human_bytes(plan.allocated)} (allocated, not virtual size)",
+        f"  destination: {human_bytes(plan.free)} free, {human_bytes(plan.needed)} needed",
+        "  steps:",
+    ]
+    lines += [f"    {n}. {s}: {TITLES[s]}" for n, s in enumerate(plan.steps, start=1)]
+    lines.append(
+        f"  estimate: about {human_duration(seconds)} at {rate / MIB:.1f} MiB/s ({source})"
+    )
+    return "\n".join(lines)
