@@ -15,7 +15,7 @@ RPM_TOP := $(CURDIR)/build/rpm
 TARBALL := $(RPM_TOP)/SOURCES/vdsm-$(VERSION).tar.gz
 PYTEST_ARGS ?=
 
-.PHONY: all venv host lint test check demo rpm docs clean
+.PHONY: all venv host lint test check demo rpm docs bench clean
 
 all: check
 
@@ -45,6 +45,10 @@ check: host venv lint test
 # docs/api.md is generated from the schema; a test fails while it is stale.
 docs: $(STAMP)
 	$(VPY) -m vdsm_api.docs > docs/api.md
+
+# The benchmark suite (not a test; CI runs only its smoke run): docs/benchmarks.md.
+bench: host venv
+	$(VPY) -m bench
 
 demo: host venv
 	$(VPY) scripts/demo.py

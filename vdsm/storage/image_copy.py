@@ -178,10 +178,11 @@ def sync_data(
     for copy in copies:
         _copy_volume(copy, ctx, progress)
     # Durable before the task succeeds (the caller then pivots and deletes the source).
-    # Flushed once at the end, not after each volume: the kernel writes the first twins back
-    # while the next ones are copied (bench: 1.27 s vs 1.82 s for 1.75 GiB in 3 volumes). A
-    # crash before this point leaves the task unfinished, and its recovery marks every twin
-    # ILLEGAL, so a LEGAL twin whose data was not flushed yet is never used.
+    # Flushed once at the end, not after each volume: each twin's writeback was started as
+    # its copy ended, and goes on while the next ones are copied (bench, 2 GiB in 3 volumes:
+    # 1.6-1.7 s, vs 1.8-2.2 s with the writeback left to the final fsync and 2.0-2.2 s with
+    # an fsync after each volume). A crash before this point leaves the task unfinished, and
+    # its recovery marks every twin ILLEGAL: a LEGAL twin not flushed yet is never used.
     for copy in copies:
         _flush(copy.dst)
     progress.finish()
@@ -287,10 +288,29 @@ def _copy_volume(copy: _Copy, ctx: TaskContext, progress: _Progress) -> None:
         ) from e
     if copy.dst_md.allocation is Preallocation.PREALLOCATED:
         _keep_preallocated(copy.dst, allocated_before)
+    _start_writeback(copy.dst)
     # A stop that arrived as the copy ended still stops the task, with the twin ILLEGAL.
     ctx.check_aborted()
     _set_dst_legality(copy.dst, Legality.LEGAL)
     progress.volume_done(copy.size)
+
+
+def _start_writeback(vol: Volume) -> None:
+    """Start writing a copied twin's dirty pages back, without waiting for it.
+
+    POSIX_FADV_DONTNEED starts the writeback (and drops the pages already clean), so the disk
+    writes this twin while the next volume is read, instead of everything at the final fsync;
+    it also keeps gigabytes of copied data from lingering in the page cache. Advisory: an
+    error only means the final flush has more to do.
+    """
+    try:
+        fd = os.open(vol.path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        log.debug("%s: cannot start writeback: %s", vol.description_for_errors, e)
 
 
 def _flush(vol: Volume) -> None:

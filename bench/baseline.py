@@ -1,0 +1,102 @@
+"""What a person would use instead of vdsm: qemu-img convert of the chain, cp, and the raw
+storage speed (qemu-img bench and dd, with direct I/O).
+
+Every copy here is timed until its data is on disk (the output file fsynced), as a migration
+must be: a copy still in the page cache is not a copy yet.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.disks import MiB
+
+# Flag sets tried for the baseline convert; the fastest one is "the best flags".
+CONVERT_FLAGS: dict[str, list[str]] = {
+    "default": [],
+    "-W": ["-W"],
+    "-m 16": ["-m", "16"],
+    "-W -m 16": ["-W", "-m", "16"],
+    "-T none": ["-T", "none"],
+    "-t none -T none": ["-t", "none", "-T", "none"],
+}
+
+
+def fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def convert_chain(leaf: Path, out: Path, flags: list[str]) -> float:
+    """Seconds to flatten the chain under ``leaf`` into a new qcow2 ``out``, on disk.
+
+    -U: the chain may be in use by the bench's VM (the copy is for timing, not for use)."""
+    start = time.monotonic()
+    subprocess.run(
+        ["qemu-img", "convert", "-U", "-f", "qcow2", "-O", "qcow2", *flags, str(leaf), str(out)],
+        check=True,
+        capture_output=True,
+        timeout=1800,
+    )
+    fsync(out)
+    return time.monotonic() - start
+
+
+def cp_files(files: list[Path], out_dir: Path) -> float:
+    """Seconds for ``cp --sparse=always`` of the chain's files (what one would do offline)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start = time.monotonic()
+    subprocess.run(
+        ["cp", "--sparse=always", *map(str, files), str(out_dir)],
+        check=True,
+        capture_output=True,
+        timeout=1800,
+    )
+    for f in files:
+        fsync(out_dir / f.name)
+    return time.monotonic() - start
+
+
+@dataclass(frozen=True)
+class BenchRun:
+    tool: str
+    mode: str  # "read" or "write"
+    depth: int
+    seconds: float
+    mib_s: float
+
+
+def qemu_img_bench(path: Path, size: int, *, write: bool, depth: int) -> BenchRun:
+    """qemu-img bench with O_DIRECT and native AIO, 4 MiB requests, over ``size`` bytes."""
+    count = size // (4 * MiB)
+    argv = ["qemu-img", "bench", "-f", "raw", "-t", "none", "-i", "native", "-s", "4M"]
+    argv += ["-c", str(count), "-d", str(depth)]
+    if write:
+        argv += ["-w", "--pattern=165"]  # not zeros
+    start = time.monotonic()
+    subprocess.run([*argv, str(path)], check=True, capture_output=True, timeout=1800)
+    seconds = time.monotonic() - start
+    return BenchRun(
+        "qemu-img bench",
+        "write" if write else "read",
+        depth,
+        seconds,
+        count * 4 * MiB / seconds / MiB,
+    )
+
+
+def dd(src: str, dst: str, size: int, *, iflag: str, oflag: str, mode: str) -> BenchRun:
+    argv = ["dd", f"if={src}", f"of={dst}", "bs=4M", f"count={size // (4 * MiB)}", "status=none"]
+    argv += [f"iflag={iflag}"] if iflag else []
+    argv += [f"oflag={oflag}", "conv=notrunc,fsync"] if oflag else []
+    start = time.monotonic()
+    subprocess.run(argv, check=True, capture_output=True, timeout=1800)
+    seconds = time.monotonic() - start
+    return BenchRun("dd", mode, 1, seconds, size / seconds / MiB)

@@ -1,0 +1,191 @@
+"""The bench's world: a work dir on the local disk, a vdsmd, a pool of two file domains, VMs.
+
+Everything is registered for clean-up as it is made, and :meth:`Env.close` undoes it in
+reverse order whatever happened: VMs destroyed (through vdsmd, then through virsh if vdsmd is
+gone), vdsmd stopped, the work dir removed. Both domains are directories of the same file
+system (the machine has one disk), so "source" and "destination" share its bandwidth.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.client import Client, VdsmCallError, disk_spec, new_uuid
+from bench.daemon import Vdsmd
+from bench.disks import Chain, Layout, build_chain, make_pattern
+
+log = logging.getLogger("bench")
+
+LIBVIRT_URI = "qemu:///system"
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+class Env:
+    def __init__(
+        self,
+        workdir: Path | None,
+        *,
+        convergence_window: float | None = None,
+        daemon_env: dict[str, str] | None = None,
+    ) -> None:
+        parent = workdir or Path(os.environ.get("VDSM_BENCH_WORKDIR", "/var/tmp"))
+        parent.mkdir(parents=True, exist_ok=True)
+        self.root = Path(tempfile.mkdtemp(prefix="vdsm-bench-", dir=parent))
+        self._cleanups = contextlib.ExitStack()
+        self._cleanups.callback(shutil.rmtree, self.root, ignore_errors=True)
+        args = []
+        if convergence_window is not None:
+            args += ["--replication-convergence-window", str(convergence_window)]
+        self.daemon = Vdsmd(self.root / "vdsmd", args, daemon_env)
+        self.vms: list[str] = []  # running
+        self.created: list[str] = []  # every VM this run started
+        self._destroying: list[threading.Thread] = []
+        self.can_drop_caches = _try_drop_caches()
+        try:
+            self.daemon.start()
+            self._cleanups.callback(self.daemon.stop)
+            self._cleanups.callback(self._destroy_vms)
+            self.client = self.new_client()
+            self.sp, self.sd, self.sd2 = new_uuid(), new_uuid(), new_uuid()
+            for sd, name in ((self.sd, "src"), (self.sd2, "dst")):
+                mount = self.root / name
+                mount.mkdir()
+                self.client.create_domain(sd, name, str(mount))
+            self.client.create_pool(self.sp, self.sd)
+            self.client.attach_domain(self.sd2, self.sp)
+            self.pattern = make_pattern(self.root / "pattern.bin")
+        except BaseException:
+            self.close()
+            raise
+
+    def new_client(self) -> Client:
+        return Client(self.daemon.proxy())
+
+    def close(self) -> None:
+        self._cleanups.close()
+
+    def __enter__(self) -> Env:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- disks and VMs ----------------------------------------------------------------------
+
+    def other(self, sd: str) -> str:
+        return self.sd2 if sd == self.sd else self.sd
+
+    def domain_dir(self, sd: str) -> Path:
+        return self.root / ("src" if sd == self.sd else "dst") / sd / "images"
+
+    def image_dir(self, sd: str, img: str) -> Path:
+        return self.domain_dir(sd) / img
+
+    def volume_files(self, sd: str, img: str) -> list[Path]:
+        """The data files of an image (no .meta/.lease)."""
+        directory = self.image_dir(sd, img)
+        if not directory.exists():
+            return []
+        return [p for p in directory.iterdir() if "." not in p.name]
+
+    def build(self, layout: Layout, sd: str | None = None) -> Chain:
+        return build_chain(self.client, self.sp, sd or self.sd, layout, self.pattern)
+
+    def start_vm(self, chain: Chain, *, share_rw: bool = True) -> str:
+        vm_id = new_uuid()
+        device: dict[str, Any] = {
+            "type": "disk",
+            "iface": "virtio",
+            "index": 0,
+            **disk_spec(chain.sp, chain.sd, chain.img, chain.leaf),
+        }
+        params = {
+            "vmId": vm_id,
+            "vmName": f"bench-{vm_id[:8]}",
+            "memSize": 64,
+            "smp": 1,
+            "devices": [device],
+            "testShareRW": share_rw,
+        }
+        self.vms.append(vm_id)
+        self.created.append(vm_id)
+        self.client.create_vm(params)
+        return vm_id
+
+    def destroy_vm(self, vm_id: str) -> None:
+        """Destroy a VM in the background (QEMU takes ~1.5 s to go under TCG: nothing to
+        measure there); :meth:`close` and :meth:`reset` wait for it."""
+
+        def destroy() -> None:
+            with contextlib.suppress(VdsmCallError, OSError):
+                self.new_client().destroy_vm(vm_id)
+
+        thread = threading.Thread(target=destroy, name=f"destroy-{vm_id[:8]}")
+        thread.start()
+        self._destroying.append(thread)
+        if vm_id in self.vms:
+            self.vms.remove(vm_id)
+
+    def _destroy_vms(self) -> None:
+        for thread in self._destroying:
+            thread.join()
+        self._destroying.clear()
+        for vm_id in list(self.vms):
+            try:
+                self.client.destroy_vm(vm_id)
+            except Exception:  # noqa: BLE001 - vdsmd may be the thing that failed
+                subprocess.run(
+                    ["virsh", "-c", LIBVIRT_URI, "destroy", vm_id],
+                    capture_output=True,
+                    timeout=60,
+                    check=False,
+                )
+        self.vms.clear()
+
+    def remove_image(self, img: str) -> None:
+        """Delete an image from both domains (whichever hold it)."""
+        for sd in (self.sd, self.sd2):
+            if img in self.client.images(sd):
+                self.client.delete_image(self.sp, sd, img)
+
+    def reset(self) -> None:
+        """After a failed measurement: no VM left running, no image left in either domain."""
+        self._destroy_vms()
+        for sd in (self.sd, self.sd2):
+            try:
+                images = self.client.images(sd)
+            except (VdsmCallError, OSError):
+                images = []
+            for img in images:
+                try:
+                    self.client.delete_image(self.sp, sd, img)
+                except (VdsmCallError, OSError, TimeoutError):
+                    shutil.rmtree(self.image_dir(sd, img), ignore_errors=True)
+
+    # --- caches -----------------------------------------------------------------------------
+
+    def cold(self) -> None:
+        """Write back dirty data and, when allowed, drop the page cache: every timed copy
+        starts with its source on disk, not in memory."""
+        os.sync()
+        if self.can_drop_caches:
+            DROP_CACHES.write_text("3")
+        time.sleep(0.05)
+
+
+def _try_drop_caches() -> bool:
+    try:
+        os.sync()
+        DROP_CACHES.write_text("3")
+        return True
+    except OSError:
+        return False

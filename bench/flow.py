@@ -1,0 +1,209 @@
+"""One disk's live migration, verb by verb, each step timed: the orchestration an engine (or
+``vdsClient moveDisk``) runs, as lsm-contract §1 lists it.
+
+    create_snapshot  createVolume: the auto-snapshot volume on the source      (control)
+    snapshot         VM.snapshot: it becomes the active layer                    (control)
+    clone            cloneImageStructure + wait                                  (control)
+    replicate        diskReplicateStart: the mirror of the active layer starts   (control)
+    sync             syncImageData INTERNAL + wait: the read-only volumes        (copy)
+    wait_ready       until getVmStats says the mirror is READY                   (copy)
+    pivot            diskReplicateFinish(src, dst)                               (control)
+    delete_source    deleteImage on the source domain                            (control)
+    merge            VM.merge of the auto-snapshot into its parent, until done   (control)
+    delete_snapshot  deleteVolume of the merged auto-snapshot                    (control)
+
+"control" steps move no guest data: their sum is the orchestration overhead. Waits poll every
+``client.poll`` seconds (20 ms).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.client import NOT_READY, Client, disk_spec, new_uuid
+from bench.disks import Chain
+
+CONTROL = (
+    "create_snapshot",
+    "snapshot",
+    "clone",
+    "replicate",
+    "pivot",
+    "delete_source",
+    "merge",
+    "delete_snapshot",
+)
+COPY = ("sync", "wait_ready")
+UNTIL_PIVOT = ("create_snapshot", "snapshot", "clone", "replicate", "sync", "wait_ready", "pivot")
+
+
+class NotReady(Exception):
+    """The mirror did not reach READY in time."""
+
+
+@dataclass
+class Step:
+    name: str
+    start: float  # time.monotonic()
+    end: float
+
+    @property
+    def seconds(self) -> float:
+        return self.end - self.start
+
+
+@dataclass
+class Move:
+    steps: list[Step] = field(default_factory=list)
+    copy_mode: str = "auto"
+    started: float = 0.0
+
+    def seconds(self, name: str) -> float:
+        return sum(s.seconds for s in self.steps if s.name == name)
+
+    def span(self, first: str, last: str) -> float:
+        """Seconds from the start of step ``first`` to the end of step ``last``."""
+        start = next(s.start for s in self.steps if s.name == first)
+        end = next(s.end for s in self.steps if s.name == last)
+        return end - start
+
+    @property
+    def total(self) -> float:
+        return self.steps[-1].end - self.steps[0].start
+
+    @property
+    def until_pivot(self) -> float:
+        """From the first step to the VM running on the destination."""
+        return self.span(self.steps[0].name, "pivot")
+
+    @property
+    def control(self) -> float:
+        return sum(s.seconds for s in self.steps if s.name in CONTROL)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "steps": {s.name: round(s.seconds, 4) for s in self.steps},
+            "marks": [
+                [s.name, round(s.start - self.started, 4), round(s.end - self.started, 4)]
+                for s in self.steps
+            ],
+            "until_pivot": round(self.until_pivot, 4),
+            "total": round(self.total, 4),
+            "control": round(self.control, 4),
+        }
+
+
+class _Timer:
+    def __init__(self, move: Move, on_step: Callable[[str], None] | None) -> None:
+        self.move, self.on_step = move, on_step
+
+    def step(self, name: str, action: Callable[[], Any]) -> Any:
+        if self.on_step is not None:
+            self.on_step(name)
+        start = time.monotonic()
+        result = action()
+        self.move.steps.append(Step(name, start, time.monotonic()))
+        return result
+
+
+def move_disk(
+    client: Client,
+    vm_id: str,
+    chain: Chain,
+    dst_sd: str,
+    *,
+    snapshot: bool = True,
+    cleanup: bool = True,
+    copy_mode: str = "auto",
+    bandwidth: int = 0,
+    ready_timeout: float = 600.0,
+    before_pivot: Callable[[], None] | None = None,
+    on_step: Callable[[str], None] | None = None,
+) -> Move:
+    """Move ``chain`` (the disk of ``vm_id``) to ``dst_sd``; on success ``chain.sd`` is
+    ``dst_sd``. ``before_pivot`` runs once the mirror is READY (untimed), e.g. to let a
+    writer reach a steady state. Raises NotReady when the mirror is not READY in time (the
+    replication is left running: call :func:`abort`)."""
+    sp, src_sd, img = chain.sp, chain.sd, chain.img
+    move = Move(copy_mode=copy_mode, started=time.monotonic())
+    timer = _Timer(move, on_step)
+    leaf = chain.leaf
+    snap = new_uuid()
+    if snapshot:
+        timer.step(
+            "create_snapshot",
+            lambda: client.create_volume(sp, src_sd, img, snap, _capacity(chain), parent=leaf),
+        )
+        timer.step("snapshot", lambda: client.snapshot(vm_id, src_sd, img, leaf, snap))
+        active = snap
+    else:
+        active = leaf
+    src = disk_spec(sp, src_sd, img, active)
+    dst = disk_spec(sp, dst_sd, img, active)
+    timer.step("clone", lambda: client.clone_structure(sp, src_sd, img, dst_sd))
+    timer.step("replicate", lambda: client.replicate_start(vm_id, src, dst, copy_mode, bandwidth))
+    timer.step(
+        "sync", lambda: client.wait_task(client.sync_data(sp, src_sd, img, dst_sd, "INTERNAL"))
+    )
+    timer.step("wait_ready", lambda: wait_ready(client, vm_id, ready_timeout))
+    if before_pivot is not None:
+        before_pivot()
+    timer.step("pivot", lambda: _pivot(client, vm_id, src, dst))
+    chain.sd = dst_sd
+    if cleanup:
+        timer.step("delete_source", lambda: client.delete_image(sp, src_sd, img))
+    if snapshot and cleanup:
+        drive = disk_spec(sp, dst_sd, img, snap)
+        timer.step("merge", lambda: _merge(client, vm_id, drive, leaf, snap))
+        timer.step("delete_snapshot", lambda: client.delete_volume(sp, dst_sd, img, snap))
+    elif snapshot:
+        chain.vols.append(snap)
+    return move
+
+
+def _capacity(chain: Chain) -> int:
+    return chain.layout.virtual
+
+
+def wait_ready(client: Client, vm_id: str, timeout: float, target: str = "vda") -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        job = client.vm_stats(vm_id)["blockJobs"].get(target)
+        if job is not None and job.get("ready"):
+            return
+        if time.monotonic() > deadline:
+            raise NotReady(f"mirror of {vm_id} {target} not READY after {timeout}s: {job}")
+        time.sleep(client.poll)
+
+
+def _pivot(client: Client, vm_id: str, src: dict[str, str], dst: dict[str, str]) -> None:
+    deadline = time.monotonic() + 60
+    while client.replicate_finish(vm_id, src, dst) == NOT_READY:
+        if time.monotonic() > deadline:
+            raise NotReady(f"Finish answered 40 for 60s on {vm_id}")
+        time.sleep(client.poll)
+
+
+def _merge(client: Client, vm_id: str, drive: dict[str, str], base: str, top: str) -> None:
+    client.merge(vm_id, drive, base, top)
+    deadline = time.monotonic() + 300
+    while True:
+        stats = client.vm_stats(vm_id)
+        chain = [v["volumeID"] for v in stats["disks"]["vda"]["volumeChain"]]
+        if top not in chain and not stats["blockJobs"]:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"merge of {top} on {vm_id} not done: {stats['blockJobs']}")
+        time.sleep(client.poll)
+
+
+def abort(client: Client, vm_id: str, chain: Chain, dst_sd: str, active: str) -> None:
+    """Cancel a replication (Finish with srcDisk == dstDisk) and delete the destination."""
+    src = disk_spec(chain.sp, chain.sd, chain.img, active)
+    while client.replicate_finish(vm_id, src, src) == NOT_READY:
+        time.sleep(client.poll)
+    if chain.img in client.images(dst_sd):
+        client.delete_image(chain.sp, dst_sd, chain.img)
