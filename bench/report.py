@@ -240,15 +240,17 @@ def sections(results: dict[str, Any]) -> list[str]:
             f"p99 {_v(p['idle']['p99_ms'])} ms.",
             "",
             "| run | Finish call | steady p50 / p99 (READY mirror) | steady max, same length "
-            "| max around the pivot | max overlapping the call | added (max − p99) |",
-            "|---|---|---|---|---|---|---|",
+            "| max around the pivot | max overlapping the call | added (max − p99) | "
+            "then deleting the source: max |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for n, x in enumerate(p["runs"], start=1):
+            delete = x.get("delete_source", {}).get("max_ms")
             out.append(
                 f"| {n} | {x['pivot_call_ms']:.1f} ms | {_v(x['steady']['p50_ms'])} / "
                 f"{_v(x['steady']['p99_ms'])} ms | {_v(x['steady_same_length_max_ms'])} ms | "
                 f"{_v(x['around_max_ms'])} ms ({x['around_writes']} writes) | "
-                f"{_v(x['during_call_max_ms'])} ms | {_v(x['stall_ms'])} ms |"
+                f"{_v(x['during_call_max_ms'])} ms | {_v(x['stall_ms'])} ms | {_v(delete)} ms |"
             )
         out.append("")
     c = s.get("convergence")

@@ -326,10 +326,13 @@ def test_stop_kills_the_running_command_and_rolls_back(
     task_id = manager.submit("syncImageData", job, tasks_dir=tasks_dir, is_copy=True)
     pid = read_pid(pid_file)
     kill_leftovers(pid)
-    # The child is tagged with its task, for recovery after a crash.
-    assert f"VDSM_TASK_ID={task_id}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(
-        b"\0"
-    )
+    # The child is tagged with its task, for recovery after a crash. (While the shell execs
+    # sleep, /proc/PID/environ reads empty for a moment: read until the new image shows.)
+    deadline = time.monotonic() + 10
+    while not (environ := Path(f"/proc/{pid}/environ").read_bytes()):
+        assert time.monotonic() < deadline, "environ never readable"
+        time.sleep(0.01)
+    assert f"VDSM_TASK_ID={task_id}".encode() in environ.split(b"\0")
 
     started = time.monotonic()
     manager.stop(task_id)

@@ -24,6 +24,8 @@ from vdsm.storage.runner import TASK_ID_ENV
 log = logging.getLogger("vdsm.storage.task_processes")
 
 PROC = Path("/proc")
+SCANS = 3  # at most; a pass that finds nobody new (after the first) ends the scan
+SCAN_PAUSE = 0.05  # seconds between passes: longer than an exec takes
 
 
 def kill_tagged(task_id: str, timeout: float = 10.0) -> list[int]:
@@ -32,15 +34,25 @@ def kill_tagged(task_id: str, timeout: float = 10.0) -> list[int]:
     tag = f"{TASK_ID_ENV}={task_id}".encode()
     victims: dict[int, int] = {}  # pid → pidfd, kept open to wait for the exit
     try:
-        for pid in _pids():
-            pidfd = _open(pid)
-            if pidfd is None:
-                continue
-            if _kill_if_tagged(pid, pidfd, tag):
-                log.warning("task %s: killed leftover process %d", task_id, pid)
-                victims[pid] = pidfd
-            else:
-                os.close(pidfd)
+        # A process in the middle of an exec shows an empty environment for a moment: scan
+        # again until a pass finds nobody new, so none is missed that way.
+        for scan in range(SCANS):
+            found = False
+            for pid in _pids():
+                if pid in victims:
+                    continue
+                pidfd = _open(pid)
+                if pidfd is None:
+                    continue
+                if _kill_if_tagged(pid, pidfd, tag):
+                    log.warning("task %s: killed leftover process %d", task_id, pid)
+                    victims[pid] = pidfd
+                    found = True
+                else:
+                    os.close(pidfd)
+            if not found and scan > 0:
+                break
+            time.sleep(SCAN_PAUSE)
         deadline = time.monotonic() + timeout
         for pid, pidfd in victims.items():
             if not _exited(pidfd, max(0.0, deadline - time.monotonic())):
