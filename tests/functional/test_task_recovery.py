@@ -88,7 +88,7 @@ def test_kill_9_during_volume_create_rolls_back_on_restart(
     assert pid_alive(qemu_img_pid), "the crash leaves qemu-img running, as a real crash would"
     daemon.restart()
 
-    status = ok(daemon.xmlrpc().getTaskStatus(task))["taskStatus"]
+    status = wait_task(daemon, task, timeout=60)  # recovery rolls back in the background
     assert status["taskState"] == "finished" and status["taskResult"] == "cleanSuccess", status
     assert "restart" in status["message"]
     assert not pid_alive(qemu_img_pid), "recovery must kill the orphaned qemu-img"
@@ -131,7 +131,7 @@ def test_kill_9_during_copy_rolls_back_on_restart(
 
     daemon.kill()
     daemon.restart()
-    status = ok(daemon.xmlrpc().getTaskStatus(task))["taskStatus"]
+    status = wait_task(daemon, task, timeout=60)  # recovery rolls back in the background
     assert status["taskState"] == "finished" and status["taskResult"] == "cleanSuccess", status
     assert not pid_alive(convert_pid)
     for vol in (base, leaf):
@@ -159,7 +159,7 @@ def test_sigterm_stops_cleanly_and_rolls_back_running_tasks(
     assert "vdsmd stopped" in daemon.log()
     assert not (daemon.run_dir / "vdsmd.pid").exists()
     daemon.restart()
-    status = ok(daemon.xmlrpc().getTaskStatus(task))["taskStatus"]
+    status = wait_task(daemon, task, timeout=60)  # recovery rolls back in the background
     assert status["taskResult"] == "cleanSuccess", status
     assert ok(storage.rpc.getImagesList(storage.sd))["imageslist"] == []
 
