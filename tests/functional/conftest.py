@@ -2,20 +2,16 @@
 
 ``VdsmdProcess`` starts the daemon with its own state and run directories under the test's
 temporary directory, waits until it answers ``ping``, and can be killed (SIGKILL, as a crash)
-or stopped (SIGTERM) and started again on the same state, as an operator would.
+or stopped (SIGTERM) and started again on the same state, as an operator would. That logic is
+vdsm_guest.local_vdsmd's, shared with the benchmark; the tests add JSON-RPC and raw POSTs.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
 import uuid
-import xmlrpc.client
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,95 +19,28 @@ from typing import Any
 import pytest
 
 from tests.conftest import require_command
+from vdsm_guest.local_vdsmd import LocalVdsmd
+
+# Helper modules full of asserts: pytest rewrites only test files and conftests by itself, and
+# a failed check must show its values there too. Registered before any test module imports it.
+pytest.register_assert_rewrite("tests.functional.mover")
 
 REPO = Path(__file__).resolve().parents[2]
-START_TIMEOUT = 30.0
 
 
-class VdsmdProcess:
+class VdsmdProcess(LocalVdsmd):
+    """The tests' vdsmd (vdsm_guest.local_vdsmd): DEBUG logs, and JSON-RPC and raw POSTs."""
+
+    # A daemon that does not start fails the test with its whole log: the story is in there.
+    error_log_lines = None
+
     def __init__(
         self, root: Path, extra_args: list[str] | None = None, env: dict[str, str] | None = None
     ) -> None:
-        self.root = root
-        self.state_dir = root / "state"
-        self.run_dir = root / "run"
-        self.log_path = root / "vdsmd.log"
-        self.extra_args = list(extra_args or [])
-        self.env = {**os.environ, **(env or {})}
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-        self.scheme = "http"
-
-    def start(self) -> None:
-        port_file = self.run_dir / "vdsmd.port"
-        if port_file.exists():
-            port_file.unlink()
-        argv = [
-            sys.executable,
-            "-m",
-            "vdsm.vdsmd",
-            "--config",
-            "/dev/null",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),  # 0 the first time: the kernel picks a free port
-            "--state-dir",
-            str(self.state_dir),
-            "--run-dir",
-            str(self.run_dir),
-            "--log-level",
-            "DEBUG",
-            *self.extra_args,
-        ]
-        self.root.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(argv, stdout=log, stderr=log, cwd=REPO, env=self.env)
-        log.close()
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"vdsmd exited with {self.proc.returncode}:\n{self.log()}")
-            if port_file.exists():
-                self.port = int(port_file.read_text())
-                if self._answers():
-                    return
-            time.sleep(0.05)
-        raise RuntimeError(f"vdsmd did not answer within {START_TIMEOUT}s:\n{self.log()}")
-
-    def _answers(self) -> bool:
-        try:
-            return self.xmlrpc().ping()["status"]["code"] == 0
-        except (OSError, xmlrpc.client.Error):
-            return False
-
-    def kill(self) -> None:
-        """SIGKILL: a crash. Children (qemu-img) are left running, as after a real crash."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(timeout=30)
-
-    def stop(self, timeout: float = 60) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout)
-
-    def restart(self) -> None:
-        self.start()
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        super().__init__(root, extra_args, env, log_level="DEBUG")
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def xmlrpc(self) -> Any:
-        return xmlrpc.client.ServerProxy(f"{self.scheme}://{self.address}/RPC2", allow_none=True)
+        return self.log_text()
 
     def jsonrpc(
         self, method: str, params: dict[str, Any] | list[Any] | None = None

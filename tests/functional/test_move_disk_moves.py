@@ -1,0 +1,227 @@
+"""vdsClient moveDisk against a real vdsmd and libvirt, the moves that go through or never start.
+
+The real CLI, run as a subprocess (tests/functional/mover.py):
+
+- The one-command move under continuous guest writes (the tiny guest): zero lost writes on
+  the destination chain, with and without keeping the source, with and without the merge
+  (merged: the same volume ids, base to leaf, as before the move); running it again is
+  harmless.
+- The human output, the dry run, and the move back to the first domain.
+- Pre-flight refusals (no room on a small tmpfs domain, a domain of another pool, a VM that
+  is down, a disk busy with a replication, a move already running) change nothing.
+- Every disk of a VM with --all, one after another.
+
+Interrupted, killed and failed moves, and ``--resume``: test_move_disk_recovery.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import missing
+from tests.functional.conftest import new_uuid, wait_task
+from tests.functional.mover import PREFILL, Done, Mover, assert_on_destination, images, vms, world
+from tests.functional.test_lsm import guest, guest_params, lsm_vdsmd, wait_writes
+from tests.functional.test_storage_api import ok
+from tests.functional.test_vms import VmFixture, chain_of, qemu_pid
+from vdsm_cli.move_journal import TEST_PAUSE_AT
+from vdsm_cli.move_plan import STEPS
+from vdsm_guest import checker
+from vdsm_guest.build import GuestImage
+
+pytestmark = pytest.mark.libvirt
+__all__ = ["guest", "lsm_vdsmd", "vms"]  # fixtures shared with test_lsm and mover
+
+# --- the whole move under guest writes --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("keep", "merge"), [(False, True), (True, True), (False, False), (True, False)]
+)
+def test_move_under_guest_writes(
+    vms: VmFixture, guest: GuestImage, tmp_path: Path, keep: bool, merge: bool
+) -> None:
+    vm_id = vms.start(**guest_params(guest, slots=64, pause=0.02))
+    console = Path(vms.stats(vm_id)["consoleLog"])
+    wait_writes(console, 10)
+    m = Mover(vms, vm_id, tmp_path)
+    extra = [*(["--keep-source"] if keep else []), *([] if merge else ["--no-merge"])]
+    before = wait_writes(console, 0)
+    proc = m.run(*extra, json_output=True)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert wait_writes(console, before + 10) > before, "the guest wrote during the move"
+
+    steps = [e["step"] for e in events if e["event"] == "step"]
+    expected = [s for s in STEPS if not (keep and s == "delete_source")]
+    expected = [s for s in expected if merge or s not in ("merge", "delete_snapshot")]
+    assert steps == expected
+    sync = [e for e in events if e["event"] == "progress" and e["step"] == "sync"]
+    assert sync and sync[-1]["bytesDone"] == sync[-1]["bytesTotal"] >= PREFILL
+    summary = next(e for e in events if e["event"] == "summary")
+    assert summary["dataBytes"] >= PREFILL and summary["pivotSeconds"] > 0
+    assert events[-1] == {"event": "result", "exitCode": 0, "message": events[-1]["message"]}
+
+    wait_writes(console, wait_writes(console, 0) + 20)  # and it keeps writing on the destination
+    chain = assert_on_destination(m, merged=merge, kept=keep)
+    leaf = Path(vms.stats(vm_id)["disks"]["vda"]["path"])
+    result = checker.check(leaf, "qcow2", console)
+    assert result.ok, result.failures
+    assert result.slots_verified == min(64, result.writes_logged)
+    if keep:
+        # The kept source is the disk as it was at the pivot: it missed what came after.
+        src_leaf = tmp_path / "src" / vms.storage.sd / "images" / vms.img / chain[-1]
+        if not merge:
+            assert checker.check(src_leaf, "qcow2", console).failures
+
+    # Running it again does no harm: nothing to do, nothing to resume.
+    again = m.run(*extra)
+    assert again.returncode == 0 and "already in domain" in again.stdout, again.stderr
+    resumed = m.resume()
+    assert resumed.returncode == 0 and "nothing to resume" in resumed.stdout
+    assert world(vms, vm_id)["chain"] == chain
+
+
+def test_human_output_dry_run_and_the_source_back(vms: VmFixture, tmp_path: Path) -> None:
+    vm_id = vms.start()
+    m = Mover(vms, vm_id, tmp_path)
+    before = world(vms, vm_id)
+    plan = m.run("--dry-run")
+    assert plan.returncode == 0, plan.stderr
+    assert "data to copy: 24." in plan.stdout and "estimate: about" in plan.stdout
+    assert world(vms, vm_id) == before and m.leftover_state() == []
+
+    done = m.run("--bandwidth", "100", "--sync-writes")
+    assert done.returncode == 0, done.stderr
+    for text in ("[7/10] pivot", "time in pivot:", "average rate:", "data moved:"):
+        assert text in done.stdout
+    assert_on_destination(m)
+    # And back again: the same command towards the first domain.
+    back = m.run(dst=vms.storage.sd)
+    assert back.returncode == 0, back.stderr
+    assert world(vms, vm_id)["domain"] == vms.storage.sd
+    assert chain_of(vms.stats(vm_id)) == m.chain and qemu_pid(vm_id) == m.pid
+    plan = m.run("--dry-run", dst=vms.storage.sd2)
+    assert "measured moves" in plan.stdout  # the estimate now uses the measured rate
+
+
+# --- pre-flight -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_mount(tmp_path: Path) -> Iterator[Path]:
+    """A 64 MiB tmpfs: a real domain too small for the test disk's data plus overhead."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        missing(f"cannot mount a small tmpfs: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_preflight_refusals_change_nothing(
+    vms: VmFixture, tmp_path: Path, small_mount: Path
+) -> None:
+    rpc, st = vms.daemon.xmlrpc(), vms.storage
+    small, foreign = new_uuid(), new_uuid()
+    ok(rpc.createStorageDomain(4, small, "small", str(small_mount), 1))
+    ok(rpc.attachStorageDomain(small, st.sp))
+    (tmp_path / "foreign").mkdir()
+    ok(rpc.createStorageDomain(4, foreign, "foreign", str(tmp_path / "foreign"), 1))
+    vm_id = vms.start()
+    m = Mover(vms, vm_id, tmp_path)
+    before = world(vms, vm_id)
+
+    def refused(proc: Done, *words: str) -> None:
+        assert proc.returncode == 1, proc.stderr + proc.stdout
+        for word in words:
+            assert word in proc.stderr, proc.stderr
+        assert world(vms, vm_id) == before
+        assert images(vms, small) == [] and m.leftover_state() == []
+
+    refused(m.run(dst=small), "not enough room", small, "× 1.1 + 64.0 MiB")
+    refused(m.run(dst=foreign), f"{foreign} is not in pool {st.sp}")
+    refused(m.run(dst=new_uuid()), "is not in pool")
+    refused(m.run(image=new_uuid()), "is not attached to VM")
+
+    # Busy: a replication already runs on the disk.
+    task = ok(rpc.cloneImageStructure(st.sp, st.sd, vms.img, st.sd2))["uuid"]
+    assert wait_task(vms.daemon, task)["taskResult"] == "success"
+    src = {"domainID": st.sd, "poolID": st.sp, "imageID": vms.img, "volumeID": vms.leaf}
+    ok(rpc.diskReplicateStart(vm_id, src, {**src, "domainID": st.sd2}, True, "background", 1))
+    before = world(vms, vm_id)
+    refused(m.run(), "is busy: a replication")
+    ok(rpc.diskReplicateFinish(vm_id, src, src))
+    assert wait_task(vms.daemon, ok(rpc.deleteImage(st.sd2, st.sp, vms.img))["uuid"])
+
+    # Down: QEMU is gone.
+    os.kill(qemu_pid(vm_id), signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while vms.stats(vm_id)["status"] != "Down":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    before = world(vms, vm_id)
+    refused(m.run(), "is Down: a live move needs a running VM")
+    proc = m.run(vm=new_uuid())
+    assert proc.returncode == 1 and "is not running on" in proc.stderr
+
+
+def test_a_second_client_on_the_same_disk_is_refused(vms: VmFixture, tmp_path: Path) -> None:
+    vm_id = vms.start()
+    m = Mover(vms, vm_id, tmp_path)
+    proc = m.start(**{TEST_PAUSE_AT: "clone"})
+    proc.wait_paused()
+    second = m.run()
+    assert second.returncode == 1 and f"another vdsClient (pid {proc.pid})" in second.stderr
+    proc.signal(signal.SIGCONT)
+    code, text = proc.finish()
+    assert code == 0, text
+    assert_on_destination(m)
+
+
+# --- every disk of a VM ---------------------------------------------------------------------------
+
+
+def test_all_disks_one_after_another(vms: VmFixture, tmp_path: Path) -> None:
+    st = vms.storage
+    img2, vol2 = new_uuid(), new_uuid()
+    st.create_volume(img2, vol2, fmt="RAW")
+    first = {
+        "type": "disk",
+        "device": "disk",
+        "domainID": st.sd,
+        "poolID": st.sp,
+        "imageID": vms.img,
+        "volumeID": vms.leaf,
+        "iface": "virtio",
+        "index": 0,
+    }
+    second = {**first, "imageID": img2, "volumeID": vol2, "index": 1}
+    vm_id = vms.start(devices=[first, second])
+    m = Mover(vms, vm_id, tmp_path)
+    proc = m.run(all_disks=True, json_output=True)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    notes = [e["message"] for e in events if e["event"] == "note"]
+    assert "moving 2 disks one after another: vda, vdb" in notes
+    assert [e["imageID"] for e in events if e["event"] == "start"] == [vms.img, img2]
+    stats = vms.stats(vm_id)
+    assert {d["domainID"] for d in stats["disks"].values()} == {st.sd2}
+    assert chain_of(stats, "vda") == m.chain and chain_of(stats, "vdb") == [vol2]
+    assert images(vms, st.sd) == [] and sorted(images(vms, st.sd2)) == sorted([vms.img, img2])
+    assert m.leftover_state() == []

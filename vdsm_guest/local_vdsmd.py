@@ -1,0 +1,181 @@
+"""A local vdsmd for the functional tests and the benchmark: a real daemon on a free port.
+
+``LocalVdsmd`` starts ``python -m vdsm.vdsmd`` with its state and run directories under a
+given root and no configuration file. The daemon binds port 0 the first time (the kernel
+picks a free port), writes the port it got to ``<run>/vdsmd.port``, and is ready when it
+answers ``ping``. It can be stopped (SIGTERM, then SIGKILL if it hangs), killed (SIGKILL, as
+a crash) and started again on the same port and state, as an operator would.
+
+It needs neither pytest nor the test tree, so the benchmark (bench/daemon.py) and the tests
+(tests/functional/conftest.py) share it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from pathlib import Path
+from typing import Any
+
+# The directory holding the vdsm package: the source tree, or site-packages once installed
+# (vdsm-guest requires vdsm). Running from there makes ``-m vdsm.vdsmd`` find this vdsm
+# even when it is not installed.
+REPO = Path(__file__).resolve().parents[1]
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 60.0
+KILL_TIMEOUT = 30.0
+# vdsm.vdsmd.PORT_FILE; not imported, as vdsm.vdsmd pulls in libvirt and the whole daemon.
+PORT_FILE = "vdsmd.port"
+
+
+class DaemonError(RuntimeError):
+    """vdsmd did not start, or died; the message ends with its log (or the tail of it)."""
+
+
+class LocalVdsmd:
+    """One vdsmd process under ``root``: ``start()``, then ``stop()`` or ``kill()``."""
+
+    # Log lines quoted in a DaemonError; None quotes the whole log.
+    error_log_lines: int | None = 40
+
+    def __init__(
+        self,
+        root: Path,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        *,
+        log_level: str = "INFO",
+    ) -> None:
+        self.root = root
+        self.state_dir = root / "state"
+        self.run_dir = root / "run"
+        self.log_path = root / "vdsmd.log"
+        self.extra_args = list(extra_args or [])
+        self.env = {**os.environ, **(env or {})}
+        self.log_level = log_level
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.scheme = "http"
+
+    def argv(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "vdsm.vdsmd",
+            "--config",
+            "/dev/null",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),  # 0 the first time: the kernel picks a free port
+            "--state-dir",
+            str(self.state_dir),
+            "--run-dir",
+            str(self.run_dir),
+            "--log-level",
+            self.log_level,
+            *self.extra_args,
+        ]
+
+    def start(self) -> None:
+        """Start the daemon and wait until it answers ``ping``; DaemonError if it does not."""
+        port_file = self.run_dir / PORT_FILE
+        # A file left by a killed daemon would name a port nobody listens on yet.
+        port_file.unlink(missing_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        # Appended: after a restart the log tells the whole story.
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.argv(), stdout=log, stderr=log, cwd=REPO, env=self.env
+            )
+        try:
+            self._wait_ready(self.proc, port_file)
+        except DaemonError:
+            # Callers clean up only a daemon that started: do not leave this one behind.
+            self.proc.kill()
+            self.proc.wait(timeout=KILL_TIMEOUT)
+            raise
+
+    def _wait_ready(self, proc: subprocess.Popen[bytes], port_file: Path) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise DaemonError(f"vdsmd exited with {proc.returncode}:\n{self._error_log()}")
+            port = _read_port(port_file)
+            if port:
+                self.port = port
+                if self._answers():
+                    return
+            time.sleep(0.05)
+        raise DaemonError(f"vdsmd did not answer within {START_TIMEOUT}s:\n{self._error_log()}")
+
+    def _answers(self) -> bool:
+        # Through xmlrpc(), which a TLS daemon's owner overrides with a client certificate.
+        try:
+            return bool(self.xmlrpc().ping()["status"]["code"] == 0)
+        except (OSError, xmlrpc.client.Error):
+            return False
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> int:
+        """SIGTERM, as systemd would; SIGKILL if it is not gone in ``timeout``. The exit code."""
+        proc = self._started()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=KILL_TIMEOUT)
+        return proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: a crash. Children (qemu-img) are left running, as after a real crash."""
+        proc = self._started()
+        proc.kill()
+        proc.wait(timeout=KILL_TIMEOUT)
+
+    def restart(self) -> None:
+        """Start again on the same port and state (stopping it first if it still runs)."""
+        if self.running:
+            self.stop()
+        self.start()
+
+    def _started(self) -> subprocess.Popen[bytes]:
+        if self.proc is None:
+            raise DaemonError("vdsmd was never started")
+        return self.proc
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def xmlrpc(self) -> Any:
+        """A new XML-RPC proxy (one per thread: a proxy keeps one HTTP connection)."""
+        return xmlrpc.client.ServerProxy(f"{self.scheme}://{self.address}/RPC2", allow_none=True)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def _error_log(self) -> str:
+        if self.error_log_lines is None:
+            return self.log_text()
+        return self.log_tail(self.error_log_lines)
+
+
+def _read_port(port_file: Path) -> int:
+    """The port the daemon wrote, or 0 while there is none (the daemon removes it on exit)."""
+    try:
+        return int(port_file.read_text().strip() or 0)
+    except (OSError, ValueError):
+        return 0
