@@ -72,7 +72,13 @@ class Daemon:
         dispatcher = Dispatcher(
             schema.load(),
             api.build(
-                self.storage, self.tasks, self.connection, self.vms, self.replications, self.merges
+                self.storage,
+                self.tasks,
+                self.connection,
+                self.vms,
+                self.replications,
+                self.merges,
+                copy_rate_limit=cfg.copy_rate_limit_bytes,
             ),
         )
         ssl_context = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import struct
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -248,6 +249,22 @@ def test_convert_option_misuse(tmp_path: Path) -> None:
         )
     with pytest.raises(ValueError):
         qemuimg.convert(a, b, src_format="qcow2", dst_format="qcow2", backing="base")
+    for bad_rate in (0, -1):
+        with pytest.raises(ValueError, match="rate_limit"):
+            qemuimg.convert(a, b, src_format="raw", dst_format="raw", rate_limit=bad_rate)
+    assert not b.exists()
+
+
+def test_convert_rate_limit_caps_the_copy(tmp_path: Path, qemu_io: str) -> None:
+    """-r: 3 MiB at 1 MiB/s. Only a lower bound on the time is asserted: a slow machine can
+    make a copy longer, never shorter (qemu-img lets the first slice through at once)."""
+    src, dst = tmp_path / "src.raw", tmp_path / "dst.qcow2"
+    qemuimg.create(src, "raw", 3 * MiB)
+    write(qemu_io, src, "raw", "write -P 0x3c 0 3M")
+    start = time.monotonic()
+    qemuimg.convert(src, dst, src_format="raw", dst_format="qcow2", rate_limit=MiB)
+    assert time.monotonic() - start >= 1.5
+    assert qemuimg.compare(src, dst, fmt_a="raw", fmt_b="qcow2")
 
 
 @pytest.fixture

@@ -28,6 +28,8 @@ def build(
     vms: VmManager,
     replications: Replications,
     merges: Merges,
+    *,
+    copy_rate_limit: int | None = None,
 ) -> dict[str, object]:
     """The namespace objects the dispatcher resolves ``call: <namespace>.<method>`` in."""
     return {
@@ -38,5 +40,5 @@ def build(
         "pools": PoolsAPI(storage),
         "domains": DomainsAPI(storage),
         "volumes": VolumesAPI(storage, tasks),
-        "images": ImagesAPI(storage, tasks),
+        "images": ImagesAPI(storage, tasks, copy_rate_limit=copy_rate_limit),
     }

@@ -15,9 +15,13 @@ from vdsm.storage.task_manager import TaskManager
 
 
 class ImagesAPI:
-    def __init__(self, storage: HostStorage, tasks: TaskManager) -> None:
+    def __init__(
+        self, storage: HostStorage, tasks: TaskManager, *, copy_rate_limit: int | None = None
+    ) -> None:
         self._storage = storage
         self._tasks = tasks
+        # Bytes/s for each syncImageData copy (vdsmd's copy_rate_limit); None: unlimited.
+        self._copy_rate_limit = copy_rate_limit
 
     def delete(
         self, img_uuid: str, sp_uuid: str, sd_uuid: str, post_zero: bool, force: bool
@@ -83,7 +87,9 @@ class ImagesAPI:
 
         def job(ctx: TaskContext) -> None:
             with self._storage.locks.hold(image_copy.lock_requests(src, dst, img_uuid)):
-                image_copy.sync_data(src, dst, img_uuid, sync_type, ctx)
+                image_copy.sync_data(
+                    src, dst, img_uuid, sync_type, ctx, rate_limit=self._copy_rate_limit
+                )
 
         return self._tasks.submit(
             "syncImageData", job, tasks_dir=pool.master.tasks_dir, is_copy=True

@@ -155,8 +155,13 @@ def sync_data(
     img_uuid: str,
     sync_type: str,
     ctx: TaskContext,
+    *,
+    rate_limit: int | None = None,
 ) -> None:
     """Copy the volumes chosen by ``sync_type`` into their twins on ``dst``, one at a time.
+
+    ``rate_limit``: bytes per second each copy may read (None: no limit), so that a copy
+    leaves the guests on the same storage their share of it.
 
     The twins must be fresh from :func:`clone_structure` (or hold a partial copy of the same
     read-only source): a base twin is written with --target-is-zero, so areas where the
@@ -176,7 +181,7 @@ def sync_data(
         "syncing %s of image %s: %d volumes, %d bytes", mode, img_uuid, len(copies), progress.total
     )
     for copy in copies:
-        _copy_volume(copy, ctx, progress)
+        _copy_volume(copy, ctx, progress, rate_limit)
     # Durable before the task succeeds (the caller then pivots and deletes the source).
     # Flushed once at the end, not after each volume: each twin's writeback was started as
     # its copy ended, and goes on while the next ones are copied (bench, 2 GiB in 3 volumes:
@@ -256,7 +261,9 @@ def _plan(source: ChainEntry, twin: ChainEntry, target: Chain) -> _Copy:
     return _Copy(src_vol, src_md, dst_vol, dst_md, backing, backing_format, size)
 
 
-def _copy_volume(copy: _Copy, ctx: TaskContext, progress: _Progress) -> None:
+def _copy_volume(
+    copy: _Copy, ctx: TaskContext, progress: _Progress, rate_limit: int | None
+) -> None:
     ctx.check_aborted()
     ctx.add_rollback(MARK_ILLEGAL, _volume_args(copy.dst))
     # ILLEGAL while written: a partially copied twin must never be usable.
@@ -276,6 +283,7 @@ def _copy_volume(copy: _Copy, ctx: TaskContext, progress: _Progress) -> None:
             backing=copy.backing,
             backing_format=copy.backing_format,
             target_is_zero=copy.backing is None,
+            rate_limit=rate_limit,
             on_progress=progress.volume(copy.size),
             cancellation=ctx.cancellation,
         )

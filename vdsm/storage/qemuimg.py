@@ -167,6 +167,7 @@ def convert(
     dst_cache: str | None = None,
     out_of_order: bool = False,
     coroutines: int | None = None,
+    rate_limit: int | None = None,
     on_progress: ProgressCallback | None = None,
     cancellation: Cancellation | None = None,
     timeout: float | None = None,
@@ -206,6 +207,8 @@ def convert(
     keeps a preallocated twin preallocated: a plain -n copy into a preallocated raw twin
     punches holes wherever the source is sparse.
 
+    ``rate_limit`` (-r): at most that many bytes per second are read from ``src``.
+
     ``on_progress(percent)`` adds -p and is called as qemu-img reports progress.
     """
     argv = [qemu_img(), "convert"]
@@ -238,6 +241,10 @@ def convert(
         argv.append("-W")
     if coroutines is not None:
         argv += ["-m", str(coroutines)]
+    if rate_limit is not None:
+        if rate_limit <= 0:
+            raise ValueError(f"rate_limit must be positive: {rate_limit}")
+        argv += ["-r", str(rate_limit)]
     argv += [_filename(src), _filename(dst)]
     runner.run(argv, timeout=timeout, on_progress=on_progress, cancellation=cancellation)
 
