@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -157,6 +159,57 @@ def test_one_half_written_newer_block_is_in_flight(disk: Disk) -> None:
     disk.put(bytes(torn[:HEADER_SIZE]) + bytes(BLOCK_SIZE - HEADER_SIZE), 3)
     disk.put(bytes(bytearray(block(5))[:-1]) + b"x", 0)  # a second one cannot be in flight
     assert [kind for kind, _ in kinds(disk.check())] == [CORRUPT]
+
+
+def between_reads(monkeypatch: pytest.MonkeyPatch, change: Callable[[], None]) -> None:
+    """Run ``change`` on the image after the checker's first read and before its second,
+    as QEMU finishing the cluster it was allocating would (the reads stay real qemu-img)."""
+    read = checker._read_slots
+    calls = []
+
+    def read_then_change(*args: Any) -> Path:
+        copy = read(*args)
+        calls.append(copy)
+        if len(calls) == 1:
+            change()
+        return copy
+
+    monkeypatch.setattr(checker, "_read_slots", read_then_change)
+
+
+def test_slots_read_empty_while_being_rewritten_pass(
+    disk: Disk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for _ in range(4):
+        disk.write()
+    # The guest's next writes (seq=5, 6) land in slots 0 and 1 as the checker reads them.
+    disk.put(bytes(BLOCK_SIZE), 0)
+    disk.put(bytes(BLOCK_SIZE), 1)
+    between_reads(monkeypatch, lambda: [disk.write(logged=False) for _ in range(2)])
+    result = disk.check()
+    assert result.ok, result.failures
+    assert (result.raced_reads, result.later_writes, result.slots_verified) == (2, 2, 4)
+
+
+def test_an_empty_slot_is_lost_unless_rewritten(
+    disk: Disk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocks = [disk.write() for _ in range(4)]
+    disk.put(bytes(BLOCK_SIZE), 1)
+    disk.put(bytes(BLOCK_SIZE), 2)
+    # Slot 2 stays empty through every read: lost. Slot 1 shows its logged block again:
+    # a write that vanishes and comes back is not a guest write in flight, so lost too.
+    between_reads(monkeypatch, lambda: disk.put(blocks[1], 1))
+    assert kinds(disk.check()) == [(LOST, 1), (LOST, 2)]
+
+
+def test_an_older_block_is_lost_whatever_a_second_read_finds(
+    disk: Disk, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocks = [disk.write() for _ in range(8)]
+    disk.put(block(4), 3)  # slot 3 holds seq=4, but seq=8 was logged after it
+    between_reads(monkeypatch, lambda: disk.put(blocks[7], 3))
+    assert kinds(disk.check()) == [(LOST, 3)]
 
 
 def test_log_gaps_and_guest_failures_fail(disk: Disk) -> None:
