@@ -14,6 +14,9 @@ Both record an undo step before every step they take (see :data:`ROLLBACK_STEPS`
 stopped or crashed task leaves no half-made destination: a clone's volumes are removed, a twin
 being (or having been) written is left ILLEGAL. Errors carry the real cause: metadata problems,
 qemu-img's stderr.
+
+This module runs the steps and undoes them; the checks of the chains and the plan of each copy,
+which only read, are :mod:`vdsm.storage.copy_plan`'s.
 """
 
 from __future__ import annotations
@@ -22,8 +25,6 @@ import logging
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from enum import StrEnum
 
 from vdsm import validation
 from vdsm.errors import (
@@ -31,41 +32,41 @@ from vdsm.errors import (
     CommandError,
     CopyImageError,
     DestImageActionError,
-    ImageDoesNotExistInSD,
-    ImageIsNotLegalChain,
-    NotImplementedVerb,
-    SourceImageActionError,
     StorageDomainDoesNotExist,
     TaskAborted,
     VdsmError,
     VolumeDoesNotExist,
 )
-from vdsm.storage import image, qemuimg
+from vdsm.storage import copy_plan, image, qemuimg
 from vdsm.storage import volume as volumes
-from vdsm.storage.constants import BLANK_UUID, Legality, Preallocation
+from vdsm.storage.constants import Legality, Preallocation
+from vdsm.storage.copy_plan import Chain, ChainEntry, SyncType, VolumeCopy
 from vdsm.storage.domain import FileStorageDomain
 from vdsm.storage.repository import StorageRepository
 from vdsm.storage.resource_locks import LockMode, image_resource
 from vdsm.storage.task_context import JSONArgs, RollbackStep, TaskContext
 from vdsm.storage.volume import Volume
-from vdsm.storage.volume_metadata import VolumeMetadata
+
+# The public API; the chain types and SyncType live in copy_plan and are re-exported here.
+__all__ = [
+    "MARK_ILLEGAL",
+    "REMOVE_VOLUME",
+    "ROLLBACK_STEPS",
+    "Chain",
+    "ChainEntry",
+    "SyncType",
+    "check_clone",
+    "check_sync",
+    "clone_structure",
+    "lock_requests",
+    "sync_data",
+]
 
 log = logging.getLogger("vdsm.storage.image_copy")
 
 # Names of the rollback steps: stable, they are persisted in task files.
 REMOVE_VOLUME = "image_copy.remove_volume"
 MARK_ILLEGAL = "image_copy.mark_illegal"
-
-
-# One volume of a chain with the metadata read when the chain was checked; a chain, base first.
-ChainEntry = tuple[Volume, VolumeMetadata]
-Chain = list[ChainEntry]
-
-
-class SyncType(StrEnum):
-    ALL = "ALL"  # every volume of the chain
-    INTERNAL = "INTERNAL"  # all but the leaf (during LSM the VM's mirror copies the leaf)
-    LEAF = "LEAF"  # the leaf only
 
 
 def lock_requests(
@@ -127,26 +128,13 @@ def check_clone(src: FileStorageDomain, dst: FileStorageDomain, img_uuid: str) -
     """The checks of :func:`clone_structure` (also for the API layer, to refuse at once what
     the task would refuse); returns the source chain. Raises 268, 262, 259, 260."""
     img_uuid = validation.uuid(img_uuid, "imgUUID")
-    source = _source_chain(src, img_uuid)
+    source = copy_plan.source_chain(src, img_uuid)
     if image.exists(dst, img_uuid):
         raise DestImageActionError(f"image {img_uuid} already exists in domain {dst.sd_uuid}")
     return source
 
 
 # --- syncImageData ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Copy:
-    """One volume to copy into its twin, and how."""
-
-    src: Volume
-    src_md: VolumeMetadata
-    dst: Volume
-    dst_md: VolumeMetadata
-    backing: str | None  # the twin's parent volUUID (its backing name), None for a base
-    backing_format: str | None
-    size: int  # bytes the source layer allocates itself: what the copy moves
 
 
 def sync_data(
@@ -174,8 +162,8 @@ def sync_data(
     Raises 2000 (unknown syncType), 268, 262 (chains differ), 259, 260, 261 (qemu-img failed),
     411 (stopped).
     """
-    mode, pairs, target = _checked_sync(src, dst, img_uuid, sync_type)
-    copies = [_plan(s, d, target) for s, d in pairs]
+    mode, pairs, target = copy_plan.checked_sync(src, dst, img_uuid, sync_type)
+    copies = [copy_plan.plan(s, d, target) for s, d in pairs]
     progress = _Progress(ctx, sum(copy.size for copy in copies))
     log.info(
         "syncing %s of image %s: %d volumes, %d bytes", mode, img_uuid, len(copies), progress.total
@@ -198,71 +186,11 @@ def check_sync(
 ) -> None:
     """The checks of :func:`sync_data`, also for the API layer to refuse at once what the
     task would refuse. Raises 2000, 268, 262, 259, 260."""
-    _checked_sync(src, dst, img_uuid, sync_type)
-
-
-def _checked_sync(
-    src: FileStorageDomain, dst: FileStorageDomain, img_uuid: str, sync_type: str
-) -> tuple[SyncType, list[tuple[ChainEntry, ChainEntry]], Chain]:
-    """The sync mode, the (source, twin) pairs to copy and the whole destination chain."""
-    try:
-        mode = SyncType(sync_type)
-    except ValueError:
-        raise NotImplementedVerb(
-            f"syncType={sync_type!r}: expected one of {', '.join(SyncType)}"
-        ) from None
-    img_uuid = validation.uuid(img_uuid, "imgUUID")
-    source = _source_chain(src, img_uuid)
-    target = _destination_chain(dst, img_uuid)
-    return mode, _selected_pairs(mode, source, target, img_uuid), target
-
-
-def _selected_pairs(
-    mode: SyncType, source: Chain, target: Chain, img_uuid: str
-) -> list[tuple[ChainEntry, ChainEntry]]:
-    """Pair source volumes with their twins after checking the chains as contract §4 says."""
-    src_uuids = [vol.vol_uuid for vol, _ in source]
-    dst_uuids = [vol.vol_uuid for vol, _ in target]
-    # Outside ALL the leaves may differ: the destination leaf may be a mirror's target.
-    same = src_uuids == dst_uuids if mode is SyncType.ALL else src_uuids[:-1] == dst_uuids[:-1]
-    if not same:
-        raise ImageIsNotLegalChain(
-            f"image {img_uuid}: source chain {src_uuids} and destination chain {dst_uuids} "
-            f"differ{'' if mode is SyncType.ALL else ' (leaves excluded)'}"
-        )
-    if mode is SyncType.ALL:
-        return list(zip(source, target, strict=True))
-    if mode is SyncType.INTERNAL:
-        return list(zip(source[:-1], target[:-1], strict=True))
-    return [(source[-1], target[-1])]
-
-
-def _plan(source: ChainEntry, twin: ChainEntry, target: Chain) -> _Copy:
-    (src_vol, src_md), (dst_vol, dst_md) = source, twin
-    if dst_md.format is not src_md.format or dst_md.capacity < src_md.capacity:
-        raise DestImageActionError(
-            f"{dst_vol.description_for_errors} is {dst_md.format}, {dst_md.capacity} bytes: "
-            f"cannot hold {src_vol.description_for_errors} ({src_md.format}, "
-            f"{src_md.capacity} bytes)"
-        )
-    if not dst_vol.path.exists():
-        raise DestImageActionError(f"{dst_vol.description_for_errors}: data file missing")
-    backing = backing_format = None
-    if dst_md.parent != BLANK_UUID:
-        backing = dst_md.parent
-        backing_format = {vol.vol_uuid: md for vol, md in target}[backing].format.qemu_format
-    try:
-        # Depth 0: only what this layer holds itself, which is all a layer copy moves.
-        # force_share: a leaf may be open in a running VM; this is a read of metadata only.
-        extents = qemuimg.map(src_vol.path, fmt=src_md.format.qemu_format, force_share=True)
-    except CommandError as e:
-        raise SourceImageActionError(f"{src_vol.description_for_errors}: {e.detail}") from e
-    size = qemuimg.allocated_bytes(extents, depth=0)
-    return _Copy(src_vol, src_md, dst_vol, dst_md, backing, backing_format, size)
+    copy_plan.checked_sync(src, dst, img_uuid, sync_type)
 
 
 def _copy_volume(
-    copy: _Copy, ctx: TaskContext, progress: _Progress, rate_limit: int | None
+    copy: VolumeCopy, ctx: TaskContext, progress: _Progress, rate_limit: int | None
 ) -> None:
     ctx.check_aborted()
     ctx.add_rollback(MARK_ILLEGAL, _volume_args(copy.dst))
@@ -400,38 +328,6 @@ class _Progress:
             # Nothing to copy (empty volumes) counts as done only at the end.
             percent = 100.0 * done / self.total if self.total else 0.0
             self._ctx.set_progress(percent, done_bytes=done, total_bytes=self.total)
-
-
-# --- chains -----------------------------------------------------------------------------------
-
-
-def _source_chain(domain: FileStorageDomain, img_uuid: str) -> Chain:
-    """The source chain, base to leaf, every volume LEGAL with its data file; else 268/262/259."""
-    try:
-        chain = [(vol, vol.metadata()) for vol in image.chain(domain, img_uuid)]
-    except (ImageDoesNotExistInSD, ImageIsNotLegalChain):
-        raise
-    except (VdsmError, OSError) as e:
-        raise SourceImageActionError(f"image {img_uuid} in domain {domain.sd_uuid}: {e}") from e
-    for vol, md in chain:
-        if md.legality is not Legality.LEGAL:
-            raise SourceImageActionError(f"{vol.description_for_errors} is {md.legality}")
-        if not vol.path.exists():
-            raise SourceImageActionError(f"{vol.description_for_errors}: data file missing")
-    return chain
-
-
-def _destination_chain(domain: FileStorageDomain, img_uuid: str) -> Chain:
-    """The twins' chain on the destination; 260 when missing or unreadable, 262 when broken."""
-    where = f"image {img_uuid} in destination domain {domain.sd_uuid}"
-    if not image.exists(domain, img_uuid):
-        raise DestImageActionError(f"{where} does not exist (clone its structure first)")
-    try:
-        return [(vol, vol.metadata()) for vol in image.chain(domain, img_uuid)]
-    except ImageIsNotLegalChain:
-        raise
-    except (VdsmError, OSError) as e:
-        raise DestImageActionError(f"{where}: {e}") from e
 
 
 def _set_dst_legality(vol: Volume, legality: Legality) -> None:
