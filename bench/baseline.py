@@ -92,6 +92,23 @@ def qemu_img_bench(path: Path, size: int, *, write: bool, depth: int) -> BenchRu
     )
 
 
+def read_and_write_at_once(src: Path, dst: Path, size: int, *, depth: int) -> BenchRun:
+    """qemu-img bench reading ``src`` and another writing ``dst``, started together: the rate
+    at which this storage reads and writes ``size`` bytes each at the same time, i.e. what a
+    copy whose reads and writes overlapped perfectly could reach (on one disk they compete)."""
+    count = size // (4 * MiB)
+    argv = ["qemu-img", "bench", "-f", "raw", "-t", "none", "-i", "native", "-s", "4M"]
+    argv += ["-c", str(count), "-d", str(depth)]
+    start = time.monotonic()
+    reader = subprocess.Popen([*argv, str(src)], stdout=subprocess.DEVNULL)
+    writer = subprocess.Popen([*argv, "-w", "--pattern=165", str(dst)], stdout=subprocess.DEVNULL)
+    codes = (reader.wait(timeout=1800), writer.wait(timeout=1800))
+    seconds = time.monotonic() - start
+    if codes != (0, 0):
+        raise RuntimeError(f"qemu-img bench read/write at once exited {codes}")
+    return BenchRun("qemu-img bench", "read+write", depth, seconds, size / seconds / MiB)
+
+
 def dd(src: str, dst: str, size: int, *, iflag: str, oflag: str, mode: str) -> BenchRun:
     argv = ["dd", f"if={src}", f"of={dst}", "bs=4M", f"count={size // (4 * MiB)}", "status=none"]
     argv += [f"iflag={iflag}"] if iflag else []

@@ -42,17 +42,19 @@ class Env:
         self.root = Path(tempfile.mkdtemp(prefix="vdsm-bench-", dir=parent))
         self._cleanups = contextlib.ExitStack()
         self._cleanups.callback(shutil.rmtree, self.root, ignore_errors=True)
-        args = []
+        self._daemon_args: list[str] = []
         if convergence_window is not None:
-            args += ["--replication-convergence-window", str(convergence_window)]
-        self.daemon = Vdsmd(self.root / "vdsmd", args, daemon_env)
+            self._daemon_args += ["--replication-convergence-window", str(convergence_window)]
+        self._daemon_env = daemon_env
+        self.daemon = Vdsmd(self.root / "vdsmd", self._daemon_args, daemon_env)
         self.vms: list[str] = []  # running
         self.created: list[str] = []  # every VM this run started
         self._destroying: list[threading.Thread] = []
         self.can_drop_caches = _try_drop_caches()
         try:
             self.daemon.start()
-            self._cleanups.callback(self.daemon.stop)
+            # Whichever daemon runs at the end (see restart_daemon).
+            self._cleanups.callback(lambda: self.daemon.stop())
             self._cleanups.callback(self._destroy_vms)
             self.client = self.new_client()
             self.sp, self.sd, self.sd2 = new_uuid(), new_uuid(), new_uuid()
@@ -69,6 +71,16 @@ class Env:
 
     def new_client(self) -> Client:
         return Client(self.daemon.proxy())
+
+    def restart_daemon(self, extra_args: list[str]) -> None:
+        """Stop vdsmd and start it again on the same state with ``extra_args`` added to its
+        flags (e.g. a copy rate limit); running VMs keep running and are recovered."""
+        self.daemon.stop()
+        self.daemon = Vdsmd(
+            self.root / "vdsmd", [*self._daemon_args, *extra_args], self._daemon_env
+        )
+        self.daemon.start()
+        self.client = self.new_client()
 
     def close(self) -> None:
         self._cleanups.close()

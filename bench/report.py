@@ -191,7 +191,8 @@ def sections(results: dict[str, Any]) -> list[str]:
             f"| (b) storage: read {st['read_mib_s']:.0f}, write {st['write_mib_s']:.0f} MiB/s "
             f"(best median of 3 runs: qemu-img bench depth 1/4/16, dd; O_DIRECT) | | "
             f"min {st['limit_mib_s']:.0f}; serial copy bound {st['serial_copy_mib_s']:.0f}; "
-            f"dd copy {st['dd_copy_mib_s']:.0f} MiB/s |",
+            f"dd copy {st['dd_copy_mib_s']:.0f}; read and write at once "
+            f"{st.get('read_write_at_once_mib_s', 0):.0f} MiB/s |",
             "",
             "Ratios: migration (snapshot → pivot) / convert, medians "
             f"{t['vdsm_until_pivot_s']['median'] / t['convert_s']['median']:.3g}×, "
@@ -199,7 +200,13 @@ def sections(results: dict[str, Any]) -> list[str]:
             f"copy phase / convert, medians {t['vdsm_copy_phase_s'] / t['convert_s']['median']:.3g}"
             f"×. Data rate of the copy phase: {t['vdsm_rate_mib_s'] / st['limit_mib_s']:.3g}× "
             f"min(read, write), {t['vdsm_rate_mib_s'] / st['serial_copy_mib_s']:.3g}× the serial "
-            "copy bound (each byte read, then written, on the same disk).",
+            "copy bound (each byte read, then written, on the same disk)"
+            + (
+                f", {t['vdsm_rate_mib_s'] / st['read_write_at_once_mib_s']:.3g}× the measured "
+                "rate of reading and writing at once (two qemu-img bench together)."
+                if st.get("read_write_at_once_mib_s")
+                else "."
+            ),
             "",
             "qemu-img convert flag search (one cold run each, seconds): "
             + ", ".join(f"`{k}` {v:.3g}" for k, v in t["convert_flags_search"].items()),
@@ -395,7 +402,8 @@ def fill(text: str, results: dict[str, Any]) -> str:
                 return f"?{match[1]}?"
         return _v(found)
 
-    return re.sub(r"\{\{([\w.]+)\}\}", value, text)
+    # Keys may hold spaces, commas and slashes ("auto, capped 64 MiB/s"), never dots.
+    return re.sub(r"\{\{([\w., /]+)\}\}", value, text)
 
 
 def render(results: dict[str, Any], results_path: Path) -> str:
