@@ -8,6 +8,7 @@ vdsm_guest.local_vdsmd's, shared with the benchmark; the tests add JSON-RPC and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.request
@@ -67,17 +68,23 @@ class VdsmdProcess(LocalVdsmd):
             return e.code, e.read()
 
 
-@pytest.fixture
-def vdsmd(tmp_path: Path) -> Iterator[VdsmdProcess]:
-    """A running vdsmd on its own state; killed at the end, whatever happened."""
-    require_command("qemu-img")
-    daemon = VdsmdProcess(tmp_path / "vdsmd")
+@contextlib.contextmanager
+def running(daemon: VdsmdProcess) -> Iterator[VdsmdProcess]:
+    """``daemon`` started, and killed at the end whatever happened (for fixtures)."""
     daemon.start()
     try:
         yield daemon
     finally:
         if daemon.running:
             daemon.kill()
+
+
+@pytest.fixture
+def vdsmd(tmp_path: Path) -> Iterator[VdsmdProcess]:
+    """A running vdsmd on its own state; killed at the end, whatever happened."""
+    require_command("qemu-img")
+    with running(VdsmdProcess(tmp_path / "vdsmd")) as daemon:
+        yield daemon
 
 
 def wait_task(daemon: VdsmdProcess, task_id: str, timeout: float = 120) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.functional.conftest import VdsmdProcess, new_uuid, wait_task
+from tests.functional.conftest import VdsmdProcess, new_uuid, running, wait_task
 from tests.functional.test_storage_api import Storage, ok
 from vdsm.storage import qemuimg
 
@@ -20,13 +20,8 @@ MiB = 1024**2
 
 @pytest.fixture
 def capped(tmp_path: Path) -> Iterator[VdsmdProcess]:
-    daemon = VdsmdProcess(tmp_path / "vdsmd", extra_args=["--copy-rate-limit", "1"])
-    daemon.start()
-    try:
-        yield daemon
-    finally:
-        if daemon.running:
-            daemon.kill()
+    with running(VdsmdProcess(tmp_path / "vdsmd", extra_args=["--copy-rate-limit", "1"])) as d:
+        yield d
 
 
 def qemu_img_argvs(needle: str) -> list[list[str]]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.functional.conftest import VdsmdProcess, new_uuid, wait_task
+from tests.functional.conftest import VdsmdProcess, new_uuid, running, wait_task
 from tests.functional.test_storage_api import ok
 from tests.functional.test_vms import VmFixture, chain_of, qemu_pid
 from vdsm.storage import qemuimg
@@ -37,12 +37,8 @@ def guest() -> GuestImage:
 def lsm_vdsmd(tmp_path: Path) -> Iterator[VdsmdProcess]:
     """vdsmd with a short convergence window, so a test sees the switch to sync quickly."""
     daemon = VdsmdProcess(tmp_path / "vdsmd", ["--replication-convergence-window", "3"])
-    daemon.start()
-    try:
+    with running(daemon):
         yield daemon
-    finally:
-        if daemon.running:
-            daemon.kill()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_command
-from tests.functional.conftest import VdsmdProcess
+from tests.functional.conftest import VdsmdProcess, running
 
 
 def openssl(*args: str) -> None:
@@ -101,12 +101,8 @@ def tls_vdsmd(tmp_path: Path, pki: dict[str, tuple[Path, Path]]) -> Iterator[Vds
     daemon.scheme = "https"
     # The fixture's readiness probe speaks plain HTTP; give it a client certificate instead.
     daemon.xmlrpc = lambda: proxy(daemon, pki, "client")  # type: ignore[method-assign]
-    daemon.start()
-    try:
+    with running(daemon):
         yield daemon
-    finally:
-        if daemon.running:
-            daemon.kill()
 
 
 def proxy(daemon: VdsmdProcess, pki: dict[str, tuple[Path, Path]], who: str | None) -> object:
