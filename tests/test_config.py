@@ -3,6 +3,7 @@ with the key named (never a traceback)."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +81,12 @@ def test_vdsmd_refuses_a_bad_setting_with_exit_2(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "copy_rate_limit" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_every_setting_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert set(config.HELP) == {f.name for f in dataclasses.fields(config.Config)}
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--copy-rate-limit COPY_RATE_LIMIT MiB/s each syncImageData copy" in text
+    assert "(default 0)" in text and "(default none)" in text and "(default off)" in text

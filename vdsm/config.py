@@ -88,6 +88,29 @@ class Config:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
+# One line per setting for ``vdsmd --help`` (the comments on Config say why each default).
+HELP = {
+    "host": "address to listen on",
+    "port": "TCP port (0: any free port, written to RUN_DIR/vdsmd.port)",
+    "state_dir": "durable state: the storage repository and the VM records",
+    "run_dir": "runtime files: vdsmd.pid and vdsmd.port",
+    "libvirt_uri": "libvirt connection for VMs",
+    "vm_domain_type": "libvirt domain type of VMs: auto, kvm or qemu (TCG)",
+    "tls": "serve HTTPS (needs --tls-cert and --tls-key)",
+    "tls_cert": "server certificate (PEM)",
+    "tls_key": "server private key (PEM)",
+    "tls_ca": "CA that client certificates must be signed by (none: no client certificates)",
+    "replication_convergence_window": "seconds a mirror in auto copy mode may stop shrinking "
+    "before it switches to synchronous writes",
+    "max_concurrent_copies": "qemu-img copy tasks run at once; more wait their turn",
+    "copy_rate_limit": "MiB/s each syncImageData copy may read (qemu-img convert -r), "
+    "leaving guests on the same storage their share; 0: no limit",
+    "max_request_bytes": "largest API request body accepted",
+    "shutdown_grace": "seconds SIGTERM lets running tasks finish before stopping them",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "log_file": "log file (none: standard error)",
+}
+
 
 def _convert(name: str, text: str) -> object:
     kind = str(_FIELDS[name].type)
@@ -142,10 +165,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     for name, f in _FIELDS.items():
         flag = "--" + name.replace("_", "-")
+        default = "none" if f.default is None else f.default
         if str(f.type) == "bool":
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction)
+            parser.add_argument(
+                flag,
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                help=f"{HELP[name]} (default {'on' if f.default else 'off'})",
+            )
         else:
-            parser.add_argument(flag, dest=name, metavar=name.upper(), help=f"default {f.default}")
+            parser.add_argument(
+                flag, dest=name, metavar=name.upper(), help=f"{HELP[name]} (default {default})"
+            )
 
 
 def from_arguments(args: argparse.Namespace) -> Config:
