@@ -318,6 +318,36 @@ def test_sync_all(src: FileStorageDomain, dst: FileStorageDomain) -> None:
         assert copy.metadata().legality is Legality.LEGAL
 
 
+def test_zero_filled_data_arrives_as_zeros_and_stays_thin(
+    src: FileStorageDomain, dst: FileStorageDomain
+) -> None:
+    """qemu-img's zero detection (on by default, no -S 0): allocated zero *data* is not
+    copied as data. In the base it stays a hole (the twin reads as zeros); in a layer over
+    its parent's data it must become a zero cluster, never a hole showing the parent."""
+    img = new_uuid()
+    chain = make_chain(src, img)
+    qemu_io(chain[0].path, "raw", "write -P 0 16M 2M")  # zeros written as data
+    qemu_io(chain[1].path, "qcow2", "write -P 0 512k 256k")  # zeros over base's 0x11
+    clone(src, dst, img)
+    image_copy.sync_data(src, dst, img, "ALL", RecordingTask())
+    # Same content; not `strict`: the allocation differs, which is the point.
+    assert qemuimg.compare(chain[2].path, twin(dst, chain[2]).path)
+    base_extents = qemuimg.map(twin(dst, chain[0]).path, fmt="raw")
+    assert not any(
+        e["data"] and e["start"] <= 16 * MiB < e["start"] + e["length"] for e in base_extents
+    ), base_extents
+    middle = [e for e in qemuimg.map(twin(dst, chain[1]).path, fmt="qcow2") if e["depth"] == 0]
+    assert any(
+        e["zero"] and not e["data"] and e["start"] <= 512 * 1024 < e["start"] + e["length"]
+        for e in middle
+    ), middle
+    leaf = twin(dst, chain[2]).path
+    qemu_io(leaf, "qcow2", "read -P 0x11 0 512k")  # the base's data, through the chain
+    qemu_io(leaf, "qcow2", "read -P 0 512k 256k")  # the middle layer's zeros hide it
+    for vol in chain:
+        assert st_allocated(twin(dst, vol)) <= st_allocated(vol), f"layer {vol.vol_uuid}"
+
+
 def test_leaves_may_differ_except_for_all(src: FileStorageDomain, dst: FileStorageDomain) -> None:
     img = new_uuid()
     chain = make_chain(src, img)
