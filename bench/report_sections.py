@@ -1,0 +1,256 @@
+"""The "Figures" part of docs/benchmarks.md: one section of tables per measure (throughput,
+sparse disks, pivot stall, convergence, guest impact, overhead, scale, tuning), each from that
+measure's results, plus the number formatting the whole report shares. bench/report.py
+assembles the page around it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+GiB = 1024**3
+MiB = 1024**2
+
+
+def fmt(value: Any, digits: int = 3) -> str:
+    """A value for a table cell or a placeholder: "—" when the run did not measure it, floats
+    to ``digits`` significant figures, and from 1000 up whole (where ``g`` would go to 1e+03)."""
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def fmt_spread(spread: dict[str, float]) -> str:
+    """Repeated timings as "median s (min–max)"; "—" when there were none."""
+    if not spread:
+        return "—"
+    return f"{spread['median']:.3g} s ({spread['min']:.3g}–{spread['max']:.3g})"
+
+
+def sections(results: dict[str, Any]) -> list[str]:
+    """The lines of every measure's section, in the order of the docs; a measure that was not
+    run, or failed (the targets table shows its error), has no section."""
+    s = results["sections"]
+    out: list[str] = []
+    t = s.get("throughput")
+    if t and "error" not in t:
+        st = t["storage"]
+        out += [
+            "### 1. Throughput",
+            "",
+            f"Chain: RAW base + 2 qcow2 layers, {t['data_bytes'] / GiB:.3g} GiB allocated "
+            f"({t['virtual_bytes'] / GiB:.3g} GiB virtual). Medians of the repetitions "
+            "(min–max in brackets); every copy starts with a cold page cache and ends on disk.",
+            "",
+            "| what | time | data rate |",
+            "|---|---|---|",
+            f"| vdsm migration, snapshot → pivot | {fmt_spread(t['vdsm_until_pivot_s'])} | "
+            f"{t['data_bytes'] / MiB / t['vdsm_until_pivot_s']['median']:.0f} MiB/s |",
+            f"| vdsm copy phase (replicate start → READY) | {t['vdsm_copy_phase_s']:.3g} s | "
+            f"{t['vdsm_rate_mib_s']:.0f} MiB/s |",
+            f"| vdsm whole move incl. delete + merge | {fmt_spread(t['vdsm_total_s'])} | |",
+            f"| (a) qemu-img convert `{t['best_flags']}` + fsync | {fmt_spread(t['convert_s'])} | "
+            f"{t['convert_rate_mib_s']:.0f} MiB/s |",
+            f"| cp --sparse=always of the 3 files + fsync | {fmt_spread(t['cp_s'])} | "
+            f"{t['cp_rate_mib_s']:.0f} MiB/s |",
+            f"| (b) storage: read {st['read_mib_s']:.0f}, write {st['write_mib_s']:.0f} MiB/s "
+            f"(best median of 3 runs: qemu-img bench depth 1/4/16, dd; O_DIRECT) | | "
+            f"min {st['limit_mib_s']:.0f}; serial copy bound {st['serial_copy_mib_s']:.0f}; "
+            f"dd copy {st['dd_copy_mib_s']:.0f}; read and write at once "
+            f"{st.get('read_write_at_once_mib_s', 0):.0f} MiB/s |",
+            "",
+            "Ratios: migration (snapshot → pivot) / convert, medians "
+            f"{t['vdsm_until_pivot_s']['median'] / t['convert_s']['median']:.3g}×, "
+            f"best run of each {t['vdsm_until_pivot_s']['min'] / t['convert_s']['min']:.3g}×; "
+            f"copy phase / convert, medians {t['vdsm_copy_phase_s'] / t['convert_s']['median']:.3g}"
+            f"×. Data rate of the copy phase: {t['vdsm_rate_mib_s'] / st['limit_mib_s']:.3g}× "
+            f"min(read, write), {t['vdsm_rate_mib_s'] / st['serial_copy_mib_s']:.3g}× the serial "
+            "copy bound (each byte read, then written, on the same disk)"
+            + (
+                f", {t['vdsm_rate_mib_s'] / st['read_write_at_once_mib_s']:.3g}× the measured "
+                "rate of reading and writing at once (two qemu-img bench together)."
+                if st.get("read_write_at_once_mib_s")
+                else "."
+            ),
+            "",
+            "qemu-img convert flag search (one cold run each, seconds): "
+            + ", ".join(f"`{k}` {v:.3g}" for k, v in t["convert_flags_search"].items()),
+            "",
+            "![throughput over time](benchmarks-throughput.svg)",
+            "",
+        ]
+    sp = s.get("sparse")
+    if sp and "error" not in sp:
+        lay = sp["layouts"]
+        out += [
+            "### 2. Sparse disks",
+            "",
+            "| chain | virtual | allocated | vdsm snapshot → pivot | qemu-img convert |",
+            "|---|---|---|---|---|",
+        ]
+        for name in ("sparse", "full", "preallocated"):
+            out.append(
+                f"| {name} | {lay[name]['virtual'] / GiB:.3g} GiB | "
+                f"{lay[name]['data'] / GiB:.3g} GiB | {fmt_spread(sp['until_pivot_s'][name])} | "
+                f"{fmt_spread(sp['convert_s'][name])} |"
+            )
+        out += [
+            "",
+            f"Time ratio sparse/full: vdsm {sp['time_ratio']}, qemu-img convert "
+            f"{sp['convert_time_ratio']}. Worst destination/source allocation of any volume: "
+            f"{sp['allocation_ratio_du_worst']} (du), {sp['allocation_ratio_map_worst']} "
+            f"(qemu-img map). The preallocated RAW base is "
+            f"{100 * sp['preallocated_base_allocated_share']:.1f}% allocated on the destination.",
+            "",
+        ]
+    p = s.get("pivot")
+    if p and "error" not in p:
+        out += [
+            "### 3. Pivot stall",
+            "",
+            f"Writer: 4 KiB, queue depth 1; idle (no migration) p50 {fmt(p['idle']['p50_ms'])} ms, "
+            f"p99 {fmt(p['idle']['p99_ms'])} ms.",
+            "",
+            "| run | Finish call | steady p50 / p99 (READY mirror) | steady max, same length "
+            "| max around the pivot | max overlapping the call | added (max − p99) | "
+            "then deleting the source: max |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for n, x in enumerate(p["runs"], start=1):
+            delete = x.get("delete_source", {}).get("max_ms")
+            out.append(
+                f"| {n} | {x['pivot_call_ms']:.1f} ms | {fmt(x['steady']['p50_ms'])} / "
+                f"{fmt(x['steady']['p99_ms'])} ms | {fmt(x['steady_same_length_max_ms'])} ms | "
+                f"{fmt(x['around_max_ms'])} ms ({x['around_writes']} writes) | "
+                f"{fmt(x['during_call_max_ms'])} ms | {fmt(x['stall_ms'])} ms | {fmt(delete)} ms |"
+            )
+        out.append("")
+    c = s.get("convergence")
+    if c and "error" not in c:
+        w = c["writer"]
+        out += [
+            "### 4. Convergence",
+            "",
+            f"Writer: {w['block_size'] // 1024} KiB blocks, queue depth {w['queue_depth']}, "
+            f"paced at {w['rate_mib_s']} MiB/s over {w['region_bytes'] / MiB:.0f} MiB; "
+            f"copy capped at {c['copy_cap_mib_s']} MiB/s; vdsmd's convergence window "
+            f"{c['convergence_window_s']} s. Writer alone: {c['writer_before']['mib_s']} MiB/s.",
+            "",
+            "| copy mode | completed | time to READY | switched to sync | writer meanwhile | "
+            "writer p99 |",
+            "|---|---|---|---|---|---|",
+        ]
+        for mode, x in c["modes"].items():
+            ready = (
+                f"{x['ready_after_s']} s"
+                if x["completed"]
+                else f"not READY, given up after {x['gave_up_after_s']} s"
+            )
+            out.append(
+                f"| {mode} | {'yes' if x['completed'] else 'no'} | {ready} | "
+                f"{'yes' if x['switched_to_sync'] else 'no'} | {x['writer_during']['mib_s']} MiB/s "
+                f"| {fmt(x['writer_during']['p99_ms'])} ms |"
+            )
+        out.append("")
+    g = s.get("guest")
+    if g and "error" not in g:
+        out += [
+            "### 5. Guest impact",
+            "",
+            f"Writers: 64 KiB, queue depth 1, over {g['area_bytes'] / MiB:.0f} MiB; paced at "
+            f"{g['writers']['paced']['rate_mib_s']} MiB/s, or unpaced. Chain holding "
+            f"{g['data_bytes'] / GiB:.3g} GiB; during = snapshot → pivot.",
+            "",
+            "| writer | copy mode | before MiB/s | during MiB/s | share | p99 before | "
+            "p99 during | migration |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for writer, modes in g["results"].items():
+            for mode, x in modes.items():
+                out.append(
+                    f"| {writer} | {mode} | {x['before']['mib_s']} | {x['during']['mib_s']} | "
+                    f"{x['throughput_share']} | {fmt(x['before']['p99_ms'])} ms | "
+                    f"{fmt(x['during']['p99_ms'])} ms | {x['until_pivot_s']} s |"
+                )
+        out.append("")
+    o = s.get("overhead")
+    if o and "error" not in o:
+        out += [
+            "### 6. Orchestration overhead",
+            "",
+            f"{o['volumes']}-volume chain, {o['data_bytes'] / MiB:.0f} MiB allocated, "
+            f"{o['runs']} moves; median (min–max) per step:",
+            "",
+            "| step | kind | time |",
+            "|---|---|---|",
+        ]
+        for name, spread in o["steps_s"].items():
+            kind = "copy" if name in ("sync", "wait_ready") else "control"
+            out.append(f"| {name} | {kind} | {fmt_spread(spread)} |")
+        out += [
+            f"| **non-copy steps together** | | **{fmt_spread(o['control_s'])}** |",
+            f"| whole move | | {fmt_spread(o['total_s'])} |",
+            "",
+        ]
+        cli = o.get("vdsclient_movedisk")
+        if cli and cli.get("rc") == 0:
+            steps = cli["runs"][0]["steps"]
+            out += [
+                f"`vdsClient --json moveDisk` of the same disk, {len(cli['runs'])} times: "
+                f"{fmt_spread(cli['seconds'])} end to end, "
+                f"non-copy steps {fmt_spread(cli['control_s'])}; "
+                "its own step times (first run): "
+                + ", ".join(f"{k} {v:.3g} s" for k, v in steps.items()),
+                "",
+            ]
+        elif cli:
+            out += [f"`vdsClient moveDisk` failed (exit {cli.get('rc')}): {cli.get('output')}", ""]
+    sc = s.get("scale")
+    if sc and "error" not in sc:
+        cc, gr = sc["concurrency"], sc["growth"]
+        out += [
+            "### 7. Scale",
+            "",
+            f"{cc['disks']} disks of {cc['disks']} VMs, {cc['data_per_disk'] / MiB:.0f} MiB "
+            f"each: one after another {fmt_spread(cc['sequential_s'])}, "
+            f"at once {fmt_spread(cc['concurrent_s'])}"
+            f" (ratio {cc['ratio']}); failures: {len(cc['failures'])}.",
+            "",
+            "| allocated | vdsm snapshot → pivot | vdsm copy steps | qemu-img convert |",
+            "|---|---|---|---|",
+        ]
+        for pt in gr["points"]:
+            out.append(
+                f"| {pt['data_bytes'] / GiB:.3g} GiB | {pt['until_pivot_s']} s | {pt['copy_s']} s"
+                f" | {pt['convert_s']} s |"
+            )
+        f, cf = gr["fit"], gr["convert_fit"]
+        out += [
+            "",
+            f"Least squares: vdsm {f['intercept_s']} s + {f['s_per_gib']} s/GiB (r² {f['r2']});"
+            f" qemu-img convert {cf['intercept_s']} s + {cf['s_per_gib']} s/GiB (r² {cf['r2']}),"
+            f" all in {gr['virtual_bytes'] / GiB:.3g} GiB disks.",
+            "",
+            "![time vs allocated data](benchmarks-growth.svg)",
+            "",
+        ]
+    tu = s.get("tuning")
+    if tu and "error" not in tu:
+        out += [
+            "### Tuning evidence: the copy recipe of syncImageData",
+            "",
+            f"Each volume of a {tu['data_bytes'] / GiB:.3g} GiB 3-volume chain copied into its "
+            "twin (made by cloneImageStructure) with image_copy.py's argv plus the variant's "
+            "options; cold cache; median (min–max) of the rounds.",
+            "",
+            "| variant | time | rate |",
+            "|---|---|---|",
+        ]
+        for name, v in tu["variants"].items():
+            out.append(
+                f"| {name} | {v['median']:.3g} s ({v['min']:.3g}–{v['max']:.3g}) | "
+                f"{v['mib_s']:.0f} MiB/s |"
+            )
+        out.append("")
+    return out
