@@ -42,6 +42,9 @@ class Layout:
     shares: tuple[float, ...] = (0.5, 0.3, 0.2)
     spread: bool = False  # chunks spread over the whole disk rather than packed at its start
     preallocated_base: bool = False
+    # Of each layer's chunks, the share written as zero bytes (allocated zeros, as a guest
+    # that zeroes a file or a whole disk leaves them) instead of random data.
+    zero_share: float = 0.0
 
     def chunk_size(self) -> int:
         # 64 MiB chunks; smaller for tiny disks, so that every layer still gets one.
@@ -114,8 +117,11 @@ def build_chain(client: Client, sp: str, sd: str, layout: Layout, pattern: Path)
         if not offsets:
             continue
         commands: list[str] = []
-        for offset in offsets:
-            commands += ["-c", f"write -q -s {pattern} {offset} {chunk}"]
+        for i, offset in enumerate(offsets):
+            # Zero chunks spread evenly among the data chunks, zero_share of them.
+            zero = int((i + 1) * layout.zero_share) > int(i * layout.zero_share)
+            source = "-P 0" if zero else f"-s {pattern}"
+            commands += ["-c", f"write -q {source} {offset} {chunk}"]
         fmt = "raw" if n == 0 else "qcow2"
         subprocess.run(
             ["qemu-io", "-f", fmt, *commands, path],

@@ -6,6 +6,9 @@ are what vdsmd makes; then each variant copies every volume into its twin (base 
 the clone is deleted. ``repeat`` rounds, variants alternated; every copy starts cold.
 Every variant but the first ends with the twins on stable storage (fsync, or qemu-img's own
 flush); "no flush" is what vdsm ran before it flushed, shown for reference only.
+
+Zero detection is measured apart, on a chain whose data is half zero-filled chunks: vdsm's
+recipe with qemu-img's default zero detection against ``-S 0``, time and bytes allocated.
 """
 
 from __future__ import annotations
@@ -39,6 +42,14 @@ VARIANTS: dict[str, tuple[list[str], str, bool]] = {
     "vdsm now, volumes in parallel": ([], "kick", True),
 }
 NOT_DURABLE = "no flush (vdsm before: not durable)"
+VDSM_NOW = "writeback started after each, fsync at end (vdsm now)"
+# Zero detection: qemu-img's default (-S 4k) finds zero-filled data and does not write it
+# (a hole in the base twin, a zero cluster in a layer); -S 0 writes every byte it reads.
+ZERO_VARIANTS = {
+    "zero detection on (qemu-img default; vdsm now)": [],
+    "zero detection off (-S 0)": ["-S", "0"],
+}
+ZERO_SHARE = 0.5  # of the zero-detection chain's allocated data
 
 
 def _argv(
@@ -70,9 +81,14 @@ def _start_writeback(path: Path) -> None:
         os.close(fd)
 
 
-def _copy(ctx: Context, chain: Chain, variant: str) -> float:
+def _copy(
+    ctx: Context, chain: Chain, variant: str, extra_options: list[str] | None = None
+) -> tuple[float, int]:
+    """Seconds to copy every volume of ``chain`` into a fresh clone, durably, and the bytes
+    the twins allocate."""
     env = ctx.env
     extra, flush, parallel = VARIANTS[variant]
+    extra = [*extra, *(extra_options or [])]
     env.client.clone_structure(chain.sp, chain.sd, chain.img, env.sd2)
     src_dir, dst_dir = env.image_dir(chain.sd, chain.img), env.image_dir(env.sd2, chain.img)
     argvs = [
@@ -102,8 +118,9 @@ def _copy(ctx: Context, chain: Chain, variant: str) -> float:
         for vol in chain.vols:
             baseline.fsync(dst_dir / vol)
     seconds = time.monotonic() - start
+    allocated = sum(os.stat(dst_dir / vol).st_blocks * 512 for vol in chain.vols)
     env.client.delete_image(chain.sp, env.sd2, chain.img)
-    return seconds
+    return seconds, allocated
 
 
 def run(ctx: Context) -> dict[str, Any]:
@@ -113,9 +130,10 @@ def run(ctx: Context) -> dict[str, Any]:
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     for _ in range(st.repeat):
         for name in VARIANTS:
-            times[name].append(_copy(ctx, chain, name))
+            times[name].append(_copy(ctx, chain, name)[0])
     env.remove_image(chain.img)
     os.sync()
+    zeros = _zero_detection(ctx)
     durable = {k: v for k, v in times.items() if k != NOT_DURABLE}
     best = min(durable, key=lambda k: median(durable[k]))
     return {
@@ -124,5 +142,34 @@ def run(ctx: Context) -> dict[str, Any]:
             name: {**spread(v), "mib_s": r(mib_s(data, median(v)), 1)} for name, v in times.items()
         },
         "best_durable": best,
+        "zero_detection": zeros,
         "targets": [],
+    }
+
+
+def _zero_detection(ctx: Context) -> dict[str, Any]:
+    """vdsm's recipe with and without zero detection, on a chain whose data is half zeros."""
+    env, st = ctx.env, ctx.settings
+    layout = Layout(virtual=max(2 * st.data, 1024 * MiB), data=st.data, zero_share=ZERO_SHARE)
+    chain = env.build(layout)
+    source = sum(
+        os.stat(env.image_dir(chain.sd, chain.img) / vol).st_blocks * 512 for vol in chain.vols
+    )
+    runs: dict[str, list[tuple[float, int]]] = {name: [] for name in ZERO_VARIANTS}
+    for _ in range(st.repeat):
+        for name, options in ZERO_VARIANTS.items():
+            runs[name].append(_copy(ctx, chain, VDSM_NOW, options))
+    env.remove_image(chain.img)
+    os.sync()
+    return {
+        "zero_share": ZERO_SHARE,
+        "data_bytes": sum(chain.written.values()),
+        "source_allocated_bytes": source,
+        "variants": {
+            name: {
+                **spread([seconds for seconds, _ in v]),
+                "allocated_bytes": median([allocated for _, allocated in v]),
+            }
+            for name, v in runs.items()
+        },
     }
