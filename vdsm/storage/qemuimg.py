@@ -7,18 +7,27 @@ callers rely on. The binary is ``qemu-img`` from PATH unless the environment var
 
 Pass the format (``fmt``/``src_format``...) whenever it is known: letting qemu-img probe a raw
 image lets a guest that wrote a qcow2 header into it decide how the host opens it.
+
+How arguments are spelled and JSON output is checked is :mod:`vdsm.storage.qemuimg_codec`'s.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, overload
 
-from vdsm.errors import CommandError
 from vdsm.storage import runner
+
+# QemuImgError and StrPath stay importable from here, where callers have always found them; the
+# codec's functions keep the private names this module's code (and its tests) call them by.
+from vdsm.storage.qemuimg_codec import QemuImgError, StrPath
+from vdsm.storage.qemuimg_codec import checked_object as _checked
+from vdsm.storage.qemuimg_codec import filename_arg as _filename
+from vdsm.storage.qemuimg_codec import options_arg as _options
+from vdsm.storage.qemuimg_codec import parse_json as _parse_json
+from vdsm.storage.qemuimg_codec import required_arg as _required
 from vdsm.storage.runner import Cancellation, ProgressCallback
 
 QEMU_IMG_ENV = "VDSM_QEMU_IMG"
@@ -28,17 +37,9 @@ QEMU_IMG_ENV = "VDSM_QEMU_IMG"
 # their duration grows with the image, and they can be cancelled instead.
 METADATA_TIMEOUT = 60.0
 
-StrPath = str | os.PathLike[str]
-
 _INFO_KEYS = ("virtual-size", "format", "filename", "actual-size")
 _MEASURE_KEYS = ("required", "fully-allocated")
 _EXTENT_KEYS = ("start", "length", "data", "zero")
-
-
-class QemuImgError(CommandError):
-    """qemu-img succeeded but said something we cannot use (bad JSON, a missing key)."""
-
-    title = "Unexpected qemu-img output"
 
 
 def qemu_img() -> str:
@@ -393,45 +394,3 @@ def allocated_bytes(extents: Iterable[Mapping[str, Any]], *, depth: int | None =
         for extent in extents
         if extent["data"] and (depth is None or extent.get("depth", 0) == depth)
     )
-
-
-# --- helpers ----------------------------------------------------------------------------------
-
-
-def _filename(path: StrPath) -> str:
-    # qemu-img would take a name starting with "-" for an option, and a name with a colon
-    # before its first "/" for a protocol ("json:", "nbd:"): make both plain file paths.
-    name = os.fspath(path)
-    if name.startswith("-") or ":" in name.split("/", 1)[0]:
-        name = "./" + name
-    return name
-
-
-def _options(opts: Mapping[str, str]) -> str:
-    # qemu's option syntax: "key=value,key=value", a comma inside a value doubled.
-    return ",".join(f"{key}={value.replace(',', ',,')}" for key, value in opts.items())
-
-
-def _required(value: str | None, name: str, because: str) -> str:
-    if value is None:
-        raise ValueError(f"{name} is required with {because}")
-    return value
-
-
-def _parse_json(argv: list[str], result: runner.CommandResult) -> Any:
-    try:
-        return json.loads(result.stdout)
-    except ValueError as e:
-        raise QemuImgError(argv, result.rc, result.stderr, reason=f"invalid JSON: {e}") from e
-
-
-def _checked(
-    argv: list[str], result: runner.CommandResult, found: object, keys: Iterable[str]
-) -> dict[str, Any]:
-    """``found`` as a JSON object that has every one of ``keys``."""
-    if not isinstance(found, dict):
-        raise QemuImgError(argv, result.rc, result.stderr, reason="expected a JSON object")
-    for key in keys:
-        if key not in found:
-            raise QemuImgError(argv, result.rc, result.stderr, reason=f"no {key!r} in output")
-    return found
