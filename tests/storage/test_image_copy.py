@@ -121,6 +121,15 @@ def make_chain(
     return chain
 
 
+def stable_map(vol: Volume, allocation: str) -> bool:
+    """Whether ``qemu-img map`` of the volume is stable. Not for a preallocated raw file:
+    ext4 reports an fallocated, never written extent as data while its pages are in the page
+    cache and as a hole once they are dropped (measured: `cat` then map, drop_caches then
+    map), so the same file maps differently from one moment to the next. Its content is
+    compared, and its allocation checked, instead."""
+    return not (allocation == "PREALLOCATED" and qemu_fmt(vol) == "raw")
+
+
 def qemu_fmt(vol: Volume) -> str:
     return vol.metadata().format.qemu_format
 
@@ -267,12 +276,15 @@ def test_sync_internal_then_leaf(
     # out unallocated where the source's are allocated (the data is the same).
     strict = allocation == "SPARSE"
     for vol, copy in zip(chain[:2], twins[:2], strict=True):
-        assert own_extents(copy) == own_extents(vol), f"layer {vol.vol_uuid}"
+        if stable_map(vol, allocation):
+            assert own_extents(copy) == own_extents(vol), f"layer {vol.vol_uuid}"
         assert qemuimg.compare(vol.path, copy.path, fmt_a=qemu_fmt(vol), strict=strict)
     assert own_bytes(twins[2]) == 0  # the leaf is the mirror's job in INTERNAL
     # Progress is weighted by bytes: it climbs to the sum of what the two layers hold.
-    expected = own_bytes(chain[0]) + own_bytes(chain[1])
-    assert task.progress[-1] == (100.0, expected, expected)
+    percent, done, total = task.progress[-1]
+    assert percent == 100.0 and done == total
+    if stable_map(chain[0], allocation):
+        assert total == own_bytes(chain[0]) + own_bytes(chain[1])
     assert [p[0] for p in task.progress] == sorted(p[0] for p in task.progress)
     assert task.rollbacks == [
         ("image_copy.mark_illegal", {"sd_uuid": dst.sd_uuid, "img_uuid": img, "vol_uuid": u})
