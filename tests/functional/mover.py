@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.functional.conftest import REPO, VdsmdProcess
-from tests.functional.test_lsm import open_files
+from tests.functional.lsm_helpers import open_files
 from tests.functional.test_storage_api import ok
 from tests.functional.test_vms import VmFixture, chain_of, qemu_pid
 

@@ -11,14 +11,14 @@ from typing import Any
 import pytest
 
 from tests.functional.conftest import new_uuid, wait_task
-from tests.functional.test_lsm import Migration, guest, guest_params, lsm_vdsmd, vms, wait_writes
+from tests.functional.lsm_helpers import Migration, guest, guest_params, lsm_vdsmd, vms, wait_writes
 from tests.functional.test_storage_api import ok
 from tests.functional.test_vms import VmFixture, chain_of
 from vdsm_guest import checker
 from vdsm_guest.build import GuestImage
 
 pytestmark = pytest.mark.libvirt
-__all__ = ["guest", "lsm_vdsmd", "vms"]  # fixtures shared with test_lsm
+__all__ = ["guest", "lsm_vdsmd", "vms"]  # fixtures shared from lsm_helpers
 
 
 def wait_merged(vms: VmFixture, vm_id: str, top: str, timeout: float = 60) -> dict[str, Any]:

@@ -28,8 +28,8 @@ import pytest
 
 from tests.conftest import missing
 from tests.functional.conftest import new_uuid, wait_task
+from tests.functional.lsm_helpers import guest, guest_params, lsm_vdsmd, wait_writes
 from tests.functional.mover import PREFILL, Done, Mover, assert_on_destination, images, vms, world
-from tests.functional.test_lsm import guest, guest_params, lsm_vdsmd, wait_writes
 from tests.functional.test_storage_api import ok
 from tests.functional.test_vms import VmFixture, chain_of, qemu_pid
 from vdsm_cli.move_journal import TEST_PAUSE_AT
@@ -38,7 +38,7 @@ from vdsm_guest import checker
 from vdsm_guest.build import GuestImage
 
 pytestmark = pytest.mark.libvirt
-__all__ = ["guest", "lsm_vdsmd", "vms"]  # fixtures shared with test_lsm and mover
+__all__ = ["guest", "lsm_vdsmd", "vms"]  # fixtures shared from lsm_helpers and mover
 
 # --- the whole move under guest writes --------------------------------------------------------
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.functional.lsm_helpers import guest, guest_params, lsm_vdsmd, wait_writes
 from tests.functional.mover import Mover, assert_on_destination, assert_on_source, images, vms
-from tests.functional.test_lsm import guest, guest_params, lsm_vdsmd, wait_writes
 from tests.functional.test_vms import VmFixture
 from vdsm_cli.move_journal import TEST_PAUSE_AT, TEST_STOP_AT
 from vdsm_cli.move_plan import STEPS
@@ -34,7 +34,7 @@ from vdsm_guest import checker
 from vdsm_guest.build import GuestImage
 
 pytestmark = pytest.mark.libvirt
-__all__ = ["guest", "lsm_vdsmd", "vms"]  # fixtures shared with test_lsm and mover
+__all__ = ["guest", "lsm_vdsmd", "vms"]  # fixtures shared from lsm_helpers and mover
 
 
 # --- the client killed at each step, then --resume ----------------------------------------------

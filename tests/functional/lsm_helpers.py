@@ -1,0 +1,141 @@
+"""Shared by the live storage migration functional tests (test_lsm*.py, test_merge.py, ...).
+
+The fixtures (the tiny guest image, a vdsmd with a short convergence window, and VMs on it),
+``Migration`` (one disk's migration driven verb by verb, as an engine would), and the small
+helpers around the guest: its boot parameters, waiting for its logged writes, and the files
+its QEMU has open. Not a test module: tests/functional/conftest.py registers it for pytest's
+assert rewriting, so a failed check here shows its values.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.functional.conftest import VdsmdProcess, new_uuid, running, wait_task
+from tests.functional.test_storage_api import ok
+from tests.functional.test_vms import VmFixture, chain_of, qemu_pid
+from vdsm_guest import checker
+from vdsm_guest.build import GuestImage, ensure_guest
+
+
+@pytest.fixture(scope="session")
+def guest() -> GuestImage:
+    return ensure_guest()
+
+
+@pytest.fixture
+def lsm_vdsmd(tmp_path: Path) -> Iterator[VdsmdProcess]:
+    """vdsmd with a short convergence window, so a test sees the switch to sync quickly."""
+    daemon = VdsmdProcess(tmp_path / "vdsmd", ["--replication-convergence-window", "3"])
+    with running(daemon):
+        yield daemon
+
+
+@pytest.fixture
+def vms(lsm_vdsmd: VdsmdProcess, tmp_path: Path) -> Iterator[VmFixture]:
+    fixture = VmFixture(lsm_vdsmd, tmp_path)
+    try:
+        yield fixture
+    finally:
+        fixture.cleanup()
+
+
+class Migration:
+    """One disk's live migration, driven verb by verb as an engine would."""
+
+    def __init__(self, vms: VmFixture, vm_id: str) -> None:
+        self.vms, self.vm_id = vms, vm_id
+        self.rpc = vms.daemon.xmlrpc()
+        self.st = vms.storage
+        self.img = vms.img
+
+    def disk(self, sd: str, vol: str) -> dict[str, str]:
+        return {
+            "device": "disk",
+            "domainID": sd,
+            "poolID": self.st.sp,
+            "imageID": self.img,
+            "volumeID": vol,
+        }
+
+    def live_snapshot(self) -> str:
+        leaf = chain_of(self.vms.stats(self.vm_id))[-1]
+        snap = new_uuid()
+        self.st.create_volume(self.img, snap, parent=leaf)
+        ok(
+            self.rpc.snapshot(
+                self.vm_id,
+                [
+                    {
+                        "domainID": self.st.sd,
+                        "imageID": self.img,
+                        "baseVolumeID": leaf,
+                        "volumeID": snap,
+                    }
+                ],
+            )
+        )
+        return snap
+
+    def clone(self) -> None:
+        task = ok(self.rpc.cloneImageStructure(self.st.sp, self.st.sd, self.img, self.st.sd2))
+        assert wait_task(self.vms.daemon, task["uuid"])["taskResult"] == "success"
+
+    def sync(self, sync_type: str = "INTERNAL") -> None:
+        task = ok(self.rpc.syncImageData(self.st.sp, self.st.sd, self.img, self.st.sd2, sync_type))
+        assert wait_task(self.vms.daemon, task["uuid"])["taskResult"] == "success"
+
+    def finish_when_ready(
+        self, src: dict[str, Any], dst: dict[str, Any], timeout: float = 120
+    ) -> int:
+        """Call Finish until it stops answering 40; return how many 40s it answered."""
+        deadline, not_ready = time.monotonic() + timeout, 0
+        while True:
+            reply = self.rpc.diskReplicateFinish(self.vm_id, src, dst)
+            if reply["status"]["code"] != 40:
+                ok(reply)
+                return not_ready
+            not_ready += 1
+            assert time.monotonic() < deadline, f"mirror never READY: {reply}"
+            time.sleep(0.2)
+
+
+def guest_params(guest: GuestImage, **cmdline: Any) -> dict[str, Any]:
+    """VM.create parameters booting the tiny guest; ``cmdline`` tunes its writer."""
+    return {
+        "kernel": str(guest.kernel),
+        "initrd": str(guest.initrd),
+        "kernelArgs": guest.kernel_cmdline(**cmdline),
+        "memSize": 128,
+    }
+
+
+def wait_writes(console: Path, count: int, timeout: float = 60) -> int:
+    """Wait until the guest's console log shows ``count`` writes; return how many it shows."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = console.read_text(errors="replace") if console.exists() else ""
+        if "VDSMW ready" in text:
+            logged = checker.parse_log(text).writes
+            if len(logged) >= count:
+                return len(logged)
+        time.sleep(0.1)
+    raise AssertionError(f"the guest did not log {count} writes: {console.read_text()[-2000:]}")
+
+
+def open_files(vm_id: str) -> list[str]:
+    """The paths the VM's QEMU has open (to prove it let go of one domain's volumes)."""
+    fd_dir = Path(f"/proc/{qemu_pid(vm_id)}/fd")
+    found = []
+    for fd in fd_dir.iterdir():
+        try:
+            found.append(os.readlink(fd))
+        except OSError:
+            continue
+    return found
