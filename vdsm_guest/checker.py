@@ -21,9 +21,11 @@ newer than the log but whose payload does not match is accepted as the write in 
 (``-U``, beside the running QEMU) can also see the one cluster QEMU is allocating in the top
 layer as zeros, neither the old block (in the backing file) nor the new one: measured about
 once in 400 reads under load, with O_DIRECT reads too, and a read a moment later finds the
-new block. So a slot read as empty where a write was logged passes only when a new read finds
-a complete write newer than the log there (the guest was rewriting it); empty again, it is
-read once more; an older block, or empty and then the logged block, is a lost write.
+new block (qemu-img(1) on ``--force-share``: "this could produce inconsistent results because
+of concurrent metadata changes"). So a slot read as empty where a write was logged passes
+only when a new read finds a complete write newer than the log there (the guest was
+rewriting it); empty again, it is read once more; an older block, or empty and then the
+logged block, is a lost write.
 
 The log itself must be consistent: write numbers 1, 2, 3... each in its own slot, and no
 failed write.
