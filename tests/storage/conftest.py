@@ -14,6 +14,12 @@ from vdsm.storage import runner
 from vdsm.storage.domain import FileStorageDomain
 from vdsm.storage.repository import StorageRepository
 
+# Helper modules with asserts: pytest rewrites only test files and conftests by itself, and a
+# failed check must show its values there too. Registered before any test module imports them.
+pytest.register_assert_rewrite(
+    "tests.storage.image_copy_helpers", "tests.storage.task_manager_helpers"
+)
+
 
 def new_uuid() -> str:
     return str(uuid.uuid4())

@@ -1,159 +1,36 @@
-"""The qemu-img adapter against the real qemu-img (and qemu-io to write data) on real files."""
+"""The qemu-img adapter against the real qemu-img (and qemu-io to write data) on real files:
+what changes or checks an image — convert (sparseness, per-layer copies into existing twins,
+rate limit, progress, cancellation), rebase, compare and check.
+
+create, info, measure, map and the adapter's own guards: test_qemuimg_info.py. The shared
+helpers: qemuimg_helpers.py.
+"""
 
 from __future__ import annotations
 
 import struct
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.storage.qemuimg_helpers import (
+    FORMATS,
+    RAW_FIRST_BLOCK,
+    SIZE,
+    MiB,
+    make_chain,
+    own_extents,
+    qemu_io,
+    reads,
+    st_allocated,
+    write,
+)
 from vdsm.errors import CommandAborted, CommandError
-from vdsm.storage import qemuimg, runner
+from vdsm.storage import qemuimg
 from vdsm.storage.runner import Cancellation
 
-MiB = 1 << 20
-SIZE = 64 * MiB
-
-FORMATS = ["raw", "qcow2"]
-
-# qemu-img allocates the first 4 KiB of every raw image it creates (so that later O_DIRECT
-# opens can probe the alignment): a sparse raw image has that much data at offset 0.
-RAW_FIRST_BLOCK = 4096
-
-
-@pytest.fixture(autouse=True)
-def qemu_io(require_command: Callable[[str], str]) -> str:
-    """qemu-io's path; with qemu-img checked too (skip, or fail under CI, when missing)."""
-    require_command("qemu-img")
-    return require_command("qemu-io")
-
-
-def write(qemu_io: str, path: Path, fmt: str, *cmds: str) -> None:
-    """Run qemu-io commands (e.g. ``write -P 0xab 0 1M``) on an image, through its chain."""
-    argv = [qemu_io, "-f", fmt]
-    for cmd in cmds:
-        argv += ["-c", cmd]
-    runner.run([*argv, str(path)], timeout=120)
-
-
-def reads(qemu_io: str, path: Path, fmt: str, pattern: int, offset: int, length: int) -> bool:
-    """True when ``length`` bytes at ``offset`` read as ``pattern`` through the chain."""
-    argv = [qemu_io, "-f", fmt, "-c", f"read -P {pattern:#x} {offset} {length}", str(path)]
-    try:
-        result = runner.run(argv, timeout=60)
-    except CommandError:
-        return False
-    return b"Pattern verification failed" not in result.stdout
-
-
-def own_extents(path: Path, fmt: str) -> list[tuple[Any, ...]]:
-    """The extents ``path`` allocates itself (depth 0), without host offsets."""
-    extents = qemuimg.map(path, fmt=fmt)
-    return [(e["start"], e["length"], e["data"], e["zero"]) for e in extents if e["depth"] == 0]
-
-
-def make_chain(qemu_io: str, directory: Path, base_fmt: str, *, data: bool = True) -> list[Path]:
-    """base <- mid.qcow2 <- top.qcow2, backing names relative; with data in every layer.
-
-    base: 0xaa at 0-1M and 0xa1 at 8M-9M; mid: 0xbb at 1M-2M and zeros over 8M-8.5M
-    (a zero cluster hiding base data); top: 0xcc at 2M-3M.
-    """
-    directory.mkdir(exist_ok=True)
-    base = directory / f"base.{base_fmt}"
-    mid = directory / "mid.qcow2"
-    top = directory / "top.qcow2"
-    qemuimg.create(base, base_fmt, SIZE)
-    qemuimg.create(mid, "qcow2", backing=base.name, backing_format=base_fmt)
-    qemuimg.create(top, "qcow2", backing=mid.name, backing_format="qcow2")
-    if data:
-        write(qemu_io, base, base_fmt, "write -P 0xaa 0 1M", "write -P 0xa1 8M 1M")
-        write(qemu_io, mid, "qcow2", "write -P 0xbb 1M 1M", "write -z 8M 512k")
-        write(qemu_io, top, "qcow2", "write -P 0xcc 2M 1M")
-    return [base, mid, top]
-
-
-def st_allocated(path: Path) -> int:
-    return path.stat().st_blocks * 512
-
-
-# --- create, info ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_create(tmp_path: Path, fmt: str) -> None:
-    path = tmp_path / f"disk.{fmt}"
-    qemuimg.create(path, fmt, 1 << 30)
-    image = qemuimg.info(path, fmt=fmt)
-    assert image["format"] == fmt
-    assert image["virtual-size"] == 1 << 30
-    assert image["filename"] == str(path)
-    assert "backing-filename" not in image
-    if fmt == "qcow2":
-        assert image["format-specific"]["data"]["compat"] == "1.1"
-
-
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_create_sparse_and_preallocated(tmp_path: Path, fmt: str) -> None:
-    sparse = tmp_path / f"sparse.{fmt}"
-    full = tmp_path / f"full.{fmt}"
-    qemuimg.create(sparse, fmt, SIZE)
-    qemuimg.create(full, fmt, SIZE, preallocation="falloc")
-    assert qemuimg.info(sparse, fmt=fmt)["actual-size"] < MiB
-    assert qemuimg.info(full, fmt=fmt)["actual-size"] >= SIZE
-    assert st_allocated(full) >= SIZE
-
-
-def test_create_with_backing_requires_its_format(tmp_path: Path) -> None:
-    qemuimg.create(tmp_path / "base.raw", "raw", SIZE)
-    with pytest.raises(ValueError, match="backing_format"):
-        qemuimg.create(tmp_path / "top.qcow2", "qcow2", backing="base.raw")
-    assert not (tmp_path / "top.qcow2").exists()
-
-
-@pytest.mark.parametrize("base_fmt", FORMATS)
-def test_info_backing_chain(tmp_path: Path, qemu_io: str, base_fmt: str) -> None:
-    base, mid, top = make_chain(qemu_io, tmp_path, base_fmt, data=False)
-    chain = qemuimg.info(top, fmt="qcow2", backing_chain=True)
-    assert [image["filename"] for image in chain] == [str(top), str(mid), str(base)]
-    assert [image["format"] for image in chain] == ["qcow2", "qcow2", base_fmt]
-    assert all(image["virtual-size"] == SIZE for image in chain)
-    assert chain[0]["backing-filename"] == "mid.qcow2"
-    assert chain[0]["full-backing-filename"] == str(mid)
-    assert chain[0]["backing-filename-format"] == "qcow2"
-    assert chain[1]["backing-filename"] == base.name
-    assert chain[1]["backing-filename-format"] == base_fmt
-    assert "backing-filename" not in chain[2]
-
-
-@pytest.mark.parametrize("base_fmt", FORMATS)
-def test_data_reads_back_through_chain(tmp_path: Path, qemu_io: str, base_fmt: str) -> None:
-    _, _, top = make_chain(qemu_io, tmp_path, base_fmt)
-    assert reads(qemu_io, top, "qcow2", 0xAA, 0, MiB)
-    assert reads(qemu_io, top, "qcow2", 0xBB, MiB, MiB)
-    assert reads(qemu_io, top, "qcow2", 0xCC, 2 * MiB, MiB)
-    assert reads(qemu_io, top, "qcow2", 0x00, 8 * MiB, MiB // 2)
-    assert reads(qemu_io, top, "qcow2", 0xA1, 8 * MiB + MiB // 2, MiB // 2)
-    assert not reads(qemu_io, top, "qcow2", 0xAA, MiB, MiB)
-
-
-def test_info_of_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(CommandError) as e:
-        qemuimg.info(tmp_path / "missing.qcow2", fmt="qcow2")
-    assert "No such file or directory" in str(e.value)
-
-
-def test_binary_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(qemuimg.QEMU_IMG_ENV, str(tmp_path / "no-qemu-img"))
-    with pytest.raises(CommandError, match="cannot start"):
-        qemuimg.info(tmp_path / "x.raw", fmt="raw")
-
-
-def test_version() -> None:
-    major, minor, micro = qemuimg.version()
-    assert major >= 5
+__all__ = ["qemu_io"]  # the autouse fixture from qemuimg_helpers: pytest finds it here
 
 
 # --- convert --------------------------------------------------------------------------------
@@ -404,62 +281,3 @@ def test_check_raw_is_not_supported(tmp_path: Path) -> None:
     with pytest.raises(CommandError) as e:
         qemuimg.check(path, fmt="raw")
     assert e.value.rc == 63
-
-
-# --- measure, map ---------------------------------------------------------------------------
-
-
-def test_measure(tmp_path: Path, qemu_io: str) -> None:
-    empty = qemuimg.measure(size=1 << 30, out_format="qcow2")
-    assert empty["required"] < MiB
-    assert empty["fully-allocated"] > 1 << 30
-    src = tmp_path / "src.raw"
-    qemuimg.create(src, "raw", SIZE)
-    write(qemu_io, src, "raw", "write -P 0xab 0 1M")
-    copy = qemuimg.measure(src=src, src_format="raw", out_format="qcow2")
-    assert MiB < copy["required"] < 2 * MiB
-    with pytest.raises(ValueError):
-        qemuimg.measure(out_format="qcow2")
-
-
-@pytest.mark.parametrize("fmt", FORMATS)
-def test_map(tmp_path: Path, qemu_io: str, fmt: str) -> None:
-    path = tmp_path / f"disk.{fmt}"
-    qemuimg.create(path, fmt, SIZE)
-    write(qemu_io, path, fmt, "write -P 0xab 2M 1M")
-    extents = qemuimg.map(path, fmt=fmt)
-    assert extents[0]["start"] == 0
-    assert sum(e["length"] for e in extents) == SIZE
-    data = [(e["start"], e["length"]) for e in extents if e["data"]]
-    if fmt == "raw":
-        assert data.pop(0) == (0, RAW_FIRST_BLOCK)
-    assert data == [(2 * MiB, MiB)]
-    assert all(e["zero"] for e in extents if not e["data"])
-    assert qemuimg.allocated_bytes(extents) == MiB + (RAW_FIRST_BLOCK if fmt == "raw" else 0)
-
-
-def test_map_of_chain_by_depth(tmp_path: Path, qemu_io: str) -> None:
-    _, _, top = make_chain(qemu_io, tmp_path, "raw")
-    extents = qemuimg.map(top, fmt="qcow2")
-    assert qemuimg.allocated_bytes(extents, depth=0) == MiB  # top's own 2M-3M
-    assert qemuimg.allocated_bytes(extents, depth=1) == MiB  # mid's 1M-2M
-    assert qemuimg.allocated_bytes(extents, depth=2) == MiB + MiB // 2  # base minus hidden
-
-
-def test_filename_that_looks_like_a_protocol(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A relative name such as "json:{...}" or "-f" must stay a plain file name.
-    monkeypatch.chdir(tmp_path)
-    for name in ("json:x.raw", "-f.raw"):
-        qemuimg.create(name, "raw", MiB)
-        assert (tmp_path / name).exists()
-        assert qemuimg.info(name, fmt="raw")["virtual-size"] == MiB
-
-
-def test_missing_key_names_the_key() -> None:
-    # qemu-img's output cannot be made to lack a key without faking qemu-img, so the check
-    # itself is exercised on a real result.
-    result = runner.run(["true"])
-    with pytest.raises(qemuimg.QemuImgError, match="'virtual-size'"):
-        qemuimg._checked(["qemu-img", "info"], result, {"format": "raw"}, ["virtual-size"])
