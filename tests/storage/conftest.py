@@ -3,8 +3,10 @@ qemu-io reads and writes through volume chains."""
 
 from __future__ import annotations
 
+import os
+import signal
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,27 @@ pytest.register_assert_rewrite(
 
 def new_uuid() -> str:
     return str(uuid.uuid4())
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie waiting for its reaper counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+@pytest.fixture
+def kill_leftovers() -> Iterator[Callable[[int], None]]:
+    """Register pids to SIGKILL at teardown, so a failing test leaves no process behind."""
+    pids: list[int] = []
+    yield pids.append
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 @pytest.fixture

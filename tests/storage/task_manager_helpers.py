@@ -11,8 +11,6 @@ in ``__all__``) so that pytest finds them there.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -72,15 +70,6 @@ def on_disk(tasks_dir: Path, task_id: str) -> dict[str, Any]:
     return data
 
 
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie waiting for its reaper counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-
-
 def wait_for(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
     """Poll for something only the file system or /proc can tell (a pid file, an exit)."""
     deadline = time.monotonic() + timeout
@@ -99,17 +88,6 @@ def read_pid(path: Path) -> int:
 def sleeper(pid_file: Path) -> list[str]:
     """A real long-running command that writes its pid first (exec keeps the pid)."""
     return ["sh", "-c", f'echo $$ > "{pid_file}"; exec sleep 60']
-
-
-@pytest.fixture
-def kill_leftovers() -> Iterator[Callable[[int], None]]:
-    pids: list[int] = []
-    yield pids.append
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 @pytest.fixture

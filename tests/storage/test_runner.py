@@ -7,11 +7,12 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from tests.storage.conftest import alive
 from vdsm.errors import CommandAborted, CommandError, CommandTimeout
 from vdsm.storage import runner
 from vdsm.storage.runner import Cancellation
@@ -21,16 +22,6 @@ PY = sys.executable
 
 def py(code: str) -> list[str]:
     return [PY, "-c", code]
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` is a live process (a zombie waiting for its reaper counts as dead)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    state = stat.rsplit(")", 1)[1].split()[0]
-    return state not in ("Z", "X")
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
@@ -45,18 +36,6 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
 def wait_for_pid_file(path: Path) -> int:
     assert wait_for(lambda: path.exists() and path.read_text().strip() != ""), "no pid written"
     return int(path.read_text())
-
-
-@pytest.fixture
-def kill_leftovers() -> Iterator[Callable[[int], None]]:
-    """Register pids to SIGKILL at teardown, so a failing test leaves no process behind."""
-    pids: list[int] = []
-    yield pids.append
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def test_stdout_captured() -> None:

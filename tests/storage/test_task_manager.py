@@ -15,13 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.storage.conftest import new_uuid
+from tests.storage.conftest import alive, new_uuid
 from tests.storage.task_manager_helpers import (
     TIMEOUT,
     MiB,
-    alive,
     create_volume_job,
-    kill_leftovers,
     make_manager,
     manager,
     on_disk,
@@ -44,7 +42,7 @@ from vdsm.storage.task_context import TaskContext
 from vdsm.storage.task_manager import TaskManager
 
 # Fixtures from task_manager_helpers: pytest finds them here.
-__all__ = ["kill_leftovers", "make_manager", "manager", "tasks_dir"]
+__all__ = ["make_manager", "manager", "tasks_dir"]
 
 
 # --- success, failure, rollback ---------------------------------------------------------------

@@ -6,21 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from tests.storage.conftest import new_uuid
+from tests.storage.conftest import alive, new_uuid
 from vdsm.storage import runner, task_processes
 from vdsm.storage.runner import Cancellation
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 @pytest.fixture
