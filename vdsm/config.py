@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import configparser
 import dataclasses
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
+
+from vdsm_api.pki import DEFAULT_PKI_DIR, PkiLayout
 
 DEFAULT_CONFIG_FILE = Path("/etc/vdsm/vdsm.conf")
 SECTION = "vdsm"
@@ -19,6 +22,23 @@ SECTION = "vdsm"
 
 class ConfigError(Exception):
     """A setting is missing, malformed or contradicts another; the message says which."""
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+    ca: Path
+
+
+def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach: 127.0.0.0/8, ::1 or localhost."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -36,12 +56,24 @@ class Config:
     # The libvirt domain type of VMs: "kvm", "qemu" (TCG: slow but runs anywhere), or "auto":
     # kvm only on real kvm_intel/kvm_amd, as a Linux guest does not boot on nested kvm_pvm.
     vm_domain_type: str = "auto"
-    # TLS with client-certificate verification, as VDSM does. Without tls_ca, clients are not
-    # asked for a certificate.
-    tls: bool = False
+    # TLS with client certificates, as VDSM: vdsmd runs as root and its API creates, deletes and
+    # boots disks, so every caller must prove who it is. Plain HTTP is for loopback only, set
+    # explicitly (tls = no), and logged as a warning at start.
+    tls: bool = True
+    # This host's certificates, as `vdsm-tool configure` creates them (vdsm_api.pki's layout:
+    # certs/cacert.pem, certs/vdsmcert.pem, keys/vdsmkey.pem, ...).
+    pki_dir: Path = DEFAULT_PKI_DIR
+    # Each overrides one file of pki_dir's layout; setting one while tls is off is refused.
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
+    # The only directories where createStorageDomain may create a domain (a domain's directory
+    # must be one of them or lie under one, symlinks resolved). VDSM mounts its storage
+    # servers under /rhev/data-center/mnt.
+    storage_roots: tuple[Path, ...] = (Path("/rhev/data-center/mnt"),)
+    # The only directory VM.create takes a kernel or an initrd from: a client never names an
+    # arbitrary host file for QEMU to read.
+    boot_dir: Path = Path("/var/lib/vdsm/boot")
     # Seconds a mirror in auto copy mode may go without shrinking what is left to copy before
     # it is restarted with synchronous writes (which always converge, at some guest latency).
     replication_convergence_window: float = 10.0
@@ -54,10 +86,29 @@ class Config:
     copy_rate_limit: int = 0
     # An API request is a few KiB; anything much larger is an error or an attack.
     max_request_bytes: int = 4 * 1024 * 1024
+    # Connections served at once; one more is answered 503 and closed. Each holds a thread and
+    # up to max_request_bytes of memory, so this bounds both.
+    max_connections: int = 64
+    # Seconds a client has to send one whole request (line, headers and body), however it
+    # dribbles it; then the connection is closed.
+    request_timeout: float = 30.0
     # Seconds SIGTERM waits for running tasks before stopping (and rolling back) the rest.
     shutdown_grace: float = 10.0
     log_level: str = "INFO"
     log_file: Path | None = None  # None: standard error
+    # The log file is rotated at this size, keeping log_backups old files (vdsmd.log.1, ...).
+    log_max_bytes: int = 20 * 1024 * 1024
+    log_backups: int = 5
+
+    @property
+    def tls_files(self) -> TlsFiles:
+        """The server's certificate, key and client CA: pki_dir's layout unless overridden."""
+        layout = PkiLayout(self.pki_dir)
+        return TlsFiles(
+            cert=self.tls_cert or layout.server_cert,
+            key=self.tls_key or layout.server_key,
+            ca=self.tls_ca or layout.ca_cert,
+        )
 
     @property
     def copy_rate_limit_bytes(self) -> int | None:
@@ -73,12 +124,38 @@ class Config:
             raise ConfigError("copy_rate_limit: must be 0 (no limit) or a rate in MiB/s")
         if self.max_request_bytes < 1024:
             raise ConfigError("max_request_bytes: must be at least 1024")
-        if self.tls and (self.tls_cert is None or self.tls_key is None):
-            raise ConfigError("tls: needs tls_cert and tls_key")
-        for name in ("tls_cert", "tls_key", "tls_ca"):
-            path = getattr(self, name)
-            if self.tls and path is not None and not path.is_file():
-                raise ConfigError(f"{name}: {path} is not a readable file")
+        if self.tls:
+            for name in ("tls_cert", "tls_key", "tls_ca"):
+                path = getattr(self, name)
+                if path is not None and not path.is_absolute():
+                    raise ConfigError(f"{name}: {path} is not an absolute path")
+        else:
+            explicit = [n for n in ("tls_cert", "tls_key", "tls_ca") if getattr(self, n)]
+            if explicit:
+                raise ConfigError(
+                    f"{explicit[0]}: set while tls is off (plain HTTP would ignore it); "
+                    "turn tls on or remove the setting"
+                )
+            if not is_loopback(self.host):
+                raise ConfigError(
+                    f"host: {self.host} is not a loopback address, and tls is off: plain HTTP "
+                    "has no authentication, so it is served on loopback only"
+                )
+        if not self.storage_roots:
+            raise ConfigError("storage_roots: needs at least one directory")
+        for root in self.storage_roots:
+            if not root.is_absolute():
+                raise ConfigError(f"storage_roots: {root} is not an absolute path")
+        if not self.boot_dir.is_absolute():
+            raise ConfigError(f"boot_dir: {self.boot_dir} is not an absolute path")
+        if self.max_connections < 1:
+            raise ConfigError("max_connections: must be at least 1")
+        if not self.request_timeout > 0:
+            raise ConfigError("request_timeout: must be more than 0 seconds")
+        if self.log_max_bytes < 1024:
+            raise ConfigError("log_max_bytes: must be at least 1024")
+        if self.log_backups < 1:
+            raise ConfigError("log_backups: must be at least 1")
         if self.vm_domain_type not in ("auto", "kvm", "qemu"):
             raise ConfigError(f"vm_domain_type: {self.vm_domain_type!r} is not auto, kvm, qemu")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -96,19 +173,28 @@ HELP = {
     "run_dir": "runtime files: vdsmd.pid and vdsmd.port",
     "libvirt_uri": "libvirt connection for VMs",
     "vm_domain_type": "libvirt domain type of VMs: auto, kvm or qemu (TCG)",
-    "tls": "serve HTTPS (needs --tls-cert and --tls-key)",
-    "tls_cert": "server certificate (PEM)",
-    "tls_key": "server private key (PEM)",
-    "tls_ca": "CA that client certificates must be signed by (none: no client certificates)",
+    "tls": "serve HTTPS and require a client certificate signed by the CA (--no-tls: plain "
+    "HTTP, loopback only, no authentication)",
+    "pki_dir": "this host's certificates (vdsm-tool configure creates them)",
+    "tls_cert": "server certificate (PEM; none: PKI_DIR/certs/vdsmcert.pem)",
+    "tls_key": "server private key (PEM; none: PKI_DIR/keys/vdsmkey.pem)",
+    "tls_ca": "CA that client certificates must be signed by (none: PKI_DIR/certs/cacert.pem)",
+    "storage_roots": "comma-separated directories storage domains may be created in "
+    "(each domain's directory is one of them or under one)",
+    "boot_dir": "directory VM.create may take kernel and initrd files from",
     "replication_convergence_window": "seconds a mirror in auto copy mode may stop shrinking "
     "before it switches to synchronous writes",
     "max_concurrent_copies": "qemu-img copy tasks run at once; more wait their turn",
     "copy_rate_limit": "MiB/s each syncImageData copy may read (qemu-img convert -r), "
     "leaving guests on the same storage their share; 0: no limit",
     "max_request_bytes": "largest API request body accepted",
+    "max_connections": "connections served at once (one more is answered 503)",
+    "request_timeout": "seconds a client has to send a whole request",
     "shutdown_grace": "seconds SIGTERM lets running tasks finish before stopping them",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
     "log_file": "log file (none: standard error)",
+    "log_max_bytes": "size at which the log file is rotated",
+    "log_backups": "rotated log files kept",
 }
 
 
@@ -124,6 +210,8 @@ def _convert(name: str, text: str) -> object:
             if lowered not in ("true", "false", "yes", "no", "1", "0", "on", "off"):
                 raise ValueError(text)
             return lowered in ("true", "yes", "1", "on")
+        if kind.startswith("tuple[Path"):
+            return tuple(Path(part.strip()) for part in text.split(",") if part.strip())
         if kind.startswith("Path"):
             return Path(text) if text else None
         return text
