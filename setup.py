@@ -61,6 +61,7 @@ setup(
         "console_scripts": [
             "vdsmd = vdsm.vdsmd:main",
             "vdsClient = vdsm_cli.vdsclient:main",
+            "vdsm-tool = vdsm.tool:main",
         ],
     },
     zip_safe=False,

@@ -13,6 +13,7 @@ import argparse
 import logging
 import os
 import signal
+import ssl
 import sys
 import threading
 from types import FrameType
@@ -83,8 +84,8 @@ class Daemon:
         )
         ssl_context = None
         if cfg.tls:
-            assert cfg.tls_cert is not None and cfg.tls_key is not None  # Config.validate
-            ssl_context = make_ssl_context(cfg.tls_cert, cfg.tls_key, cfg.tls_ca)
+            files = cfg.tls_files
+            ssl_context = make_ssl_context(files.cert, files.key, files.ca)
         self.server = RPCServer(
             (cfg.host, cfg.port),
             dispatcher,
@@ -97,6 +98,13 @@ class Daemon:
         thread.start()
         self._write_run_files()
         scheme = "https" if self.cfg.tls else "http"
+        if not self.cfg.tls:
+            log.warning(
+                "serving plain HTTP on %s:%d (tls = no): no caller is authenticated, so every "
+                "local user and process can call every verb as root",
+                self.cfg.host,
+                self.server.port,
+            )
         log.info(
             "vdsmd %s serving %s://%s:%d (XML-RPC /RPC2, JSON-RPC /jsonrpc)",
             __version__,
@@ -139,6 +147,29 @@ def setup_logging(cfg: config.Config) -> None:
     root.setLevel(cfg.log_level.upper())
 
 
+def check_tls_files(cfg: config.Config) -> None:
+    """With TLS on, the certificate, key and CA must be readable: say which is not, and how to
+    make it, before anything starts."""
+    if not cfg.tls:
+        return
+    files = cfg.tls_files
+    for setting, path in (("tls_cert", files.cert), ("tls_key", files.key), ("tls_ca", files.ca)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            raise config.ConfigError(
+                f"{setting}: cannot read {path}: {e.strerror} (create this host's certificates "
+                "with `vdsm-tool configure`, or give the file's path)"
+            ) from None
+    try:
+        make_ssl_context(files.cert, files.key, files.ca)
+    except (OSError, ssl.SSLError) as e:
+        raise config.ConfigError(
+            f"tls: {files.cert}, {files.key} and {files.ca} do not make a TLS context: {e}"
+        ) from None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="vdsmd",
@@ -154,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         cfg = config.from_arguments(args)
+        check_tls_files(cfg)
     except config.ConfigError as e:
         print(f"vdsmd: configuration error: {e}", file=sys.stderr)
         return 2

@@ -30,13 +30,13 @@ CONNECTION_TIMEOUT = 60.0
 DRAIN_FACTOR = 4
 
 
-def make_ssl_context(cert: Path, key: Path, ca: Path | None) -> ssl.SSLContext:
+def make_ssl_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
+    """The server's TLS context: its certificate, and clients must present one ``ca`` signed."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(cert, key)
-    if ca is not None:
-        context.load_verify_locations(ca)
-        context.verify_mode = ssl.CERT_REQUIRED
+    context.load_verify_locations(ca)
+    context.verify_mode = ssl.CERT_REQUIRED
     return context
 
 
