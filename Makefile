@@ -1,7 +1,7 @@
 # Build, install, check, demo and package vdsm.
 #
-#   make check   set up the host, the venv, then lint and run the whole test suite
-#   make demo    set up the host and the venv, then run scripts/demo.py
+#   make check   set up the host, the venv and its certificates, then lint and run the tests
+#   make demo    set up the host, the venv and its certificates, then run scripts/demo.py
 #   make rpm     build build/rpm/RPMS/noarch/vdsm-<version>-*.noarch.rpm
 #
 # The venv is rebuilt only when setup.py changes (stamp file $(VENV)/.installed).
@@ -15,7 +15,7 @@ RPM_TOP := $(CURDIR)/build/rpm
 TARBALL := $(RPM_TOP)/SOURCES/vdsm-$(VERSION).tar.gz
 PYTEST_ARGS ?=
 
-.PHONY: all venv host lint test check demo rpm docs bench clean
+.PHONY: all venv host pki lint test check demo rpm docs bench clean
 
 all: check
 
@@ -29,6 +29,11 @@ $(STAMP): setup.py
 host:
 	bash scripts/setup-host.sh
 
+# This host's certificates (vdsmd serves TLS with client certificates by default); keeps
+# those that exist.
+pki: $(STAMP)
+	$(VENV)/bin/vdsm-tool configure
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -40,17 +45,17 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 
-check: host venv lint test
+check: host venv pki lint test
 
 # docs/api.md is generated from the schema; a test fails while it is stale.
 docs: $(STAMP)
 	$(VPY) -m vdsm_api.docs > docs/api.md
 
 # The benchmark suite (not a test; CI runs only its smoke run): docs/benchmarks.md.
-bench: host venv
+bench: host venv pki
 	$(VPY) -m bench
 
-demo: host venv
+demo: host venv pki
 	$(VPY) scripts/demo.py
 
 # The RPM is built from a tarball of the working tree: tracked and untracked files that git does

@@ -1,9 +1,9 @@
 """Talk to vdsmd over XML-RPC (POST /RPC2): one call, its envelope, or a typed error.
 
 Every request carries the invocation's flow id in the ``FlowID`` header, so the daemon's log
-ties all the calls of one vdsClient run together. With TLS, ``--ca`` makes the client verify
-the server's certificate (chain and host name); without it the server is not verified, as
-VDSM's vdsClient did not. ``--cert``/``--key`` present a client certificate.
+ties all the calls of one vdsClient run together. With TLS (the default) the client verifies
+the server's certificate (chain and host name) with the CA, and presents a client
+certificate: vdsmd serves no one else.
 
 :meth:`Client.call` returns the envelope of a successful call and raises :class:`ApiError` for
 a non-zero status and :class:`ConnectionFailed` for anything that is not an answer.
@@ -68,24 +68,43 @@ def parse_address(text: str) -> tuple[str, int]:
 
 
 def ssl_context(endpoint: Endpoint) -> ssl.SSLContext:
-    """The client TLS context; OSError/ssl.SSLError when a certificate file cannot be used."""
-    if endpoint.ca is not None:
-        context = ssl.create_default_context(cafile=str(endpoint.ca))
-    else:
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
+    """The client TLS context; ConnectionFailed naming the file that cannot be used."""
+    try:
+        context = ssl.create_default_context(
+            cafile=str(endpoint.ca) if endpoint.ca is not None else None
+        )
+    except (OSError, ssl.SSLError) as e:
+        raise ConnectionFailed(
+            f"cannot use the CA certificate {endpoint.ca}: {_reason(e)}"
+        ) from None
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     if endpoint.cert is not None:
-        context.load_cert_chain(
-            str(endpoint.cert), str(endpoint.key) if endpoint.key is not None else None
-        )
+        for path in (endpoint.cert, endpoint.key):
+            if path is None:
+                continue
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as e:
+                raise ConnectionFailed(
+                    f"cannot read the client certificate file {path}: {_reason(e)} (vdsmd "
+                    "serves only callers with a certificate its CA signed: root on this host, "
+                    "or whoever was given one with --cert and --key)"
+                ) from None
+        try:
+            context.load_cert_chain(
+                str(endpoint.cert), str(endpoint.key) if endpoint.key is not None else None
+            )
+        except (OSError, ssl.SSLError) as e:
+            raise ConnectionFailed(
+                f"cannot use the client certificate {endpoint.cert}: {_reason(e)}"
+            ) from None
     return context
 
 
 _CLIENT_CERT_HINT = " (the server wants a client certificate it trusts: --cert and --key)"
 _TLS_HINTS = {
-    "WRONG_VERSION_NUMBER": " (does the server talk TLS? -s asks for it)",
+    "WRONG_VERSION_NUMBER": " (does the server talk TLS? --no-tls for a plain-HTTP vdsmd)",
     "TLSV13_ALERT_CERTIFICATE_REQUIRED": _CLIENT_CERT_HINT,
     "SSLV3_ALERT_HANDSHAKE_FAILURE": _CLIENT_CERT_HINT,
     "CERTIFICATE_VERIFY_FAILED": " (is --ca the CA that signed the server's certificate?)",
@@ -125,12 +144,7 @@ class Client:
     def __init__(self, endpoint: Endpoint, flow_id: str) -> None:
         self.endpoint = endpoint
         self.flow_id = flow_id
-        context = None
-        if endpoint.tls:
-            try:
-                context = ssl_context(endpoint)
-            except (OSError, ssl.SSLError) as e:
-                raise ConnectionFailed(f"cannot set up TLS: {_reason(e)}") from None
+        context = ssl_context(endpoint) if endpoint.tls else None
         self._proxy = xmlrpc.client.ServerProxy(
             endpoint.url, transport=_Transport(flow_id, context), allow_none=True
         )
@@ -145,9 +159,7 @@ class Client:
                 f"{where} refused {method}: XML-RPC fault {e.faultCode}: {e.faultString}"
             ) from None
         except xmlrpc.client.ProtocolError as e:
-            raise ConnectionFailed(
-                f"{where}: HTTP {e.errcode} {e.errmsg} (is it vdsmd? TLS needs -s)"
-            ) from None
+            raise ConnectionFailed(f"{where}: HTTP {e.errcode} {e.errmsg} (is it vdsmd?)") from None
         except ssl.SSLError as e:
             hint = _TLS_HINTS.get(str(e.reason), "")
             if not hint and self.endpoint.cert is None:
@@ -168,7 +180,8 @@ class Client:
         except (http.client.HTTPException, ConnectionError) as e:
             raise ConnectionFailed(
                 f"{where} closed the connection during {method} ({_reason(e)}); a TLS server "
-                f"needs -s. If {method} changes something, check whether it was done"
+                f"closes a plain-HTTP client (--no-tls). If {method} changes something, check "
+                "whether it was done"
             ) from None
         except OSError as e:
             raise ConnectionFailed(f"cannot talk to {where}: {_reason(e)}") from None

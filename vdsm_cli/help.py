@@ -11,6 +11,7 @@ import textwrap
 from collections.abc import Iterable
 
 from vdsm_api.docs import COMMON_ERRORS, grouped
+from vdsm_api.pki import DEFAULT_PKI_DIR
 from vdsm_api.schema import Param, Schema, Verb
 from vdsm_cli.args import usage_line
 from vdsm_cli.client import DEFAULT_PORT
@@ -18,19 +19,23 @@ from vdsm_cli.errors import error_name, error_title
 
 PROG = "vdsClient"
 USAGE = (
-    f"usage: {PROG} [-s] [--json] [--flow-id ID] [--cert FILE --key FILE] [--ca FILE] "
-    "HOST[:PORT] VERB [ARGS...]\n"
+    f"usage: {PROG} [--no-tls] [--pki-dir DIR] [--cert FILE --key FILE] [--ca FILE]\n"
+    "                 [--json] [--flow-id ID] HOST[:PORT] VERB [ARGS...]\n"
     f"       {PROG} help [VERB]"
 )
 
 OPTIONS = f"""\
 options:
   -h, --help        show this help; `{PROG} help VERB` or `VERB --help` for one verb
-  -s, --tls         talk TLS (https); without --ca the server's certificate is NOT verified
-                    (as VDSM's vdsClient did not): give --ca to verify it
-  --ca FILE         CA certificate(s) to verify the server with (chain and host name)
-  --cert FILE       client certificate, for a vdsmd that requires one (with --key)
+  (TLS)             by default vdsClient talks TLS, verifies vdsmd's certificate with the
+                    host's CA and presents the admin client certificate, all from --pki-dir
+                    (readable by root only: vdsmd serves only callers with a certificate)
+  --pki-dir DIR     the PKI `vdsm-tool configure` made (default {DEFAULT_PKI_DIR})
+  --ca FILE         CA certificate(s) to verify the server with (default: PKI_DIR's CA)
+  --cert FILE       client certificate to present (default: PKI_DIR's admin certificate)
   --key FILE        the client certificate's private key
+  --no-tls          plain HTTP, for a vdsmd explicitly run without TLS (loopback only)
+  -s, --tls         accepted for VDSM's scripts: TLS is the default
   --json            print the answer as one JSON object (waitTask: one JSON object a line)
   --flow-id ID      the flow id sent with every request (default: a new one per run)
 

@@ -1,6 +1,7 @@
 """vdsClient: call vdsmd's legacy verbs from the command line, driven by the API schema.
 
-    vdsClient [-s] [--json] [--flow-id ID] [--cert F --key F] [--ca F] HOST[:PORT] VERB ARGS...
+    vdsClient [--no-tls] [--pki-dir D] [--cert F --key F] [--ca F] [--json] [--flow-id ID]
+              HOST[:PORT] VERB ARGS...
 
 Every XML-RPC verb of vdsm-api.yml is a command; its ARGS are the verb's positional arguments
 in the legacy order, converted per parameter type (:mod:`vdsm_cli.args`). ``help VERB`` and
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from vdsm_api import schema as api_schema
+from vdsm_api.pki import PkiLayout
 from vdsm_api.schema import Schema, Verb
 from vdsm_cli import args as cli_args
 from vdsm_cli import help as cli_help
@@ -34,13 +36,28 @@ from vdsm_cli.errors import (
     EXIT_USAGE,
     ApiError,
     CliError,
+    ConnectionFailed,
     UsageError,
 )
 
 PROG = cli_help.PROG
 WAIT_TASK = "waitTask"
-_FLAGS = {"-s": "tls", "--tls": "tls", "--json": "json", "-h": "help", "--help": "help"}
-_OPTIONS = {"--flow-id": "flow_id", "--cert": "cert", "--key": "key", "--ca": "ca"}
+# -s/--tls are VDSM's flags; TLS is the default now, so they only say so.
+_FLAGS = {
+    "-s": "tls",
+    "--tls": "tls",
+    "--no-tls": "no_tls",
+    "--json": "json",
+    "-h": "help",
+    "--help": "help",
+}
+_OPTIONS = {
+    "--flow-id": "flow_id",
+    "--cert": "cert",
+    "--key": "key",
+    "--ca": "ca",
+    "--pki-dir": "pki_dir",
+}
 
 
 class Interrupted(CliError):
@@ -51,13 +68,15 @@ class Interrupted(CliError):
 class Command:
     """What the command line asks for."""
 
-    tls: bool = False
+    tls: bool = False  # -s given (TLS is the default anyway)
+    no_tls: bool = False
     json: bool = False
     help: bool = False
     flow_id: str | None = None
     cert: str | None = None
     key: str | None = None
     ca: str | None = None
+    pki_dir: str | None = None
     positionals: list[str] = field(default_factory=list)  # HOST, VERB, ARGS...
 
 
@@ -85,21 +104,37 @@ def parse_command_line(argv: list[str]) -> Command:
 
 
 def endpoint(cmd: Command, address: str) -> Endpoint:
+    """Where to connect and how: TLS with this host's CA and admin certificate unless the
+    command line names other files, or plain HTTP with --no-tls."""
     try:
         host, port = parse_address(address)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    if not cmd.tls and (cmd.cert or cmd.key or cmd.ca):
-        raise UsageError("--cert, --key and --ca need -s (TLS)")
+    if cmd.no_tls:
+        given = [
+            f"--{o.replace('_', '-')}" for o in ("cert", "key", "ca", "pki_dir") if getattr(cmd, o)
+        ]
+        if cmd.tls or given:
+            raise UsageError(f"--no-tls conflicts with {(given or ['-s'])[0]}")
+        return Endpoint(host, port, tls=False)
     if cmd.key and not cmd.cert:
         raise UsageError("--key needs --cert")
-    paths: dict[str, Path | None] = {}
-    for option in ("cert", "key", "ca"):
+    for option in ("cert", "key", "ca", "pki_dir"):
         value = getattr(cmd, option)
-        paths[option] = Path(value) if value else None
-        if value and not Path(value).is_file():
-            raise UsageError(f"--{option} {value}: no such file")
-    return Endpoint(host, port, cmd.tls, paths["cert"], paths["key"], paths["ca"])
+        if value and not Path(value).exists():
+            raise UsageError(f"--{option.replace('_', '-')} {value}: no such file")
+    layout = PkiLayout(Path(cmd.pki_dir)) if cmd.pki_dir else PkiLayout()
+    ca = Path(cmd.ca) if cmd.ca else layout.ca_cert
+    if not ca.is_file():
+        raise ConnectionFailed(
+            f"no CA certificate at {ca} to verify vdsmd with: run `vdsm-tool configure` on "
+            "this host, or give --ca (or --no-tls for a plain-HTTP vdsmd)"
+        )
+    if cmd.cert:
+        cert, key = Path(cmd.cert), Path(cmd.key) if cmd.key else None
+    else:
+        cert, key = layout.admin_cert, layout.admin_key
+    return Endpoint(host, port, True, cert, key, ca)
 
 
 def find_verb(schema: Schema, name: str) -> Verb:

@@ -1,7 +1,11 @@
 """A local vdsmd for the functional tests and the benchmark: a real daemon on a free port.
 
 ``LocalVdsmd`` starts ``python -m vdsm.vdsmd`` with its state and run directories under a
-given root and no configuration file. The daemon binds port 0 the first time (the kernel
+given root and no configuration file, so the defaults apply: TLS with client certificates
+from the host's PKI (``vdsm-tool configure`` made it; the proxies it hands out present the
+admin certificate), storage domains confined to the storage roots (by default the directory
+that holds ``root``, where callers put their domains), kernels taken from the boot directory
+(by default the test guest's cache). The daemon binds port 0 the first time (the kernel
 picks a free port), writes the port it got to ``<run>/vdsmd.port``, and is ready when it
 answers ``ping``. It can be stopped (SIGTERM, then SIGKILL if it hangs), killed (SIGKILL, as
 a crash) and started again on the same port and state, as an operator would.
@@ -14,12 +18,18 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
 import xmlrpc.client
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from vdsm_api.pki import PkiLayout
+from vdsm_guest.build import default_cache_dir
 
 # The directory holding the vdsm package: the source tree, or site-packages once installed
 # (vdsm-guest requires vdsm). Running from there makes ``-m vdsm.vdsmd`` find this vdsm
@@ -49,8 +59,16 @@ class LocalVdsmd:
         env: dict[str, str] | None = None,
         *,
         log_level: str = "INFO",
+        tls: bool = True,
+        pki: PkiLayout | None = None,
+        storage_roots: Sequence[Path] | None = None,
+        boot_dir: Path | None = None,
     ) -> None:
         self.root = root
+        self.tls = tls
+        self.pki = PkiLayout() if pki is None else pki
+        self.storage_roots = [root.parent] if storage_roots is None else list(storage_roots)
+        self.boot_dir = default_cache_dir() if boot_dir is None else boot_dir
         self.state_dir = root / "state"
         self.run_dir = root / "run"
         self.log_path = root / "vdsmd.log"
@@ -59,7 +77,6 @@ class LocalVdsmd:
         self.log_level = log_level
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
-        self.scheme = "http"
 
     def argv(self) -> list[str]:
         return [
@@ -78,8 +95,38 @@ class LocalVdsmd:
             str(self.run_dir),
             "--log-level",
             self.log_level,
+            "--storage-roots",
+            ",".join(str(r) for r in self.storage_roots),
+            "--boot-dir",
+            str(self.boot_dir),
+            *(["--pki-dir", str(self.pki.root)] if self.tls else ["--no-tls"]),
             *self.extra_args,
         ]
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A client context presenting the admin certificate and verifying the server by the
+        host's CA; None for a plain-HTTP daemon."""
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(cafile=str(self.pki.ca_cert))
+        context.load_cert_chain(str(self.pki.admin_cert), str(self.pki.admin_key))
+        return context
+
+    def connect(self, timeout: float = 30.0) -> socket.socket:
+        """A raw connection to the API (TLS-wrapped, with the admin certificate, under TLS)."""
+        sock = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        context = self.ssl_context()
+        if context is None:
+            return sock
+        try:
+            return context.wrap_socket(sock, server_hostname="127.0.0.1")
+        except BaseException:
+            sock.close()
+            raise
 
     def start(self) -> None:
         """Start the daemon and wait until it answers ``ping``; DaemonError if it does not."""
@@ -114,7 +161,6 @@ class LocalVdsmd:
         raise DaemonError(f"vdsmd did not answer within {START_TIMEOUT}s:\n{self._error_log()}")
 
     def _answers(self) -> bool:
-        # Through xmlrpc(), which a TLS daemon's owner overrides with a client certificate.
         try:
             return bool(self.xmlrpc().ping()["status"]["code"] == 0)
         except (OSError, xmlrpc.client.Error):
@@ -159,7 +205,9 @@ class LocalVdsmd:
 
     def xmlrpc(self) -> Any:
         """A new XML-RPC proxy (one per thread: a proxy keeps one HTTP connection)."""
-        return xmlrpc.client.ServerProxy(f"{self.scheme}://{self.address}/RPC2", allow_none=True)
+        return xmlrpc.client.ServerProxy(
+            f"{self.scheme}://{self.address}/RPC2", allow_none=True, context=self.ssl_context()
+        )
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -64,7 +64,9 @@ class VdsmdProcess(LocalVdsmd):
             headers={"Content-Type": "application/octet-stream", **(headers or {})},
         )
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:
+            with urllib.request.urlopen(
+                request, timeout=30, context=self.ssl_context()
+            ) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as e:
             return e.code, e.read()
