@@ -24,6 +24,7 @@ from vdsm.rpc.http_server import RPCServer, make_ssl_context
 from vdsm.storage import fileutil, rollback_steps
 from vdsm.storage.host_storage import HostStorage
 from vdsm.storage.repository import StorageRepository
+from vdsm.storage.storage_roots import StorageRoots
 from vdsm.storage.task_manager import TaskManager
 from vdsm.virt.connection import Connection
 from vdsm.virt.merge import Merges
@@ -44,7 +45,7 @@ class Daemon:
     def __init__(self, cfg: config.Config) -> None:
         self.cfg = cfg
         repository = StorageRepository(cfg.state_dir / "storage")
-        self.storage = HostStorage(repository)
+        self.storage = HostStorage(repository, storage_roots=StorageRoots(cfg.storage_roots))
         self.tasks = TaskManager(
             rollback_steps=rollback_steps.table(),
             repository=repository,
@@ -61,6 +62,7 @@ class Daemon:
             self.storage,
             VmStore(cfg.state_dir / "vms"),
             domain_type=detect_domain_type(cfg.vm_domain_type),
+            boot_dir=cfg.boot_dir,
         )
         self.replications = Replications(
             self.storage, convergence_window=cfg.replication_convergence_window

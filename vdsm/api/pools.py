@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from vdsm import validation
-from vdsm.errors import InvalidParameter, StorageDomainDoesNotExist
+from vdsm.errors import StorageDomainDoesNotExist, VdsmError
 from vdsm.storage import image
 from vdsm.storage import volume as volumes
 from vdsm.storage.constants import BLANK_UUID, DomainClass, DomainType
@@ -28,9 +27,15 @@ class PoolsAPI:
         domain_uuids: list[str],
         **_compat: object,
     ) -> None:
-        StoragePool.create(
-            self._storage.repository, sp_uuid, name, master_sd_uuid, domain_uuids, master_version
-        )
+        with self._storage.metadata_lock():
+            StoragePool.create(
+                self._storage.repository,
+                sp_uuid,
+                name,
+                master_sd_uuid,
+                domain_uuids,
+                master_version,
+            )
         self._storage.spm_start(sp_uuid)
 
     def get_info(self, sp_uuid: str) -> dict[str, Any]:
@@ -102,20 +107,23 @@ class DomainsAPI:
         block_size: int,
         **_compat: object,
     ) -> None:
-        if not directory.startswith("/"):
-            raise InvalidParameter("typeArgs", directory, "must be an absolute directory path")
-        self._storage.repository.create_domain(
-            Path(directory),
-            sd_uuid,
-            name,
-            domain_type=DomainType(domain_type),
-            domain_class=DomainClass(domain_class),
-            block_size=block_size,
-            version=version,
-        )
+        roots = self._storage.roots
+        if roots is None:
+            raise VdsmError("no storage roots configured")
+        with self._storage.metadata_lock():
+            self._storage.repository.create_domain(
+                roots.confine(directory, "typeArgs"),
+                sd_uuid,
+                name,
+                domain_type=DomainType(domain_type),
+                domain_class=DomainClass(domain_class),
+                block_size=block_size,
+                version=version,
+            )
 
     def attach(self, sd_uuid: str, sp_uuid: str) -> None:
-        self._storage.pool(sp_uuid).attach(sd_uuid)
+        with self._storage.metadata_lock():
+            self._storage.pool(sp_uuid).attach(sd_uuid)
 
     def get_info(self, sd_uuid: str) -> dict[str, Any]:
         return domain_payload(self._storage.repository.domain(sd_uuid))

@@ -8,8 +8,12 @@ takes the role again for every pool whose master domain it can reach (``auto_spm
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from vdsm import validation
 from vdsm.errors import SpmStatusError, StorageDomainDoesNotExist
@@ -18,20 +22,52 @@ from vdsm.storage.domain import FileStorageDomain
 from vdsm.storage.pool import StoragePool
 from vdsm.storage.repository import StorageRepository
 from vdsm.storage.resource_locks import ResourceLocks
+from vdsm.storage.storage_roots import StorageRoots
 
 log = logging.getLogger("vdsm.storage.host_storage")
 
 
+METADATA_LOCK_FILE = "metadata.lock"
+
+
 class HostStorage:
-    def __init__(self, repository: StorageRepository, *, auto_spm: bool = True) -> None:
+    def __init__(
+        self,
+        repository: StorageRepository,
+        *,
+        storage_roots: StorageRoots | None = None,
+        auto_spm: bool = True,
+    ) -> None:
         self.repository = repository
+        # None: anywhere (the storage unit tests); vdsmd always passes its configured roots.
+        self.roots = storage_roots
         self.locks = ResourceLocks()
+        self._metadata_mutex = threading.Lock()
         self._spm_lock = threading.Lock()
         self._spm_pools: set[str] = set()
         if auto_spm:
             for sp_uuid in self.pool_uuids():
                 self._spm_pools.add(sp_uuid)
                 log.info("this host is SPM of pool %s", sp_uuid)
+
+    @contextmanager
+    def metadata_lock(self) -> Iterator[None]:
+        """Held around every change of pool or domain metadata (create a domain or a pool,
+        attach a domain): each reads the metadata, decides, then writes it, and two at once
+        would both decide on the old state (two masters, a lost member, one domain in two
+        pools). A mutex for this daemon's threads, and flock on a file in the repository for
+        any other process that shares it."""
+        with self._metadata_mutex:
+            fd = os.open(
+                self.repository.root / METADATA_LOCK_FILE,
+                os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                0o600,
+            )
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)  # releases the flock
 
     def pool_uuids(self) -> list[str]:
         """Pools whose master domain this host can reach."""

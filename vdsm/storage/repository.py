@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
 
 from vdsm import validation
@@ -56,8 +57,25 @@ class StorageRepository:
             block_size=block_size,
             version=version,
         )
-        self.register(domain)
+        try:
+            self._link_new(domain)
+        except StorageDomainAlreadyExists:
+            # Another creator took the UUID meanwhile: the directory just made is ours alone.
+            shutil.rmtree(domain.path, ignore_errors=True)
+            raise
         return domain
+
+    def _link_new(self, domain: FileStorageDomain) -> None:
+        """The link of a new domain: created, never replacing one (a second creator fails)."""
+        link = self._link(domain.sd_uuid)
+        try:
+            os.symlink(domain.path, link)
+        except FileExistsError:
+            raise StorageDomainAlreadyExists(
+                f"domain {domain.sd_uuid} is already known at {os.readlink(link)}"
+            ) from None
+        fileutil.fsync_dir(self.links_dir)
+        log.info("domain %s is at %s", domain.sd_uuid, domain.path)
 
     def connect(self, path: Path) -> FileStorageDomain:
         """Make an existing domain directory (``<root>/<sdUUID>``) known to this host."""

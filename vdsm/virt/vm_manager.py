@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +46,10 @@ class VmManager:
         store: VmStore,
         *,
         domain_type: str,
+        boot_dir: Path,
     ) -> None:
         self._connection = connection
+        self._boot_dir = boot_dir
         self._storage = storage
         self._store = store
         self.domain_type = domain_type
@@ -73,7 +74,7 @@ class VmManager:
     # --- create and destroy -----------------------------------------------------------------
 
     def create(self, params: dict[str, Any]) -> Vm:
-        spec = vm_spec.parse(params)
+        spec = vm_spec.parse(params, boot_dir=self._boot_dir, console_log=self._store.console_log)
         with self._lock:
             if spec.vm_id in self._vms or spec.vm_id in self._creating:
                 raise VMExists(spec.vm_id)
@@ -93,15 +94,13 @@ class VmManager:
                 raise VMCreateError(f"VM {spec.vm_id}: {error_message(e)}") from None
         else:
             raise VMExists(f"{spec.vm_id} (a libvirt domain with this UUID runs)")
-        if spec.console_log is None:
-            spec = _with_console(spec, self._store.console_log(spec.vm_id))
         prepared = [drives.prepare(self._storage, disk) for disk in spec.disks]
         xml = domain_xml.build(spec, prepared, self.domain_type)
         record = VmRecord(
             vm_id=spec.vm_id,
             params=spec.params,
             drives=prepared,
-            console_log=str(spec.console_log) if spec.console_log else None,
+            console_log=str(spec.console_log),
         )
         self._store.save(record)
         try:
@@ -207,10 +206,6 @@ class VmManager:
 
     def on_io_error(self, vm_id: str, disk: str, action: int, reason: str) -> None:
         log.warning("VM %s disk %s: I/O error (%s), action %d", vm_id, disk, reason, action)
-
-
-def _with_console(spec: vm_spec.VmSpec, path: Path) -> vm_spec.VmSpec:
-    return replace(spec, console_log=path)
 
 
 def _chain_from_paths(chain: tuple[tuple[str, str], ...]) -> tuple[VolumeLink, ...] | None:

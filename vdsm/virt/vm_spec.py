@@ -4,11 +4,16 @@ Engines send many device types; vdsm runs disks (and nothing else yet), so other
 logged and ignored rather than refused, as long as they are well-formed mappings. Every value
 that reaches a path, the domain XML or the command line is checked here, and each refusal is
 InvalidParameter naming the key.
+
+vdsmd runs as root and libvirt opens every file of a VM as root, so no path is the client's to
+choose: the serial console goes where vdsmd puts it (derived from the vmId), and a kernel or
+an initrd must be a regular file inside the configured boot directory, symlinks resolved.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,14 +55,16 @@ class VmSpec:
     kernel: Path | None
     initrd: Path | None
     kernel_args: str
-    console_log: Path | None  # the serial console, written to a file when set
+    console_log: Path  # the serial console's file, derived from the vmId by vdsmd
     # Test-only: let another writer share the disks (an NBD export in the test suite drives
     # I/O through the VM's own block layer; see qemu-notes "Host-side test writer").
     share_rw: bool
     params: dict[str, Any]  # the vmParams as given, returned by create and kept for recovery
 
 
-def parse(params: object, *, default_console_log: Path | None = None) -> VmSpec:
+def parse(params: object, *, boot_dir: Path, console_log: Callable[[str], Path]) -> VmSpec:
+    """Check ``params``; kernel and initrd must lie in ``boot_dir``; ``console_log(vm_id)`` is
+    where the serial console goes."""
     if not isinstance(params, dict):
         raise InvalidParameter("vmParams", params, "expected a mapping")
     vm_id = validation.uuid(params.get("vmId"), "vmId")
@@ -81,14 +88,18 @@ def parse(params: object, *, default_console_log: Path | None = None) -> VmSpec:
     if len(disks) > MAX_DISKS:
         raise InvalidParameter("devices", len(disks), f"at most {MAX_DISKS} disks")
     _check_unique_targets(disks)
-    kernel = _existing_file(params.get("kernel"), "kernel")
-    initrd = _existing_file(params.get("initrd"), "initrd")
+    kernel = _boot_file(params.get("kernel"), "kernel", boot_dir)
+    initrd = _boot_file(params.get("initrd"), "initrd", boot_dir)
     if initrd is not None and kernel is None:
         raise InvalidParameter("initrd", str(initrd), "needs a kernel")
     kernel_args = validation.text(params.get("kernelArgs", ""), "kernelArgs", max_length=1024)
-    console = params.get("consoleLog")
-    if console is not None and (not isinstance(console, str) or not console.startswith("/")):
-        raise InvalidParameter("consoleLog", console, "expected an absolute file path")
+    console = console_log(vm_id)
+    asked = params.get("consoleLog")
+    if asked is not None and asked != str(console):
+        # Accepted back as vdsmd reported it (getVmStats), never another path.
+        raise InvalidParameter(
+            "consoleLog", asked, f"vdsmd writes this VM's console to {console}; it is not settable"
+        )
     share_rw = params.get("testShareRW", False)
     if not isinstance(share_rw, bool):
         raise InvalidParameter("testShareRW", share_rw, "expected true or false")
@@ -101,7 +112,7 @@ def parse(params: object, *, default_console_log: Path | None = None) -> VmSpec:
         kernel=kernel,
         initrd=initrd,
         kernel_args=kernel_args,
-        console_log=Path(console) if console else default_console_log,
+        console_log=console,
         share_rw=share_rw,
         params=dict(params),
     )
@@ -144,7 +155,8 @@ def _check_unique_targets(disks: list[DiskSpec]) -> None:
 
 
 def _integer(value: object, key: str, low: int, high: int) -> int:
-    if isinstance(value, str) and value.isdigit():
+    # ASCII digits only: str.isdigit() also takes "²" and "٥"; the length cap keeps int() cheap.
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12:
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidParameter(key, value, "expected an integer")
@@ -153,12 +165,20 @@ def _integer(value: object, key: str, low: int, high: int) -> int:
     return value
 
 
-def _existing_file(value: object, key: str) -> Path | None:
+def _boot_file(value: object, key: str, boot_dir: Path) -> Path | None:
+    """A regular file inside ``boot_dir`` (a name in it, or an absolute path under it), as its
+    real path: ``..`` and symlinks are resolved before the containment check."""
     if value in (None, ""):
         return None
-    if not isinstance(value, str) or not value.startswith("/"):
-        raise InvalidParameter(key, value, "expected an absolute file path")
-    path = Path(value)
-    if not path.is_file():
-        raise InvalidParameter(key, value, "no such file")
-    return path
+    if not isinstance(value, str) or "\0" in value:
+        raise InvalidParameter(key, value, f"expected a file name in {boot_dir}")
+    try:
+        real_dir = boot_dir.resolve(strict=True)
+        real = (boot_dir / value).resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise InvalidParameter(key, value, f"no such file in {boot_dir}") from None
+    if not real.is_relative_to(real_dir) or real == real_dir:
+        raise InvalidParameter(key, value, f"not a file in the boot directory {boot_dir}")
+    if not real.is_file():
+        raise InvalidParameter(key, value, f"not a regular file in {boot_dir}")
+    return real
