@@ -51,7 +51,16 @@ def test_file_then_flags(tmp_path: Path) -> None:
         ("", ["--copy-rate-limit", "-5"], "copy_rate_limit"),
         ("[vdsm]\nmax_concurrent_copies = 0\n", [], "max_concurrent_copies"),
         ("[vdsm]\ntls = maybe\n", [], "tls"),
-        ("[vdsm]\ntls = yes\n", [], "tls"),
+        ("[vdsm]\ntls = no\ntls_ca = /etc/ca.pem\n", [], "tls_ca"),
+        ("", ["--no-tls", "--tls-cert", "/etc/c.pem"], "tls_cert"),
+        ("[vdsm]\ntls = no\nhost = 192.0.2.1\n", [], "host"),
+        ("", ["--no-tls", "--host", "::"], "host"),
+        ("[vdsm]\ntls_key = relative.pem\n", [], "tls_key"),
+        ("[vdsm]\nstorage_roots = srv/vdsm\n", [], "storage_roots"),
+        ("[vdsm]\nstorage_roots = ,\n", [], "storage_roots"),
+        ("[vdsm]\nboot_dir = boot\n", [], "boot_dir"),
+        ("[vdsm]\nmax_connections = 0\n", [], "max_connections"),
+        ("[vdsm]\nrequest_timeout = 0\n", [], "request_timeout"),
         ("[vdsm]\nvm_domain_type = xen\n", [], "vm_domain_type"),
         ("[vdsm]\nlog_level = LOUD\n", [], "log_level"),
         ("[vdsm]\nno_such_key = 1\n", [], "no_such_key"),
@@ -89,4 +98,4 @@ def test_every_setting_has_help(capsys: pytest.CaptureFixture[str]) -> None:
         parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--copy-rate-limit COPY_RATE_LIMIT MiB/s each syncImageData copy" in text
-    assert "(default 0)" in text and "(default none)" in text and "(default off)" in text
+    assert "(default 0)" in text and "(default none)" in text and "(default on)" in text

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import require_command
+from tests.conftest import missing, require_command
 from vdsm_guest.local_vdsmd import LocalVdsmd
 
 # Helper modules full of asserts: pytest rewrites only test files and conftests by itself, and
@@ -38,9 +38,19 @@ class VdsmdProcess(LocalVdsmd):
     error_log_lines = None
 
     def __init__(
-        self, root: Path, extra_args: list[str] | None = None, env: dict[str, str] | None = None
+        self,
+        root: Path,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        **options: Any,
     ) -> None:
-        super().__init__(root, extra_args, env, log_level="DEBUG")
+        """``options``: LocalVdsmd's (tls, pki, storage_roots, boot_dir)."""
+        super().__init__(root, extra_args, env, log_level="DEBUG", **options)
+
+    def start(self) -> None:
+        if self.tls and not self.pki.admin_key.is_file():
+            missing(f"no host PKI at {self.pki.root} for a TLS vdsmd (run `make pki`)")
+        super().start()
 
     def log(self) -> str:
         return self.log_text()

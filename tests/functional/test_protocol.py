@@ -81,7 +81,7 @@ def test_http_misuse_gets_4xx(vdsmd: VdsmdProcess) -> None:
         b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Length: -3\r\n\r\n",
         b"garbage\r\n\r\n",
     ):
-        with socket.create_connection(("127.0.0.1", vdsmd.port), timeout=10) as conn:
+        with vdsmd.connect(timeout=10) as conn:
             conn.sendall(request)
             answer = conn.recv(4096)
         if answer.startswith(b"HTTP/"):

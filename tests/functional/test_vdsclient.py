@@ -12,17 +12,11 @@ Help, usage errors, connection failures and a stub server: test_vdsclient_errors
 from __future__ import annotations
 
 import json
-import ssl
-import subprocess
-import xmlrpc.client
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.conftest import require_command
 from tests.functional.conftest import VdsmdProcess, new_uuid
 from tests.functional.vdsclient_helpers import ok, vdsclient
 
@@ -157,102 +151,3 @@ def test_flow_id_reaches_the_daemon_log(vdsmd: VdsmdProcess) -> None:
         line for line in vdsmd.log().splitlines() if "FINISH Host.getAllTasksStatuses" in line
     ]
     assert finished and "flow_id=None" not in finished[-1]
-
-
-# --- TLS ------------------------------------------------------------------------------------
-
-
-def make_certificates(directory: Path) -> dict[str, Path]:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, both CA-signed."""
-    openssl = require_command("openssl")
-    files = {name: directory / name for name in ("ca.key", "ca.pem")}
-
-    def run(*args: str) -> None:
-        subprocess.run([openssl, *args], cwd=directory, check=True, capture_output=True)
-
-    days = ["-days", "2"]
-    run(
-        *"req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem".split(),
-        *days,
-        "-subj",
-        "/CN=vdsm test CA",
-    )
-    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    for name, extra in (("server", ["-extfile", "san.ext"]), ("client", [])):
-        run(
-            *f"req -newkey rsa:2048 -nodes -keyout {name}.key -out {name}.csr".split(),
-            "-subj",
-            f"/CN={name}",
-        )
-        run(
-            *f"x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial".split(),
-            "-out",
-            f"{name}.pem",
-            *days,
-            *extra,
-        )
-        files[f"{name}.pem"] = directory / f"{name}.pem"
-        files[f"{name}.key"] = directory / f"{name}.key"
-    return files
-
-
-class TlsVdsmd(VdsmdProcess):
-    """vdsmd with TLS that requires a client certificate; answers checked with the client's."""
-
-    def __init__(self, root: Path, certs: dict[str, Path]) -> None:
-        super().__init__(
-            root,
-            extra_args=[
-                "--tls",
-                "--tls-cert",
-                str(certs["server.pem"]),
-                "--tls-key",
-                str(certs["server.key"]),
-                "--tls-ca",
-                str(certs["ca.pem"]),
-            ],
-        )
-        self.scheme = "https"
-        self.context = ssl.create_default_context(cafile=str(certs["ca.pem"]))
-        self.context.load_cert_chain(str(certs["client.pem"]), str(certs["client.key"]))
-
-    def xmlrpc(self) -> Any:
-        return xmlrpc.client.ServerProxy(
-            f"https://{self.address}/RPC2", allow_none=True, context=self.context
-        )
-
-
-@pytest.fixture
-def tls_vdsmd(tmp_path: Path) -> Iterator[tuple[TlsVdsmd, dict[str, Path]]]:
-    require_command("qemu-img")
-    certs_dir = tmp_path / "certs"
-    certs_dir.mkdir()
-    certs = make_certificates(certs_dir)
-    daemon = TlsVdsmd(tmp_path / "vdsmd", certs)
-    daemon.start()
-    try:
-        yield daemon, certs
-    finally:
-        if daemon.running:
-            daemon.kill()
-
-
-def test_tls_with_client_certificate(tls_vdsmd: tuple[TlsVdsmd, dict[str, Path]]) -> None:
-    daemon, certs = tls_vdsmd
-    client = ["--cert", str(certs["client.pem"]), "--key", str(certs["client.key"])]
-    ok("-s", "--ca", str(certs["ca.pem"]), *client, daemon.address, "ping")
-    # Without --ca the server is not verified (as VDSM's vdsClient did not).
-    ok("-s", *client, daemon.address, "ping")
-
-    proc = vdsclient("-s", "--ca", str(certs["ca.pem"]), daemon.address, "ping")
-    assert proc.returncode == 3
-    assert "client certificate" in proc.stderr
-
-    # A CA that did not sign the server's certificate: verification fails.
-    proc = vdsclient("-s", "--ca", str(certs["client.pem"]), *client, daemon.address, "ping")
-    assert proc.returncode == 3
-    assert "certificate verify failed" in proc.stderr
-
-    proc = vdsclient(daemon.address, "ping")  # plain HTTP to a TLS server
-    assert proc.returncode == 3
-    assert "Traceback" not in proc.stderr

@@ -18,12 +18,13 @@ import sys
 import threading
 import xmlrpc.client
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
 import pytest
 
-from tests.functional.conftest import REPO, VdsmdProcess, new_uuid
+from tests.functional.conftest import REPO, VdsmdProcess, new_uuid, running
 from tests.functional.vdsclient_helpers import ok, vdsclient
 
 
@@ -62,7 +63,10 @@ def test_usage_errors_exit_2(vdsmd: VdsmdProcess) -> None:
     assert proc.returncode == 2 and "usage: vdsClient" in proc.stderr
 
     proc = vdsclient("--cert", "/nonexistent", address, "ping")
-    assert proc.returncode == 2 and "need -s" in proc.stderr
+    assert proc.returncode == 2 and "--cert /nonexistent: no such file" in proc.stderr
+
+    proc = vdsclient("--no-tls", "--ca", "/x", address, "ping")
+    assert proc.returncode == 2 and "--no-tls conflicts with --ca" in proc.stderr
 
     proc = vdsclient(address, "waitTask")
     assert proc.returncode == 2 and "waitTask needs a TASKID" in proc.stderr
@@ -106,10 +110,13 @@ def test_connection_refused_exits_3() -> None:
     )
 
 
-def test_tls_to_a_plain_server_exits_3(vdsmd: VdsmdProcess) -> None:
-    proc = vdsclient("-s", vdsmd.address, "ping")
-    assert proc.returncode == 3
-    assert "TLS with" in proc.stderr and "Traceback" not in proc.stderr
+def test_tls_to_a_plain_server_exits_3(tmp_path: Path) -> None:
+    with running(VdsmdProcess(tmp_path / "vdsmd", tls=False)) as plain:
+        proc = vdsclient(plain.address, "ping")  # TLS is vdsClient's default
+        assert proc.returncode == 3
+        assert "TLS with" in proc.stderr and "--no-tls" in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert vdsclient("--no-tls", plain.address, "ping").returncode == 0
 
 
 def test_help() -> None:
@@ -218,12 +225,12 @@ def test_fault_and_bad_replies_exit_3(stub: StubServer) -> None:
         raise xmlrpc.client.Fault(-32601, "no ping")
 
     behaviour["ping"] = fault
-    proc = vdsclient(address, "ping")
+    proc = vdsclient("--no-tls", address, "ping")
     assert proc.returncode == 3
     assert "XML-RPC fault -32601: no ping" in proc.stderr
 
     behaviour["ping"] = "not an envelope"
-    proc = vdsclient(address, "ping")
+    proc = vdsclient("--no-tls", address, "ping")
     assert proc.returncode == 3 and "not a VDSM envelope" in proc.stderr
 
 
@@ -236,7 +243,7 @@ def test_flow_id_is_the_same_for_every_request_of_a_run(
         [task_status(task, "running", 50), task_status(task, "finished", 100, taskResult="success")]
     )
     behaviour["getTaskStatus"] = lambda task_id: next(answers)
-    proc = vdsclient(address, "waitTask", task, "--interval", "0.05")
+    proc = vdsclient("--no-tls", address, "waitTask", task, "--interval", "0.05")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert len(lines) == 2
@@ -253,7 +260,7 @@ def test_wait_task_failed_task_prints_code_and_message(
     behaviour["getTaskStatus"] = task_status(
         task, "finished", 40, taskResult="cleanSuccess", code=261, message="copy failed: EIO"
     )
-    proc = vdsclient(address, "waitTask", task)
+    proc = vdsclient("--no-tls", address, "waitTask", task)
     assert proc.returncode == 1
     assert proc.stderr.splitlines() == [
         f"vdsClient: task {task} ended with result cleanSuccess",
@@ -265,7 +272,7 @@ def test_wait_task_timeout(stub: StubServer) -> None:
     address, behaviour = stub.address, stub.behaviour
     task = new_uuid()
     behaviour["getTaskStatus"] = task_status(task, "running", 10)
-    proc = vdsclient(address, "waitTask", task, "--timeout", "0.3", "--interval", "0.05")
+    proc = vdsclient("--no-tls", address, "waitTask", task, "--timeout", "0.3", "--interval", "0.05")
     assert proc.returncode == 1
     assert f"task {task} not finished after 0.3s (running, 10%); it keeps running" in proc.stderr
 
@@ -277,7 +284,7 @@ def test_ctrl_c_during_wait_task_exits_130(
     task = new_uuid()
     behaviour["getTaskStatus"] = task_status(task, "running", 10)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "vdsm_cli.vdsclient", address, "waitTask", task],
+        [sys.executable, "-m", "vdsm_cli.vdsclient", "--no-tls", address, "waitTask", task],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
