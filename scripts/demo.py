@@ -14,20 +14,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-import xmlrpc.client
 from pathlib import Path
 from typing import Any
 
 from vdsm.storage import qemuimg, runner
 from vdsm_guest import checker
 from vdsm_guest.build import ensure_guest
+from vdsm_guest.local_vdsmd import DaemonError, LocalVdsmd
 
 MiB = 1024**2
 GiB = 1024**3
@@ -42,17 +40,11 @@ def new() -> str:
     return str(uuid.uuid4())
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Demo:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.port = free_port()
-        self.daemon: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.daemon: LocalVdsmd | None = None
         self.rpc: Any = None
         self.vm_id: str | None = None
 
@@ -80,38 +72,20 @@ class Demo:
     # --- the demo -----------------------------------------------------------------------
 
     def start_vdsmd(self) -> None:
-        step(f"Starting vdsmd on 127.0.0.1:{self.port} (state in {self.root})")
-        log = open(self.root / "vdsmd.log", "wb")
-        self.daemon = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vdsm.vdsmd",
-                "--config",
-                "/dev/null",
-                "--port",
-                str(self.port),
-                "--state-dir",
-                str(self.root / "state"),
-                "--run-dir",
-                str(self.root / "run"),
-            ],
-            stdout=log,
-            stderr=log,
-            cwd=REPO,
+        step(f"Starting vdsmd (state in {self.root}), with the default security")
+        # LocalVdsmd runs it with no config file: TLS with the host's certificates, domains
+        # confined to the storage roots (here the demo's directory), kernels to the boot dir.
+        self.daemon = LocalVdsmd(self.root / "vdsmd", storage_roots=[self.root])
+        try:
+            self.daemon.start()
+        except DaemonError as e:
+            raise SystemExit(f"vdsmd did not start: {e}") from None
+        self.port = self.daemon.port
+        self.rpc = self.daemon.xmlrpc()
+        print(
+            f"    vdsmd answers on 127.0.0.1:{self.port}: TLS, client certificate required "
+            "(XML-RPC on /RPC2, JSON-RPC on /jsonrpc)"
         )
-        self.rpc = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{self.port}/RPC2", allow_none=True)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                self.call("ping")
-                break
-            except OSError:
-                if self.daemon.poll() is not None or time.monotonic() > deadline:
-                    log = self.root / "vdsmd.log"
-                    raise SystemExit(f"vdsmd did not start; see {log}") from None
-                time.sleep(0.1)
-        print("    vdsmd answers (XML-RPC on /RPC2, JSON-RPC on /jsonrpc)")
 
     def build_storage(self) -> None:
         step("Creating two file storage domains and a pool")
@@ -250,12 +224,8 @@ class Demo:
                 self.rpc.destroy(self.vm_id)
             except OSError:
                 pass
-        if self.daemon is not None and self.daemon.poll() is None:
-            self.daemon.send_signal(signal.SIGTERM)
-            try:
-                self.daemon.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.daemon.kill()
+        if self.daemon is not None and self.daemon.running:
+            self.daemon.stop()
 
 
 def main() -> int:
