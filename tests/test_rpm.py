@@ -22,7 +22,16 @@ def test_make_rpm_builds_the_daemon_package() -> None:
     files = subprocess.run(
         ["rpm", "-qlp", str(main)], capture_output=True, text=True, check=True
     ).stdout.split()
-    for wanted in ("/usr/bin/vdsmd", "/usr/bin/vdsClient", "/usr/lib/systemd/system/vdsmd.service"):
+    for wanted in (
+        "/usr/bin/vdsmd",
+        "/usr/bin/vdsClient",
+        "/usr/bin/vdsm-tool",
+        "/usr/lib/systemd/system/vdsmd.service",
+    ):
         assert wanted in files
     assert any(f.endswith("vdsm_api/vdsm-api.yml") for f in files)
+    scripts = subprocess.run(
+        ["rpm", "-qp", "--scripts", str(main)], capture_output=True, text=True, check=True
+    ).stdout
+    assert "vdsm-tool configure" in scripts, "installing makes the host's certificates"
     assert not any("vdsm_guest" in f for f in files), "test tools belong in vdsm-guest"
