@@ -78,7 +78,7 @@ def test_main_help_lists_every_legacy_verb_with_its_summary() -> None:
         assert f"    {verb.xmlrpc} " in text
         assert verb.summary.split()[0] in text
     assert "waitTask" in text
-    assert "NOT verified" in text  # -s without --ca
+    assert "CA certificate(s) to verify the server with" in text  # --ca, and its default
 
 
 def test_main_help_groups_legacy_only_verbs_with_their_siblings() -> None:
@@ -269,3 +269,34 @@ def test_json_lines_when_the_status_changes() -> None:
     printed = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [p["progress"] for p in printed] == [0, 50, 100]
     assert printed[-1]["taskResult"] == "success"
+
+
+# --- server strings never drive the terminal ------------------------------------------------
+
+
+def test_control_characters_in_answers_are_escaped() -> None:
+    """A volume description or a VM name is a client's text: ESC, BEL and newlines in it are
+    shown escaped, not sent to the terminal (which they would retitle, clear or forge)."""
+    info = {
+        "description": "\x1b]0;owned\x07\x1b[2J",
+        "name\x1b[31m": "a\nforged = line",
+        "t": "a\tb",
+    }
+    lines = output.to_text({"info": info}).splitlines()
+    assert lines == [
+        "description = \\x1b]0;owned\\x07\\x1b[2J",
+        "name\\x1b[31m = a\\nforged = line",
+        "t = a\tb",
+    ]
+    assert output.to_text({"uuidlist": ["\x9b31m", "\u2028"]}) == "\\x9b31m\n\\u2028"
+    assert "\x1b" not in output.to_json({"d": "\x1b"})  # JSON escapes it: \u001b
+
+
+def test_control_characters_in_error_messages_are_escaped() -> None:
+    from vdsm_cli.errors import ApiError, CliError
+
+    error = ApiError(1000, "Invalid parameter: desc='\x1b[2J' (control characters)\x07")
+    assert "\x1b" not in error.message and "\x07" not in error.message
+    assert "desc='\\x1b[2J'" in error.message
+    assert CliError("two\nlines\tok\x1b").message == "two\nlines\tok\\x1b"
+    assert output.terminal_safe("plain text") == "plain text"

@@ -3,8 +3,10 @@
 The schema is the one declaration of every verb. This module turns it into typed objects
 (:class:`Verb`, :class:`Param`, :class:`ParamType`) and converts wire values into Python
 values, raising InvalidParameter (1000) that names the parameter for anything missing, of the
-wrong type, or outside its enum. The RPC bindings, vdsClient and the doc generator all read
-the schema through here.
+wrong type, or outside its enum. Every value is first bounded by vdsm.validation.wire_value
+(depth, number of values, string length, only JSON-like types), so no conversion below sees
+bytes, a datetime, a lone surrogate or a thousand-deep list. The RPC bindings, vdsClient and
+the doc generator all read the schema through here.
 """
 
 from __future__ import annotations
@@ -97,17 +99,9 @@ def _convert_scalar(kind: str, value: object, param: str) -> Any:
     if kind == "size":
         return validation.size_bytes(value, param)
     if kind == "string":
-        if not isinstance(value, str):
-            raise InvalidParameter(param, value, "expected a string")
-        return value
+        return validation.string(value, param)
     if kind == "int":
-        if isinstance(value, bool):
-            raise InvalidParameter(param, value, "expected an integer")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value)
-        raise InvalidParameter(param, value, "expected an integer")
+        return validation.integer(value, param)
     if kind == "bool":
         if isinstance(value, bool):
             return value
@@ -117,8 +111,8 @@ def _convert_scalar(kind: str, value: object, param: str) -> Any:
     if kind == "dict":
         if not isinstance(value, dict):
             raise InvalidParameter(param, value, "expected a mapping")
-        return value
-    return value  # any
+        return value  # its keys and values were bounded by wire_value
+    return value  # any: JSON-like and bounded, by wire_value
 
 
 def _convert_struct(struct: StructType, value: object, param: str) -> dict[str, Any]:
@@ -169,9 +163,11 @@ class Verb:
     def bind_named(self, values: Mapping[str, Any]) -> dict[str, Any]:
         """JSON-RPC: named wire values → API keyword arguments (checked and converted)."""
         known = {p.name for p in self.params}
-        unknown = sorted(set(values) - known)
+        unknown = sorted(set(values) - known, key=str)
         if unknown:
-            raise InvalidParameter(unknown[0], values[unknown[0]], "unknown parameter")
+            # The name is the client's: quoted escaped and short, never as sent.
+            name = validation.shown(unknown[0], 40)
+            raise InvalidParameter(name, "...", "unknown parameter")
         return {p.arg: self._value(p, values) for p in self.params}
 
     def bind_positional(self, values: Sequence[Any]) -> dict[str, Any]:
@@ -191,7 +187,9 @@ class Verb:
 
     def _value(self, param: Param, values: Mapping[str, Any]) -> Any:
         if param.name in values and values[param.name] is not None:
-            return param.type.convert(values[param.name], param.name)
+            value = values[param.name]
+            validation.wire_value(value, param.name)
+            return param.type.convert(value, param.name)
         if param.required:
             raise InvalidParameter(param.name, None, "missing")
         return param.default

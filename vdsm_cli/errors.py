@@ -6,6 +6,10 @@ one line on stderr and its exit code, never a traceback:
 - :class:`UsageError` (2): the command line is wrong; caught before anything is sent;
 - :class:`ApiError` (1): vdsmd answered with a non-zero status code;
 - :class:`ConnectionFailed` (3): no usable answer (refused, TLS failure, timeout, XML-RPC fault).
+
+A message often quotes the server (an error message echoing a parameter, a fault string): its
+control characters are escaped once, here, so that what ``main`` prints cannot drive the
+terminal (vdsm_cli.output.terminal_safe); newlines and tabs are kept.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import functools
 
 from vdsm_api.docs import error_table
+from vdsm_cli.output import terminal_safe
 
 EXIT_OK = 0
 EXIT_API_ERROR = 1
@@ -25,8 +30,9 @@ class CliError(Exception):
     exit_code = EXIT_API_ERROR
 
     def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+        safe = terminal_safe(message, newlines=True)
+        super().__init__(safe)
+        self.message = safe
 
 
 class UsageError(CliError):

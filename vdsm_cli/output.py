@@ -6,14 +6,46 @@ only answer a status. ``--json`` prints exactly that object. The readable form d
 envelope key and shows the value: a task id or any single value on its own line, a list one
 item per line, a mapping as sorted ``key = value`` lines (nested mappings indented under their
 key), and nothing at all for a status-only answer.
+
+Every string the server sent is shown through :func:`terminal_safe`: a name, a description
+or an error message is the server's (and often a client's) text, and an ESC or BEL in it
+printed raw would drive the terminal (retitle it, clear it, hide what follows). Control
+characters are shown escaped instead (``\\x1b``); in the one-line-per-value text form a
+newline is escaped too, so that no value can forge a line of its own.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 INDENT = "    "
+
+# C0 controls, DEL, C1 controls (0x9b is CSI on some terminals), and the line and paragraph
+# separators; tab and newline are each the caller's choice.
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_BUT_NEWLINE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def terminal_safe(text: str, *, newlines: bool = False) -> str:
+    """``text`` with its control characters escaped (``\\x1b``); a tab is kept, and so is a
+    newline if ``newlines`` (multi-line messages)."""
+    if text.isascii() and text.isprintable():
+        return text  # the common case, without a regex pass
+    pattern = _CONTROL_BUT_NEWLINE if newlines else _CONTROL
+    return pattern.sub(_escape, text)
+
+
+_NAMED = {"\n": "\\n", "\r": "\\r"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    if char in _NAMED:
+        return _NAMED[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def payload(envelope: dict[str, Any]) -> dict[str, Any]:
@@ -54,11 +86,11 @@ def _mapping_lines(mapping: dict[str, Any], indent: str) -> list[str]:
     for key in sorted(mapping, key=str):
         value = mapping[key]
         if _is_scalar(value):
-            lines.append(f"{indent}{key} = {_scalar(value)}")
+            lines.append(f"{indent}{_key(key)} = {_scalar(value)}")
         elif isinstance(value, list | tuple) and all(_is_scalar(item) for item in value):
-            lines.append(f"{indent}{key} = {', '.join(_scalar(item) for item in value)}")
+            lines.append(f"{indent}{_key(key)} = {', '.join(_scalar(item) for item in value)}")
         else:
-            lines.append(f"{indent}{key}:")
+            lines.append(f"{indent}{_key(key)}:")
             lines.extend(_lines(value, indent + INDENT))
     return lines
 
@@ -72,4 +104,8 @@ def _scalar(value: Any) -> str:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
-    return str(value)
+    return terminal_safe(str(value))
+
+
+def _key(key: object) -> str:
+    return terminal_safe(str(key))
