@@ -30,7 +30,7 @@ from vdsm.errors import (
     StorageDomainLayoutError,
     StorageDomainMetadataNotFound,
 )
-from vdsm.storage import fileutil, kvfile
+from vdsm.storage import fileutil, kvfile, os_errors
 from vdsm.storage.constants import (
     DOMAIN_VERSION,
     NAME_MAX_LENGTH,
@@ -184,8 +184,13 @@ class FileStorageDomain:
             text = metadata_path.read_text("utf-8")
         except FileNotFoundError:
             raise StorageDomainMetadataNotFound(f"no {metadata_path}") from None
-        except (OSError, UnicodeDecodeError) as e:
+        except UnicodeDecodeError as e:
             raise StorageDomainLayoutError(f"{metadata_path}: {e}") from None
+        except OSError as e:
+            # Only some errnos mean a damaged layout; EMFILE, EIO... are not the domain's fault.
+            if e.errno in os_errors.LAYOUT_ERRNOS:
+                raise StorageDomainLayoutError(f"{metadata_path}: {e.strerror}") from None
+            raise os_errors.general("open", metadata_path, e) from None
         metadata = DomainMetadata.from_text(text, str(metadata_path))
         if metadata.sd_uuid != path.name:
             raise StorageDomainLayoutError(

@@ -18,7 +18,7 @@ from vdsm.errors import (
     VolumeMetadataReadError,
     VolumeMetadataWriteError,
 )
-from vdsm.storage import fileutil, kvfile
+from vdsm.storage import fileutil, kvfile, os_errors
 from vdsm.storage.constants import (
     DESCRIPTION_MAX_LENGTH,
     MAX_GENERATION,
@@ -142,6 +142,8 @@ def read(path: Path, what: str) -> VolumeMetadata:
     except FileNotFoundError:
         raise VolumeDoesNotExist(what) from None
     except OSError as e:
+        if e.errno in os_errors.RESOURCE_ERRNOS:  # nothing wrong with the metadata
+            raise os_errors.general("read", path, e) from None
         raise VolumeMetadataReadError(f"{what}: {e.strerror}") from None
     try:
         text = raw.decode("utf-8")
@@ -156,4 +158,6 @@ def write(path: Path, metadata: VolumeMetadata, what: str) -> None:
     try:
         fileutil.atomic_write(path, data)
     except OSError as e:
+        if e.errno in os_errors.RESOURCE_ERRNOS:
+            raise os_errors.general("write", path, e) from None
         raise VolumeMetadataWriteError(f"{what}: {e.strerror}") from None
