@@ -112,16 +112,31 @@ _TLS_HINTS = {
 }
 
 
-class _Transport(xmlrpc.client.Transport):
-    """xmlrpc.client's transport plus the FlowID header, a timeout and our TLS context."""
+class Transport(xmlrpc.client.Transport):
+    """xmlrpc.client's transport plus the FlowID header, a timeout and a TLS context (None:
+    plain HTTP); for every XML-RPC client of vdsmd (vdsClient, the bench, the tests)."""
 
-    def __init__(self, flow_id: str, context: ssl.SSLContext | None) -> None:
+    def __init__(self, flow_id: str | None = None, context: ssl.SSLContext | None = None) -> None:
         super().__init__(use_builtin_types=True)
         self._flow_id = flow_id
         self._tls_context = context
+        self._reused = False
+
+    def request(self, host: Any, handler: str, request_body: Any, verbose: bool = False) -> Any:
+        try:
+            return super().request(host, handler, request_body, verbose)
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            # A kept-alive TLS connection the server had closed (it restarted, or dropped an
+            # idle client): the stdlib retries once on EPIPE/ECONNRESET for plain HTTP, but a
+            # TLS socket reports the same as an SSL EOF. Retry once, on a new connection.
+            if not self._reused:
+                raise
+            self.close()
+            return self.single_request(host, handler, request_body, verbose)
 
     def make_connection(self, host: Any) -> http.client.HTTPConnection:
         cached_host, cached = self._connection
+        self._reused = cached is not None and cached_host == host
         if cached is not None and cached_host == host:
             return cached
         name, self._extra_headers, _ = self.get_host_info(host)
@@ -137,7 +152,8 @@ class _Transport(xmlrpc.client.Transport):
 
     def send_headers(self, connection: http.client.HTTPConnection, headers: Any) -> None:
         super().send_headers(connection, headers)
-        connection.putheader(FLOW_ID_HEADER, self._flow_id)
+        if self._flow_id is not None:
+            connection.putheader(FLOW_ID_HEADER, self._flow_id)
 
 
 class Client:
@@ -146,7 +162,7 @@ class Client:
         self.flow_id = flow_id
         context = ssl_context(endpoint) if endpoint.tls else None
         self._proxy = xmlrpc.client.ServerProxy(
-            endpoint.url, transport=_Transport(flow_id, context), allow_none=True
+            endpoint.url, transport=Transport(flow_id, context), allow_none=True
         )
 
     def call(self, method: str, args: list[Any]) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from vdsm_cli.move_plan import (
 )
 from vdsm_cli.move_progress import Reporter
 from vdsm_cli.move_rollback import ROLLBACK_STEPS
+from vdsm_cli.output import terminal_safe
 
 USAGE = (
     f"{COMMAND} VM_ID (IMAGE_ID | --all) DST_SD_UUID [--keep-source] [--no-merge] "
@@ -329,7 +330,7 @@ class Mover:
         if self.options.json:
             self.out.write(json.dumps({"event": "plan", **describe(plan, rates)}) + "\n")
         else:
-            self.out.write(plan_text(plan, rates) + "\n")
+            self.out.write(terminal_safe(plan_text(plan, rates), newlines=True) + "\n")
         self.out.flush()
 
 

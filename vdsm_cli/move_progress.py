@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TextIO
 
+from vdsm_cli.output import terminal_safe
 from vdsm_cli.progress import Meter, human_bytes, human_duration
 
 PLAIN_EVERY = 5.0  # seconds between two plain progress lines of one step
@@ -213,7 +214,7 @@ class Reporter:
 
     def _line(self, text: str) -> None:
         if text:
-            self.out.write(text + "\n")
+            self.out.write(terminal_safe(text, newlines=True) + "\n")
             self.out.flush()
 
     def _json(self, event: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TextIO
 
 from vdsm_cli.errors import CliError
+from vdsm_cli.output import terminal_safe
 
 FINISHED = "finished"
 SUCCESS = "success"
@@ -159,7 +160,8 @@ def human_duration(seconds: float) -> str:
 def _state(status: dict[str, Any]) -> str:
     state = str(status.get("taskState", "?"))
     result = status.get("taskResult")
-    return f"{state} {result}" if result else state
+    # The daemon's words, printed on a terminal: never a raw control character.
+    return terminal_safe(f"{state} {result}" if result else state)
 
 
 class LiveBar:

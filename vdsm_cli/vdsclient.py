@@ -254,7 +254,7 @@ def wait_task(
         ) from None
     if status.get("taskResult") == progress.SUCCESS:
         return EXIT_OK
-    result = status.get("taskResult") or "?"
+    result = output.terminal_safe(str(status.get("taskResult") or "?"))
     message = str(status.get("message", ""))
     code = int(status.get("code") or 0)
     if code:

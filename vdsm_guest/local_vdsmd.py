@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from vdsm_api.pki import PkiLayout
+from vdsm_cli.client import Transport
 from vdsm_guest.build import default_cache_dir
 
 # The directory holding the vdsm package: the source tree, or site-packages once installed
@@ -206,7 +207,9 @@ class LocalVdsmd:
     def xmlrpc(self) -> Any:
         """A new XML-RPC proxy (one per thread: a proxy keeps one HTTP connection)."""
         return xmlrpc.client.ServerProxy(
-            f"{self.scheme}://{self.address}/RPC2", allow_none=True, context=self.ssl_context()
+            f"{self.scheme}://{self.address}/RPC2",
+            transport=Transport(context=self.ssl_context()),
+            allow_none=True,
         )
 
     def log_text(self) -> str:

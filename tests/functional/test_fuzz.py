@@ -40,7 +40,7 @@ from vdsm_api import schema
 from vdsm_api.schema import Param, ParamType, Verb
 
 SEEDS = [20240601, 7, 1337]
-REQUESTS_PER_SEED = 1600
+REQUESTS_PER_SEED = 3000
 PING_EVERY = 250
 PROTOCOL_ERRORS = {-32700, -32600, -32601, -32602}
 MARKER = f"fuzzmark{uuid.uuid4().hex[:10]}"

@@ -122,12 +122,9 @@ class VolumeMetadata:
 
 
 def _integer(value: str, key: str, maximum: int | None = None) -> int:
-    if not value.isdigit():
-        raise InvalidParameter(key, value, "expected a non-negative integer")
-    number = int(value)
-    if maximum is not None and number > maximum:
-        raise InvalidParameter(key, value, f"greater than {maximum}")
-    return number
+    return validation.integer(
+        value, key, low=0, high=validation.INT64_MAX if maximum is None else maximum
+    )
 
 
 def next_generation(generation: int) -> int:

@@ -155,14 +155,7 @@ def _check_unique_targets(disks: list[DiskSpec]) -> None:
 
 
 def _integer(value: object, key: str, low: int, high: int) -> int:
-    # ASCII digits only: str.isdigit() also takes "²" and "٥"; the length cap keeps int() cheap.
-    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12:
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidParameter(key, value, "expected an integer")
-    if not low <= value <= high:
-        raise InvalidParameter(key, value, f"must be between {low} and {high}")
-    return value
+    return validation.integer(value, key, low=low, high=high)
 
 
 def _boot_file(value: object, key: str, boot_dir: Path) -> Path | None:
