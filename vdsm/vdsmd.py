@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import logging.handlers
 import os
 import signal
 import ssl
@@ -92,6 +93,8 @@ class Daemon:
             (cfg.host, cfg.port),
             dispatcher,
             max_request_bytes=cfg.max_request_bytes,
+            max_connections=cfg.max_connections,
+            request_timeout=cfg.request_timeout,
             ssl_context=ssl_context,
         )
 
@@ -138,7 +141,11 @@ def setup_logging(cfg: config.Config) -> None:
     handler: logging.Handler
     if cfg.log_file is not None:
         cfg.log_file.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(cfg.log_file)
+        # Rotated by the daemon itself: a log nobody rotates fills the disk, and every client
+        # can add lines to it. RotatingFileHandler writes under a lock, from any thread.
+        handler = logging.handlers.RotatingFileHandler(
+            cfg.log_file, maxBytes=cfg.log_max_bytes, backupCount=cfg.log_backups
+        )
     else:
         handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(

@@ -1,5 +1,10 @@
 """Calls an API method for a schema verb and logs every call with its flow id and duration.
 
+One line per call at INFO, when it finishes (verb, flow id, code, duration); its start, with
+the arguments, at DEBUG: two INFO lines per call doubled the log of a busy host for no news.
+Everything a client chose (flow id, arguments, error messages quoting them) is logged escaped,
+so a newline or a terminal escape in a value cannot forge or hide a log line.
+
 The dispatcher resolves each verb's ``call`` (``<namespace>.<method>``) once, at start-up, so
 a schema naming a method the API lacks fails the daemon's start, not a caller's request.
 Errors pass through as vdsm.errors types; an unexpected exception becomes GeneralException
@@ -14,9 +19,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from vdsm.errors import VdsmError
+from vdsm.validation import shown
 from vdsm_api.schema import Schema, Verb
 
 log = logging.getLogger("vdsm.api")
+
+# Characters of arguments, flow ids and error messages a log line quotes at most.
+BRIEF_LENGTH = 500
 
 
 class Dispatcher:
@@ -33,31 +42,37 @@ class Dispatcher:
     def call(self, verb: Verb, kwargs: dict[str, Any], flow_id: str | None) -> Any:
         """Run the verb's API method; log start and finish."""
         started = time.monotonic()
-        log.info("START %s flow_id=%s args=%s", verb.title, flow_id, _brief(kwargs))
+        flow = _safe(flow_id)
+        log.debug("START %s flow_id=%s args=%s", verb.title, flow, _brief(kwargs))
         try:
             result = self._methods[verb.call](**kwargs)
         except VdsmError as e:
             log.info(
                 "FINISH %s flow_id=%s code=%d duration=%.3fs: %s",
                 verb.title,
-                flow_id,
+                flow,
                 e.code,
                 time.monotonic() - started,
-                e.message,
+                shown(e.message, BRIEF_LENGTH),
             )
             raise
         except Exception as e:
-            log.exception("FINISH %s flow_id=%s: unexpected error", verb.title, flow_id)
+            log.exception("FINISH %s flow_id=%s: unexpected error", verb.title, flow)
             raise VdsmError(f"unexpected {type(e).__name__} in {verb.title}: {e}") from e
         log.info(
             "FINISH %s flow_id=%s code=0 duration=%.3fs",
             verb.title,
-            flow_id,
+            flow,
             time.monotonic() - started,
         )
         return result
 
 
+def _safe(flow_id: str | None) -> str:
+    return "None" if flow_id is None else shown(flow_id, BRIEF_LENGTH)
+
+
 def _brief(kwargs: Mapping[str, Any]) -> str:
-    text = ", ".join(f"{k}={v!r}" for k, v in kwargs.items())
-    return text if len(text) <= 500 else text[:497] + "..."
+    # repr() escapes control characters in strings, also inside lists and dicts; shown() then
+    # escapes what a repr() of another type could still carry, and cuts the length.
+    return shown(", ".join(f"{k}={v!r}" for k, v in kwargs.items()), BRIEF_LENGTH)
