@@ -59,10 +59,11 @@ class VdsmdProcess(LocalVdsmd):
         self, method: str, params: dict[str, Any] | list[Any] | None = None
     ) -> dict[str, Any]:
         """One JSON-RPC call; returns the whole response object (result or error)."""
-        body = {"jsonrpc": "2.0", "id": str(uuid.uuid4()), "method": method}
+        body: dict[str, Any] = {"jsonrpc": "2.0", "id": str(uuid.uuid4()), "method": method}
         if params is not None:
             body["params"] = params
-        return json.loads(self.post("/jsonrpc", json.dumps(body).encode())[1])
+        answer: dict[str, Any] = json.loads(self.post("/jsonrpc", json.dumps(body).encode())[1])
+        return answer
 
     def post(
         self, path: str, body: bytes, headers: dict[str, str] | None = None

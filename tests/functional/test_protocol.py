@@ -4,7 +4,6 @@ HTTP 500, and the daemon keeps serving. Ends with property-based fuzzing of requ
 from __future__ import annotations
 
 import json
-import socket
 import xmlrpc.client
 
 from hypothesis import HealthCheck, given, settings

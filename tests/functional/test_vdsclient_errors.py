@@ -272,7 +272,9 @@ def test_wait_task_timeout(stub: StubServer) -> None:
     address, behaviour = stub.address, stub.behaviour
     task = new_uuid()
     behaviour["getTaskStatus"] = task_status(task, "running", 10)
-    proc = vdsclient("--no-tls", address, "waitTask", task, "--timeout", "0.3", "--interval", "0.05")
+    proc = vdsclient(
+        "--no-tls", address, "waitTask", task, "--timeout", "0.3", "--interval", "0.05"
+    )
     assert proc.returncode == 1
     assert f"task {task} not finished after 0.3s (running, 10%); it keeps running" in proc.stderr
 
