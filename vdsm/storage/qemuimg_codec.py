@@ -15,16 +15,10 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from vdsm.errors import CommandError
+from vdsm.errors import QemuImgError
 from vdsm.storage import runner
 
 StrPath = str | os.PathLike[str]
-
-
-class QemuImgError(CommandError):
-    """qemu-img succeeded but said something we cannot use (bad JSON, a missing key)."""
-
-    title = "Unexpected qemu-img output"
 
 
 def filename_arg(path: StrPath) -> str:

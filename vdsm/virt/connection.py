@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import libvirt
 
-from vdsm.errors import VdsmError
+from vdsm.errors import LibvirtError
 
 log = logging.getLogger("vdsm.virt.connection")
 
@@ -35,12 +35,6 @@ class EventListener(Protocol):
     def on_block_job(self, vm_id: str, disk: str, job_type: int, status: int) -> None: ...
 
     def on_io_error(self, vm_id: str, disk: str, action: int, reason: str) -> None: ...
-
-
-class LibvirtError(VdsmError):
-    """libvirt is unreachable (a refusal by libvirt is reported by each operation itself)."""
-
-    title = "libvirt is not available"
 
 
 def _start_event_loop() -> None:

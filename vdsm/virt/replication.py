@@ -41,13 +41,14 @@ from vdsm.errors import (
     ReplicationNotInProgress,
     ReplicationNotReady,
     VdsmError,
+    VmDown,
 )
 from vdsm.storage.host_storage import HostStorage
 from vdsm.storage.volume import Volume
 from vdsm.virt import domain_xml
 from vdsm.virt.connection import error_message
 from vdsm.virt.drives import Drive, VolumeLink, prepare_chain
-from vdsm.virt.vm import Vm, VmDown
+from vdsm.virt.vm import Vm
 
 log = logging.getLogger("vdsm.virt.replication")
 

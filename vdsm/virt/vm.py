@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import libvirt
 
-from vdsm.errors import DriveNotFound, VdsmError
+from vdsm.errors import DriveNotFound, VdsmError, VmDown
 from vdsm.virt import domain_xml
 from vdsm.virt.connection import Connection, error_message, is_no_domain
 from vdsm.virt.domain_xml import LiveDisk
@@ -25,12 +25,6 @@ log = logging.getLogger("vdsm.virt.vm")
 UP = "Up"
 PAUSED = "Paused"
 DOWN = "Down"
-
-
-class VmDown(VdsmError):
-    """The operation needs a running VM."""
-
-    title = "Virtual machine is down"
 
 
 @dataclass(frozen=True)

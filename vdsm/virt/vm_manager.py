@@ -15,12 +15,12 @@ from typing import Any
 
 import libvirt
 
-from vdsm.errors import NoSuchVM, VdsmError, VMCreateError, VMExists
+from vdsm.errors import NoSuchVM, VdsmError, VMCreateError, VmDown, VMExists
 from vdsm.storage.host_storage import HostStorage
 from vdsm.virt import domain_xml, drives, vm_spec
 from vdsm.virt.connection import Connection, error_message, is_no_domain
 from vdsm.virt.drives import VolumeLink, parse_volume_path
-from vdsm.virt.vm import Vm, VmDown
+from vdsm.virt.vm import Vm
 from vdsm.virt.vm_store import VmRecord, VmStore
 
 log = logging.getLogger("vdsm.virt.vm_manager")
