@@ -1,4 +1,4 @@
-"""Host verbs: ping (later: capabilities, the VM list)."""
+"""Host verbs: ping (the capabilities and the VM list are vms.py's)."""
 
 from __future__ import annotations
 

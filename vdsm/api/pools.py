@@ -25,7 +25,12 @@ class PoolsAPI:
         master_sd_uuid: str,
         master_version: int,
         domain_uuids: list[str],
-        **_compat: object,
+        # Accepted for compatibility; unused (the schema says so):
+        lock_renewal_interval: int = 5,
+        lease_time: int = 60,
+        io_op_timeout: int = 10,
+        lease_retries: int = 3,
+        pool_type: int = 0,
     ) -> None:
         with self._storage.metadata_lock():
             StoragePool.create(
@@ -105,7 +110,7 @@ class DomainsAPI:
         domain_class: str,
         version: int,
         block_size: int,
-        **_compat: object,
+        max_hosts: int = 250,  # accepted for compatibility; unused
     ) -> None:
         roots = self._storage.roots
         if roots is None:

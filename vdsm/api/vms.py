@@ -1,4 +1,5 @@
-"""VM verbs: create, destroy, list, getStats, snapshot; and the host's capabilities."""
+"""VM verbs: create, destroy, list, getStats, snapshot, the replication (diskReplicateStart,
+diskReplicateFinish) and merge; and the host's capabilities. Payloads: vm_payloads.py."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import socket
 from typing import Any
 
 from vdsm import __version__
+from vdsm.api.vm_payloads import vm_stats, vm_summary
 from vdsm.errors import InvalidParameter
 from vdsm.storage.host_storage import HostStorage
 from vdsm.virt import snapshot
@@ -14,7 +16,6 @@ from vdsm.virt.connection import Connection
 from vdsm.virt.merge import Merges
 from vdsm.virt.replication import Replications
 from vdsm.virt.vm_manager import VmManager
-from vdsm.virt.vm_stats import vm_stats
 
 
 class VmsAPI:
@@ -44,12 +45,18 @@ class VmsAPI:
             return [vm.vm_id for vm in vms]
         if full_status:
             return [vm_stats(vm) for vm in vms]
-        return [{"vmId": vm.vm_id, "vmName": vm.name, "status": vm.status()} for vm in vms]
+        return [vm_summary(vm) for vm in vms]
 
     def get_stats(self, vm_id: str) -> list[dict[str, Any]]:
         return [vm_stats(self._vms.get(vm_id))]
 
-    def snapshot(self, vm_id: str, snap_drives: list[dict[str, Any]], **_compat: Any) -> None:
+    def snapshot(
+        self,
+        vm_id: str,
+        snap_drives: list[dict[str, Any]],
+        snap_memory: object = None,  # accepted for compatibility; unused
+        frozen: bool = False,  # accepted for compatibility; unused
+    ) -> None:
         snapshot.snapshot(self._vms.get(vm_id), self._storage, snap_drives)
 
     def disk_replicate_start(
@@ -57,7 +64,7 @@ class VmsAPI:
         vm_id: str,
         src_disk: dict[str, Any],
         dst_disk: dict[str, Any],
-        need_extend: bool = True,
+        need_extend: bool = True,  # accepted for compatibility; unused
         copy_mode: str = "auto",
         bandwidth: int = 0,
     ) -> None:
@@ -95,9 +102,7 @@ class CapabilitiesAPI:
         self._vms = vms
 
     def get(self) -> dict[str, Any]:
-        conn = self._connection.get()
-        qemu = conn.getVersion()
-        libvirt_version = conn.getLibVersion()
+        qemu, library = self._connection.versions()
         return {
             "version": __version__,
             "hostname": socket.gethostname(),
@@ -107,7 +112,7 @@ class CapabilitiesAPI:
             "accelerator": "kvm" if self._vms.domain_type == "kvm" else "tcg",
             "kvmEnabled": str(self._vms.domain_type == "kvm").lower(),
             "qemuVersion": _dotted(qemu),
-            "libvirtVersion": _dotted(libvirt_version),
+            "libvirtVersion": _dotted(library),
         }
 
 

@@ -79,6 +79,11 @@ class Connection:
             self._conn = self._connect()
             return self._conn
 
+    def versions(self) -> tuple[int, int]:
+        """(QEMU's version, libvirt's version), as libvirt encodes them (major * 1e6 + ...)."""
+        conn = self.get()
+        return conn.getVersion(), conn.getLibVersion()
+
     def close(self) -> None:
         with self._lock:
             conn, self._conn = self._conn, None

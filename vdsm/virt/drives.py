@@ -15,6 +15,7 @@ from vdsm import validation
 from vdsm.errors import InvalidParameter
 from vdsm.storage import image
 from vdsm.storage.host_storage import HostStorage
+from vdsm.virt.record_json import RecordError, field_of, mapping_of
 from vdsm.virt.vm_spec import DiskSpec
 
 
@@ -23,6 +24,18 @@ class VolumeLink:
     volume_id: str
     path: str
     format: str  # qemu's: "qcow2" or "raw"
+
+    def to_json(self) -> dict[str, str]:
+        return {"volume_id": self.volume_id, "path": self.path, "format": self.format}
+
+    @classmethod
+    def from_json(cls, value: object, where: str) -> VolumeLink:
+        data = mapping_of(value, where)
+        return cls(
+            volume_id=field_of(data, "volume_id", str, where),
+            path=field_of(data, "path", str, where),
+            format=field_of(data, "format", str, where),
+        )
 
 
 @dataclass(frozen=True)
@@ -44,7 +57,7 @@ class Drive:
         return self.chain[-1].path
 
     def identity(self) -> tuple[str, str, str]:
-        """(domainID, imageID, volumeID): how the API names a drive (contract §2)."""
+        """(domainID, imageID, volumeID): how the API names a drive (docs/contract.md §2)."""
         return (self.domain_id, self.image_id, self.volume_id)
 
     def with_chain(self, domain_id: str, chain: tuple[VolumeLink, ...]) -> Drive:
@@ -52,34 +65,26 @@ class Drive:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data["chain"] = [asdict(link) for link in self.chain]
+        data["chain"] = [link.to_json() for link in self.chain]
         return data
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Drive:
-        chain = tuple(VolumeLink(**link) for link in data["chain"])
-        return cls(**{**data, "chain": chain})
-
-    def payload(self) -> dict[str, Any]:
-        """The drive as getVmStats reports it (VDSM's names)."""
-        return {
-            "name": self.target,
-            "domainID": self.domain_id,
-            "poolID": self.pool_id,
-            "imageID": self.image_id,
-            "volumeID": self.volume_id,
-            "path": self.path,
-            "format": "cow" if self.chain[-1].format == "qcow2" else "raw",
-            "volumeChain": [
-                {
-                    "domainID": self.domain_id,
-                    "imageID": self.image_id,
-                    "volumeID": link.volume_id,
-                    "path": link.path,
-                }
-                for link in self.chain
-            ],
-        }
+    def from_json(cls, value: object, where: str) -> Drive:
+        data = mapping_of(value, where)
+        links = field_of(data, "chain", list, where)
+        if not links:
+            raise RecordError(f"{where}.chain: empty")
+        return cls(
+            target=field_of(data, "target", str, where),
+            domain_id=field_of(data, "domain_id", str, where),
+            pool_id=field_of(data, "pool_id", str, where),
+            image_id=field_of(data, "image_id", str, where),
+            chain=tuple(
+                VolumeLink.from_json(link, f"{where}.chain[{n}]") for n, link in enumerate(links)
+            ),
+            readonly=field_of(data, "readonly", bool, where),
+            cache=field_of(data, "cache", str, where),
+        )
 
 
 def prepare_chain(
@@ -128,7 +133,7 @@ def parse_volume_path(path: str) -> tuple[str, str, str] | None:
 
 def drive_spec(value: object, param: str) -> tuple[str, str, str]:
     """A DriveSpecVolume (already type-checked by the schema) as (domainID, imageID, volumeID);
-    poolID is not part of the match (contract §2)."""
+    poolID is not part of the match (docs/contract.md §2)."""
     if not isinstance(value, dict):
         raise InvalidParameter(param, value, "expected a DriveSpecVolume mapping")
     return (

@@ -1,6 +1,6 @@
 """Live merge: VM.merge commits a volume into its parent while the VM runs (as VDSM's merge).
 
-``merge(vm, drive, base, top)`` starts libvirt's blockCommit of ``top`` into ``base`` (its
+``Merges.start(vm, drive, base, top)`` starts libvirt's blockCommit of ``top`` into ``base`` (its
 parent) and returns; the job shows in getVmStats. A watcher thread finishes it:
 
 - top is the active layer: an *active* commit; once it is READY, ``blockJobAbort(PIVOT)``
@@ -10,7 +10,8 @@ parent) and returns; the job shows in getVmStats. A watcher thread finishes it:
 
 Either way the drive's chain loses ``top``, which is marked ILLEGAL (its data now lives in
 ``base``) for the caller to delete with deleteVolume. The merge's record sits in the VM's
-durable record from before the job starts until the chain is updated, so a restarted vdsmd
+durable record (job_records.MergeRecord: COMMITTING, then PIVOTING for an active commit) from
+before the job starts until the chain is updated, so a restarted vdsmd
 finishes the bookkeeping of a merge that completed while it was down, or forgets one that
 failed; a failed merge leaves the chain as it was.
 """
@@ -21,7 +22,6 @@ import logging
 import threading
 import time
 import uuid
-from typing import Any
 
 import libvirt
 
@@ -32,12 +32,10 @@ from vdsm.storage.host_storage import HostStorage
 from vdsm.storage.volume import Volume
 from vdsm.virt.connection import error_message
 from vdsm.virt.drives import Drive, drive_spec
+from vdsm.virt.job_records import MergeRecord, MergeState
 from vdsm.virt.vm import Vm
 
 log = logging.getLogger("vdsm.virt.merge")
-
-COMMITTING = "committing"  # blockCommit started; waiting for READY (active) or completion
-PIVOTING = "pivoting"  # active commit READY, blockJobAbort(PIVOT) requested
 
 # The watcher: woken by these job events, else every _POLL seconds; never more often than
 # every _MIN_PAUSE seconds.
@@ -85,14 +83,7 @@ class Merges:
             if dom.blockJobInfo(drive.target, 0):
                 raise MergeError(f"drive {drive.target} already has a block job")
             active = top_id == drive.volume_id
-            record = {
-                "state": COMMITTING,
-                "job_id": job_id,
-                "base": base_id,
-                "top": top_id,
-                "active": active,
-                "started": time.time(),
-            }
+            record = MergeRecord(job_id=job_id, base=base_id, top=top_id, active=active)
             vm.record.merges[drive.target] = record
             vm.save()
             base_path = drive.chain[ids.index(base_id)].path
@@ -159,7 +150,7 @@ class Merges:
                 drive = vm.drive_by_target(target)
                 live_ids = [p.rsplit("/", 1)[-1] for p, _ in (live.chain if live else ())]
                 if not job:
-                    if live is not None and record["top"] not in live_ids:
+                    if live is not None and record.top not in live_ids:
                         self._done(vm, drive, record)  # finished (maybe while we were down)
                     else:
                         event = vm.last_job_event(target)
@@ -171,13 +162,13 @@ class Merges:
                         )
                         self._forget(vm, target)
                     return
-                if record["active"] and live is not None and live.mirror and live.mirror.ready:
-                    record["state"] = PIVOTING
+                if record.active and live is not None and live.mirror and live.mirror.ready:
+                    record.advance(MergeState.PIVOTING)
                     vm.save()
                     try:
                         dom.blockJobAbort(target, libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT)
                     except libvirt.libvirtError as e:
-                        record["state"] = COMMITTING
+                        record.advance(MergeState.COMMITTING)
                         vm.save()
                         log.warning(
                             "VM %s drive %s: merge pivot refused, retrying: %s",
@@ -192,8 +183,8 @@ class Merges:
             if refused:
                 time.sleep(_POLL)  # retry the refused pivot at the old pace
 
-    def _done(self, vm: Vm, drive: Drive, record: dict[str, Any]) -> None:
-        top = record["top"]
+    def _done(self, vm: Vm, drive: Drive, record: MergeRecord) -> None:
+        top = record.top
         ids = [link.volume_id for link in drive.chain]
         chain = tuple(link for link in drive.chain if link.volume_id != top)
         vm.record.merges.pop(drive.target, None)
@@ -205,14 +196,10 @@ class Merges:
         vm.clear_job_event(drive.target)
         domain = self._storage.pool_domain(drive.pool_id, drive.domain_id)
         if top in ids and ids.index(top) + 1 < len(ids):  # internal: the child's new parent
-            Volume(domain, drive.image_id, ids[ids.index(top) + 1]).set_parent(record["base"])
+            Volume(domain, drive.image_id, ids[ids.index(top) + 1]).set_parent(record.base)
         Volume(domain, drive.image_id, top).set_legality(Legality.ILLEGAL)
-        log.info("VM %s drive %s: merged %s into %s", vm.vm_id, drive.target, top, record["base"])
+        log.info("VM %s drive %s: merged %s into %s", vm.vm_id, drive.target, top, record.base)
 
     def _forget(self, vm: Vm, target: str) -> None:
         vm.record.merges.pop(target, None)
         vm.save()
-
-    def job_id(self, vm: Vm, target: str) -> str | None:
-        record = vm.record.merges.get(target)
-        return str(record["job_id"]) if record else None

@@ -1,4 +1,4 @@
-"""Drive replication: diskReplicateStart / diskReplicateFinish (lsm-contract §3).
+"""Drive replication: diskReplicateStart / diskReplicateFinish (docs/contract.md §3).
 
 A replication mirrors a drive's active layer onto an existing destination leaf with libvirt's
 shallow block copy; libvirt opens the destination's backing chain only at pivot, so the SPM
@@ -6,22 +6,27 @@ can fill the destination's internal volumes (syncImageData) while the mirror run
 pivots the VM to the destination (blockJobAbort PIVOT) or, when srcDisk == dstDisk, cancels the
 mirror and leaves the VM on the source (with a finished sync: a live clone).
 
-The replication is an explicit state machine whose record lives in the VM's durable record and
-is written *before* each step it guards:
+The replication is an explicit state machine (job_records.ReplicationRecord, its states and
+transitions) whose record lives in the VM's durable record and is written *before* each step
+it guards:
 
-    STARTING  → the record exists; the destination may not be touched yet
+    STARTING  → the record exists; the destination may not be touched yet (then its chain
+                is recorded before the copy starts)
     MIRRORING → the block copy job runs
+    SWITCHING → auto mode: the background copy is being restarted with synchronous writes
     PIVOTING / ABORTING → blockJobAbort was requested; back to MIRRORING if libvirt refuses
 
 so after a crash of vdsmd a later Finish still knows what to finish or clean up. Pitfalls kept
-out (contract §8): the record is kept when a pivot or abort fails (41); readiness is libvirt's
-READY (event or ``ready='yes'``), never cur == end; a job that vanished or failed is reported
-as such (55), never as success.
+out (docs/contract.md §8): the record is kept when a pivot or abort fails (41); readiness is
+libvirt's READY (event or ``ready='yes'``), never cur == end; a job that vanished or failed is
+reported as such (55), never as success; a libvirt failure is a 55 naming libvirt's cause.
 
-Convergence (contract §8.3): in ``auto`` mode the copy starts in background mode (lowest guest
-latency) and a monitor watches what is left to copy; if it stops shrinking for a whole window,
-the guest writes faster than the copy, so the job is restarted with synchronous writes (QEMU's
-write-blocking mirror), which always converges.
+Convergence (docs/contract.md §8.3): in ``auto`` mode the copy starts in background mode
+(lowest guest latency) and a monitor thread watches what is left to copy; if it stops
+shrinking for a whole window, the guest writes faster than the copy, so the job is restarted
+with synchronous writes (QEMU's write-blocking mirror), which always converges. The monitor
+never sleeps or polls while holding the VM's lock, and libvirt failing under it (QEMU killed)
+ends it with a log line, never a dead thread.
 """
 
 from __future__ import annotations
@@ -29,7 +34,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from enum import StrEnum
 from typing import Any
 
 import libvirt
@@ -48,31 +52,17 @@ from vdsm.storage.volume import Volume
 from vdsm.virt import domain_xml
 from vdsm.virt.connection import error_message
 from vdsm.virt.drives import Drive, VolumeLink, prepare_chain
-from vdsm.virt.vm import Vm
+from vdsm.virt.job_records import CopyMode, DiskRef, Identity, ReplicaState, ReplicationRecord
+from vdsm.virt.vm import DOWN, Vm
 
 log = logging.getLogger("vdsm.virt.replication")
 
 MiB = 1024**2
 
-
-class ReplicaState(StrEnum):
-    STARTING = "starting"
-    MIRRORING = "mirroring"
-    PIVOTING = "pivoting"
-    ABORTING = "aborting"
-
-
-class CopyMode(StrEnum):
-    AUTO = "auto"  # background, switched to sync when it does not converge
-    BACKGROUND = "background"  # guest writes are copied later (QEMU copy-mode=background)
-    SYNC = "sync"  # guest writes reach both sides before they complete (write-blocking)
-
-
-Identity = tuple[str, str, str]
-
-
-def identity(disk: dict[str, Any]) -> Identity:
-    return (disk["domainID"], disk["imageID"], disk["volumeID"])
+# The monitor's pace, and how long a switch to sync waits for the cancelled job to go.
+_MONITOR_INTERVAL = 0.5
+_SWITCH_POLL = 0.05
+_SWITCH_TIMEOUT = 30.0
 
 
 class Replications:
@@ -99,30 +89,27 @@ class Replications:
         if bandwidth_mib < 0:
             raise InvalidParameter("bandwidth", bandwidth_mib, "must be 0 (unlimited) or more")
         with vm.lock:
-            drive, record = self._find(vm, identity(src))
+            drive, record = self._find(vm, _identity(src))
             if record is not None:
                 raise ReplicationError(
                     f"VM {vm.vm_id} drive {drive.target} is already replicating to "
-                    f"{record['dst']['domainID']}"
+                    f"{record.dst.domain_id}"
                 )
-            record = {
-                "state": ReplicaState.STARTING.value,
-                "src": _disk_dict(src, drive.pool_id),
-                "dst": _disk_dict(dst, drive.pool_id),
-                "dst_chain": [],
-                "copy_mode": CopyMode.BACKGROUND.value if mode is CopyMode.AUTO else mode.value,
-                "auto": mode is CopyMode.AUTO,
-                "bandwidth_mib": bandwidth_mib,
-                "started": time.time(),
-            }
+            record = ReplicationRecord(
+                src=_disk_ref(src, drive.pool_id),
+                dst=_disk_ref(dst, drive.pool_id),
+                copy_mode=CopyMode.BACKGROUND if mode is CopyMode.AUTO else mode,
+                auto=mode is CopyMode.AUTO,
+                bandwidth_mib=bandwidth_mib,
+            )
             # The intent is durable before the destination is touched.
             vm.record.replications[drive.target] = record
             vm.save()
             try:
-                dst_chain = self._prepare_destination(vm, drive, record)
-                record["dst_chain"] = [link.__dict__ for link in dst_chain]
-                self._start_copy(vm, drive.target, dst_chain, record)
-                record["state"] = ReplicaState.MIRRORING.value
+                record.dst_chain = self._prepare_destination(drive, record)
+                vm.save()  # the chain a pivot switches to is durable before the copy starts
+                self._start_copy(vm, drive.target, record)
+                record.advance(ReplicaState.MIRRORING)
                 vm.save()
             except Exception as e:
                 self._abandon(vm, drive.target, started_job=True)
@@ -134,54 +121,52 @@ class Replications:
             "VM %s drive %s: replicating to %s (%s)",
             vm.vm_id,
             drive.target,
-            record["dst"]["domainID"],
+            record.dst.domain_id,
             mode,
         )
-        if record["auto"]:
+        if record.auto:
             self._watch(vm, drive.target)
 
     def _prepare_destination(
-        self, vm: Vm, drive: Drive, record: dict[str, Any]
+        self, drive: Drive, record: ReplicationRecord
     ) -> tuple[VolumeLink, ...]:
-        dst = record["dst"]
+        dst = record.dst
         chain = prepare_chain(
-            self._storage, dst["poolID"], dst["domainID"], dst["imageID"], dst["volumeID"]
+            self._storage, dst.pool_id, dst.domain_id, dst.image_id, dst.volume_id
         )
         src_domain = self._storage.pool_domain(drive.pool_id, drive.domain_id)
-        dst_domain = self._storage.pool_domain(dst["poolID"], dst["domainID"])
+        dst_domain = self._storage.pool_domain(dst.pool_id, dst.domain_id)
         src_cap = Volume(src_domain, drive.image_id, drive.volume_id).metadata().capacity
-        dst_cap = Volume(dst_domain, dst["imageID"], dst["volumeID"]).metadata().capacity
+        dst_cap = Volume(dst_domain, dst.image_id, dst.volume_id).metadata().capacity
         if src_cap != dst_cap:
             raise ReplicationError(
-                f"destination volume {dst['volumeID']} has capacity {dst_cap}, "
+                f"destination volume {dst.volume_id} has capacity {dst_cap}, "
                 f"the source {src_cap}: a mirror needs equal sizes"
             )
         if chain[-1].path == drive.path:
             raise ReplicationError("the destination is the drive's own active volume")
         return chain
 
-    def _start_copy(
-        self, vm: Vm, target: str, dst_chain: tuple[VolumeLink, ...], record: dict[str, Any]
-    ) -> None:
+    def _start_copy(self, vm: Vm, target: str, record: ReplicationRecord) -> None:
         dom = vm.domain()
         flags = libvirt.VIR_DOMAIN_BLOCK_COPY_SHALLOW | libvirt.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT
         if dom.isPersistent():
             flags |= libvirt.VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB
-        if record["copy_mode"] == CopyMode.SYNC:
+        if record.copy_mode is CopyMode.SYNC:
             flags |= libvirt.VIR_DOMAIN_BLOCK_COPY_SYNCHRONOUS_WRITES
         params: dict[str, int] = {}
-        if record["bandwidth_mib"]:
-            params[libvirt.VIR_DOMAIN_BLOCK_COPY_BANDWIDTH] = record["bandwidth_mib"] * MiB
+        if record.bandwidth_mib:
+            params[libvirt.VIR_DOMAIN_BLOCK_COPY_BANDWIDTH] = record.bandwidth_mib * MiB
         vm.clear_job_event(target)
         try:
-            dom.blockCopy(target, domain_xml.disk_source_xml(dst_chain), params, flags)
+            dom.blockCopy(target, domain_xml.disk_source_xml(record.dst_chain), params, flags)
         except libvirt.libvirtError as e:
             raise ReplicationError(f"libvirt: {error_message(e)}") from None
 
     # --- finish -----------------------------------------------------------------------------
 
     def finish(self, vm: Vm, src: dict[str, Any], dst: dict[str, Any]) -> None:
-        src_id, dst_id = identity(src), identity(dst)
+        src_id, dst_id = _identity(src), _identity(dst)
         pivot = src_id != dst_id
         with vm.lock:
             drive, record = self._find(vm, src_id)
@@ -190,9 +175,14 @@ class Replications:
                     f"VM {vm.vm_id} drive {drive.target} has no replication"
                 )
             target = drive.target
-            if pivot and dst_id != identity(record["dst"]):
+            if pivot and dst_id != record.dst.identity():
                 raise InvalidParameter(
-                    "dstDisk", dst_id, f"the replication's destination is {identity(record['dst'])}"
+                    "dstDisk", dst_id, f"the replication's destination is {record.dst.identity()}"
+                )
+            if record.state is ReplicaState.SWITCHING:
+                raise ReplicationNotReady(
+                    f"VM {vm.vm_id} drive {target}: the mirror is being restarted with "
+                    "synchronous writes; retry later"
                 )
             try:
                 live = vm.live_disks().get(target)
@@ -203,6 +193,8 @@ class Replications:
                 raise ReplicationError(
                     f"VM {vm.vm_id} is not running any more: replication of {target} is gone"
                 ) from None
+            except (libvirt.libvirtError, VdsmError) as e:
+                raise self._libvirt_failed(vm, target, _cause(e)) from None
             if self._completed_before(vm, drive, record, live, job):
                 return
             if not job or live is None or live.mirror is None:
@@ -224,13 +216,13 @@ class Replications:
                     f"VM {vm.vm_id} drive {target}: mirror not ready yet "
                     f"({job.get('cur', 0)} of {job.get('end', 0)} bytes); retry later"
                 )
-            record["state"] = (ReplicaState.PIVOTING if pivot else ReplicaState.ABORTING).value
+            record.advance(ReplicaState.PIVOTING if pivot else ReplicaState.ABORTING)
             vm.save()
             flags = libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT if pivot else 0
             try:
                 dom.blockJobAbort(target, flags)
             except libvirt.libvirtError as e:
-                record["state"] = ReplicaState.MIRRORING.value
+                record.advance(ReplicaState.MIRRORING)
                 vm.save()
                 raise DriveSwitchFailed(
                     f"VM {vm.vm_id} drive {target}: {'pivot' if pivot else 'abort'} refused by "
@@ -238,11 +230,24 @@ class Replications:
                 ) from None
             self._done(vm, drive, record, pivot)
 
+    def _libvirt_failed(self, vm: Vm, target: str, cause: str) -> ReplicationError:
+        """The error for libvirt failing under Finish: with the VM gone the replication is
+        forgotten; otherwise it is kept, for a retry."""
+        if _is_down(vm):
+            self._abandon(vm, target, started_job=False)
+            return ReplicationError(
+                f"VM {vm.vm_id} is not running any more: replication of {target} is gone "
+                f"(libvirt: {cause})"
+            )
+        return ReplicationError(
+            f"VM {vm.vm_id} drive {target}: libvirt: {cause}; the replication is kept, retry"
+        )
+
     def _completed_before(
         self,
         vm: Vm,
         drive: Drive,
-        record: dict[str, Any],
+        record: ReplicationRecord,
         live: domain_xml.LiveDisk | None,
         job: dict[str, Any],
     ) -> bool:
@@ -251,21 +256,20 @@ class Replications:
         if job or live is None or not live.chain:
             return False
         current = live.chain[-1][0]
-        dst_leaf = record["dst_chain"][-1]["path"] if record["dst_chain"] else None
-        if record["state"] == ReplicaState.PIVOTING and current == dst_leaf:
+        dst_leaf = record.dst_chain[-1].path if record.dst_chain else None
+        if record.state is ReplicaState.PIVOTING and current == dst_leaf:
             self._done(vm, drive, record, pivot=True)
             return True
-        if record["state"] == ReplicaState.ABORTING and current == drive.path:
+        if record.state is ReplicaState.ABORTING and current == drive.path:
             self._done(vm, drive, record, pivot=False)
             return True
         return False
 
-    def _done(self, vm: Vm, drive: Drive, record: dict[str, Any], pivot: bool) -> None:
+    def _done(self, vm: Vm, drive: Drive, record: ReplicationRecord, pivot: bool) -> None:
         self._unwatch(vm, drive.target)
         vm.record.replications.pop(drive.target, None)
         if pivot:
-            chain = tuple(VolumeLink(**link) for link in record["dst_chain"])
-            new = drive.with_chain(record["dst"]["domainID"], chain)
+            new = drive.with_chain(record.dst.domain_id, record.dst_chain)
             vm.record.drives = [new if d.target == drive.target else d for d in vm.record.drives]
         vm.save()  # one atomic write: the drive names the destination and the record is gone
         vm.clear_job_event(drive.target)
@@ -278,9 +282,9 @@ class Replications:
 
     # --- helpers ----------------------------------------------------------------------------
 
-    def _find(self, vm: Vm, src_id: Identity) -> tuple[Drive, dict[str, Any] | None]:
+    def _find(self, vm: Vm, src_id: Identity) -> tuple[Drive, ReplicationRecord | None]:
         for target, record in vm.record.replications.items():
-            if identity(record["src"]) == src_id:
+            if record.src.identity() == src_id:
                 return vm.drive_by_target(target), record
         drive = vm.find_drive(*src_id)
         return drive, vm.record.replications.get(drive.target)
@@ -301,9 +305,11 @@ class Replications:
     # --- convergence ------------------------------------------------------------------------
 
     def recover(self, vm: Vm) -> None:
-        """After a restart: watch again the auto-mode replications still converging."""
+        """After a restart: watch again the auto-mode replications still converging, and
+        finish a switch to synchronous writes a dead daemon left half-done."""
         for target, record in vm.record.replications.items():
-            if record.get("auto") and record["copy_mode"] == CopyMode.BACKGROUND:
+            converging = record.copy_mode is CopyMode.BACKGROUND
+            if record.auto and (converging or record.state is ReplicaState.SWITCHING):
                 self._watch(vm, target)
 
     def _watch(self, vm: Vm, target: str) -> None:
@@ -327,65 +333,137 @@ class Replications:
             stop.set()
 
     def _monitor(self, vm: Vm, target: str, stop: threading.Event) -> None:
+        """The monitor thread: one log line when it starts, one saying why it stopped."""
+        log.info("VM %s drive %s: convergence monitor started", vm.vm_id, target)
+        reason = self._converge(vm, target, stop)
+        log.info("VM %s drive %s: convergence monitor stopped: %s", vm.vm_id, target, reason)
+
+    def _converge(self, vm: Vm, target: str, stop: threading.Event) -> str:
+        """Watch the mirror until it is READY or ends; switch it to synchronous writes when
+        what is left to copy stops shrinking. Returns why it stopped. Never holds vm.lock
+        while it waits or asks libvirt."""
+        record = vm.record.replications.get(target)
+        if record is not None and record.state is ReplicaState.SWITCHING:
+            return self._switch_to_sync(vm, target, stop, resumed=True)
         best_remaining: int | None = None
         best_at = time.monotonic()
-        while not stop.wait(0.5):
+        failing = False
+        while not stop.wait(_MONITOR_INTERVAL):
             try:
                 live = vm.live_disks().get(target)
                 job = vm.domain().blockJobInfo(target, 0)
-            except VdsmError:
-                return  # the VM is gone; Finish will report it
-            if not job or live is None or live.mirror is None or live.mirror.ready:
-                return  # ready (or ended): nothing to watch
+            except VmDown:
+                return "the VM is not running; Finish will report it"
+            except (libvirt.libvirtError, VdsmError) as e:
+                cause = _cause(e)
+                if _is_down(vm):
+                    return f"the VM is not running (libvirt: {cause}); Finish will report it"
+                if not failing:
+                    log.warning(
+                        "VM %s drive %s: convergence monitor: libvirt: %s; still watching",
+                        vm.vm_id,
+                        target,
+                        cause,
+                    )
+                failing = True
+                continue
+            failing = False
+            if not job or live is None or live.mirror is None:
+                return "the mirror job ended; Finish will report it"
+            if live.mirror.ready:
+                return "the mirror is ready"
             remaining = int(job.get("end", 0)) - int(job.get("cur", 0))
             now = time.monotonic()
             if best_remaining is None or remaining < best_remaining * 0.9:
                 best_remaining, best_at = remaining, now
             elif now - best_at >= self.convergence_window:
-                self._switch_to_sync(vm, target, remaining)
-                return
-
-    def _switch_to_sync(self, vm: Vm, target: str, remaining: int) -> None:
-        with vm.lock:
-            record = vm.record.replications.get(target)
-            if record is None or record["state"] != ReplicaState.MIRRORING:
-                return
-            log.warning(
-                "VM %s drive %s: mirror not converging (%d bytes left for %.0fs): "
-                "restarting it with synchronous writes",
-                vm.vm_id,
-                target,
-                remaining,
-                self.convergence_window,
-            )
-            dom = vm.domain()
-            try:
-                # Cancel before READY leaves a partial copy; the new job copies it all again.
-                dom.blockJobAbort(target, 0)
-                deadline = time.monotonic() + 30
-                while dom.blockJobInfo(target, 0) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                record["copy_mode"] = CopyMode.SYNC.value
-                vm.save()
-                chain = tuple(VolumeLink(**link) for link in record["dst_chain"])
-                self._start_copy(vm, target, chain, record)
-            except (VdsmError, libvirt.libvirtError) as e:
-                # Leave the record: Finish will find the job gone and report it (55).
-                log.error(
-                    "VM %s drive %s: switching to synchronous writes failed: %s",
+                log.warning(
+                    "VM %s drive %s: mirror not converging (%d bytes left for %.0fs): "
+                    "restarting it with synchronous writes",
                     vm.vm_id,
                     target,
-                    e,
+                    remaining,
+                    self.convergence_window,
                 )
+                return self._switch_to_sync(vm, target, stop, resumed=False)
+        return "the replication finished or was abandoned"
+
+    def _switch_to_sync(self, vm: Vm, target: str, stop: threading.Event, *, resumed: bool) -> str:
+        """Cancel the background copy (SWITCHING, so Finish answers 40 meanwhile), wait for it
+        to go without holding the lock, and start the copy again with synchronous writes.
+        Any failure leaves the record MIRRORING: Finish then finds the job gone (55)."""
+        with vm.lock:
+            record = vm.record.replications.get(target)
+            if record is None or stop.is_set():
+                return "the replication finished or was abandoned"
+            if not resumed:
+                if record.state is not ReplicaState.MIRRORING:
+                    return f"the replication is {record.state}"
+                record.advance(ReplicaState.SWITCHING)
+                vm.save()  # before the abort: a restarted daemon finishes the switch
+            try:
+                dom = vm.domain()
+                # Cancel before READY leaves a partial copy; the new job copies it all again.
+                if dom.blockJobInfo(target, 0):
+                    dom.blockJobAbort(target, 0)
+            except (VdsmError, libvirt.libvirtError) as e:
+                return self._switch_failed(vm, target, record, _cause(e))
+        deadline = time.monotonic() + _SWITCH_TIMEOUT
+        try:
+            while vm.domain().blockJobInfo(target, 0) and time.monotonic() < deadline:
+                if stop.wait(_SWITCH_POLL):
+                    break
+        except (VdsmError, libvirt.libvirtError) as e:
+            with vm.lock:
+                return self._switch_failed(vm, target, record, _cause(e))
+        with vm.lock:
+            if vm.record.replications.get(target) is not record:
+                return "the replication finished or was abandoned"
+            try:
+                record.copy_mode = CopyMode.SYNC
+                vm.save()
+                self._start_copy(vm, target, record)
+            except VdsmError as e:
+                return self._switch_failed(vm, target, record, e.detail)
+            record.advance(ReplicaState.MIRRORING)
+            vm.save()
+        return "the mirror now runs with synchronous writes"
+
+    def _switch_failed(self, vm: Vm, target: str, record: ReplicationRecord, cause: str) -> str:
+        """Called with vm.lock held: leave the record MIRRORING for Finish to report (55)."""
+        log.error(
+            "VM %s drive %s: switching to synchronous writes failed: %s", vm.vm_id, target, cause
+        )
+        if vm.record.replications.get(target) is record:
+            record.advance(ReplicaState.MIRRORING)
+            vm.save()
+        return "switching to synchronous writes failed"
 
 
-def _disk_dict(disk: dict[str, Any], pool_id: str) -> dict[str, Any]:
-    return {
-        "domainID": disk["domainID"],
-        "imageID": disk["imageID"],
-        "volumeID": disk["volumeID"],
-        "poolID": disk.get("poolID", pool_id),
-    }
+def _identity(disk: dict[str, Any]) -> Identity:
+    """A DriveSpecVolume's (domainID, imageID, volumeID), as the API names a drive."""
+    return (disk["domainID"], disk["imageID"], disk["volumeID"])
+
+
+def _disk_ref(disk: dict[str, Any], pool_id: str) -> DiskRef:
+    return DiskRef(
+        domain_id=disk["domainID"],
+        image_id=disk["imageID"],
+        volume_id=disk["volumeID"],
+        pool_id=disk.get("poolID", pool_id),
+    )
+
+
+def _cause(error: libvirt.libvirtError | VdsmError) -> str:
+    """libvirt's words for a failure, whether libvirt raised it or vdsm already wrapped it."""
+    return error_message(error) if isinstance(error, libvirt.libvirtError) else error.detail
+
+
+def _is_down(vm: Vm) -> bool:
+    try:
+        return vm.status() == DOWN
+    except VdsmError:
+        return False  # libvirt cannot say: the VM may well run
 
 
 def _describe_event(event: Any) -> str:

@@ -1,6 +1,7 @@
 """A VM: a view of one libvirt domain plus its durable record. Operations live elsewhere.
 
-The view answers what a VM *is* (status, drives, block job state) and keeps its record on
+The view answers what a VM *is* (status, drives, I/O counters, block job state, as typed
+data: the API builds getVmStats' payload from a :class:`VmSample`) and keeps its record on
 disk current; snapshot, replication and merge are modules of their own that act on it. One
 lock per VM serialises the operations that change its drives.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import libvirt
 
@@ -33,6 +34,46 @@ class BlockJobEvent:
 
     job_type: int
     status: int  # libvirt.VIR_DOMAIN_BLOCK_JOB_{COMPLETED,FAILED,CANCELED,READY}
+
+
+# libvirt's block job types, by the names getVmStats reports.
+JOB_TYPES = {
+    libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_PULL: "pull",
+    libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_COPY: "copy",
+    libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_COMMIT: "commit",
+    libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_ACTIVE_COMMIT: "commit",
+}
+
+
+@dataclass(frozen=True)
+class DiskIo:
+    """A disk's I/O counters since QEMU started (libvirt's blockStats)."""
+
+    read_ops: int
+    read_bytes: int
+    write_ops: int
+    write_bytes: int
+
+
+@dataclass(frozen=True)
+class BlockJob:
+    """A disk's running block job, as libvirt reports it."""
+
+    kind: str  # a JOB_TYPES name, or "unknown"
+    cur: int
+    end: int
+    bandwidth: int
+    ready: bool  # libvirt's READY (the mirror's ready='yes' or the READY event)
+
+
+@dataclass
+class VmSample:
+    """What libvirt says about a VM at one moment, for getVmStats."""
+
+    status: str
+    sampled: bool  # False: the VM was Down when asked, nothing else was looked at
+    io: dict[str, DiskIo] = field(default_factory=dict)  # by drive target
+    jobs: dict[str, BlockJob] = field(default_factory=dict)  # by drive target
 
 
 class Vm:
@@ -87,6 +128,35 @@ class Vm:
             if is_no_domain(e):
                 raise VmDown(f"VM {self.vm_id}: not running") from None
             raise VdsmError(f"VM {self.vm_id}: {error_message(e)}") from None
+
+    def sample(self) -> VmSample:
+        """Status, then each drive's I/O counters and block job. A VM that stops while it is
+        looked at gives what was read so far, with its new status, rather than an error."""
+        status = self.status()
+        if status == DOWN:
+            return VmSample(status, sampled=False)
+        sample = VmSample(status, sampled=True)
+        try:
+            dom = self.domain()
+            live = self.live_disks()
+            for drive in self.drives:
+                rd_ops, rd_bytes, wr_ops, wr_bytes, _ = dom.blockStats(drive.target)
+                sample.io[drive.target] = DiskIo(rd_ops, rd_bytes, wr_ops, wr_bytes)
+                job = dom.blockJobInfo(drive.target, 0)
+                if job:
+                    mirror = live[drive.target].mirror if drive.target in live else None
+                    event = self.last_job_event(drive.target)
+                    sample.jobs[drive.target] = BlockJob(
+                        kind=JOB_TYPES.get(job.get("type", 0), "unknown"),
+                        cur=int(job.get("cur", 0)),
+                        end=int(job.get("end", 0)),
+                        bandwidth=int(job.get("bandwidth", 0)),
+                        ready=bool(mirror and mirror.ready)
+                        or bool(event and event.status == libvirt.VIR_DOMAIN_BLOCK_JOB_READY),
+                    )
+        except (libvirt.libvirtError, VdsmError):
+            sample.status = self.status()
+        return sample
 
     # --- drives -----------------------------------------------------------------------------
 

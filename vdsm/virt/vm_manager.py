@@ -30,7 +30,7 @@ def detect_domain_type(requested: str) -> str:
     """ "kvm", "qemu" (TCG), or for "auto": kvm only with a real kvm_intel/kvm_amd module.
 
     A /dev/kvm alone is not enough: nested set-ups (kvm_pvm) provide one on which a Linux guest
-    does not boot (qemu-notes), while TCG always works.
+    does not boot (docs/design.md, "Testing under QEMU"), while TCG always works.
     """
     if requested in ("kvm", "qemu"):
         return requested

@@ -57,7 +57,8 @@ class VmSpec:
     kernel_args: str
     console_log: Path  # the serial console's file, derived from the vmId by vdsmd
     # Test-only: let another writer share the disks (an NBD export in the test suite drives
-    # I/O through the VM's own block layer; see qemu-notes "Host-side test writer").
+    # I/O through the VM's own block layer; see docs/design.md, "Testing under QEMU",
+    # "Host-side test writer").
     share_rw: bool
     params: dict[str, Any]  # the vmParams as given, returned by create and kept for recovery
 
