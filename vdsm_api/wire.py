@@ -43,3 +43,7 @@ def xml_text(text: str) -> str:
 def _escape(match: re.Match[str]) -> str:
     code = ord(match.group())
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+# The null UUID: "no parent" for a base volume, VDSM's BLANK_UUID; the same on both sides.
+BLANK_UUID = "00000000-0000-0000-0000-000000000000"

@@ -1,4 +1,4 @@
-"""waitTask: poll a task's status until it finishes, showing its progress as it goes.
+"""waitTask's progress: a task's statuses as :meth:`vdsm_cli.api.Vdsm.wait_task` polls them.
 
 Three displays, chosen by the caller: a live bar redrawn in place on a terminal (percent, bytes
 done/total, rate in MiB/s, ETA), plain lines when the output is not a terminal (a line when the
@@ -12,25 +12,17 @@ Waiting never changes the task: on Ctrl-C or a timeout the task keeps running.
 from __future__ import annotations
 
 import json
-import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any, Protocol, TextIO
 
-from vdsm_cli.errors import CliError
+from vdsm_cli.api import FINISHED, Vdsm, task_percent
 from vdsm_cli.output import terminal_safe
 
-FINISHED = "finished"
-SUCCESS = "success"
 DEFAULT_INTERVAL = 0.5  # seconds between polls
 PLAIN_EVERY = 5.0  # seconds between two plain progress lines of the same state
 RATE_WINDOW = 10.0  # seconds of samples the rate is measured over
 BAR_WIDTH = 30
 MIB = 1024 * 1024
-
-
-# getTaskStatus: a task id → its taskStatus.
-Poll = Callable[[str], dict[str, Any]]
 
 
 class Display(Protocol):
@@ -39,35 +31,23 @@ class Display(Protocol):
     def close(self) -> None: ...
 
 
-class WaitTimeout(CliError):
-    """The task did not finish in time; it keeps running."""
-
-
-def wait(
-    poll: Poll,
+def watch(
+    api: Vdsm,
     task_id: str,
     display: Display,
     *,
     timeout: float | None = None,
     interval: float = DEFAULT_INTERVAL,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> dict[str, Any]:
-    """Poll until the task is finished; return its last status. The display is closed
-    whatever happens (Ctrl-C included)."""
-    deadline = None if timeout is None else clock() + timeout
+    """Wait for the task (api.wait_task), showing each status; its last status. The display
+    is closed whatever happens (Ctrl-C included)."""
     try:
-        while True:
-            status = poll(task_id)
-            display.update(status, clock())
-            if status.get("taskState") == FINISHED:
-                return status
-            if deadline is not None and clock() >= deadline:
-                raise WaitTimeout(
-                    f"task {task_id} not finished after {timeout:g}s "
-                    f"({status.get('taskState')}, {_percent(status)}%); it keeps running"
-                )
-            sleep(interval)
+        return api.wait_task(
+            task_id,
+            timeout=timeout,
+            interval=interval,
+            on_progress=lambda status: display.update(status, api.clock()),
+        )
     finally:
         display.close()
 
@@ -113,7 +93,7 @@ def byte_counts(status: dict[str, Any]) -> tuple[int, int] | None:
 
 def describe(status: dict[str, Any], meter: Meter) -> str:
     """``45%  1.2 GiB / 2.0 GiB  85.3 MiB/s  ETA 0:12`` (the parts that are known)."""
-    parts = [f"{_percent(status):3d}%"]
+    parts = [f"{task_percent(status):3d}%"]
     counts = byte_counts(status)
     eta: float | None
     if counts is not None:
@@ -130,16 +110,9 @@ def describe(status: dict[str, Any], meter: Meter) -> str:
     return "  ".join(parts)
 
 
-def _percent(status: dict[str, Any]) -> int:
-    try:
-        return max(0, min(100, int(float(status.get("progress") or 0))))
-    except (TypeError, ValueError):
-        return 0
-
-
 def _feed(meter: Meter, status: dict[str, Any], now: float) -> None:
     counts = byte_counts(status)
-    meter.add(now, counts[0] if counts is not None else _percent(status))
+    meter.add(now, counts[0] if counts is not None else task_percent(status))
 
 
 def human_bytes(count: float) -> str:
@@ -175,7 +148,7 @@ class LiveBar:
 
     def update(self, status: dict[str, Any], now: float) -> None:
         _feed(self.meter, status, now)
-        filled = BAR_WIDTH * _percent(status) // 100
+        filled = BAR_WIDTH * task_percent(status) // 100
         bar = "#" * filled + "-" * (BAR_WIDTH - filled)
         line = f"[{bar}] {describe(status, self.meter)}  {_state(status)}"
         self.out.write("\r" + line + "\x1b[K")
@@ -202,7 +175,7 @@ class PlainLines:
 
     def update(self, status: dict[str, Any], now: float) -> None:
         _feed(self.meter, status, now)
-        key = (_state(status), _percent(status))
+        key = (_state(status), task_percent(status))
         changed_state = self._last is None or key[0] != self._last[0]
         progressed = self._last is not None and key[1] != self._last[1]
         if changed_state or (progressed and now - self._last_time >= self.every):

@@ -5,8 +5,9 @@
 
 Every XML-RPC verb of vdsm-api.yml is a command; its ARGS are the verb's positional arguments
 in the legacy order, converted per parameter type (:mod:`vdsm_cli.args`). ``help VERB`` and
-``VERB --help`` are generated from the schema (:mod:`vdsm_cli.help`). ``waitTask`` is a
-friendly command on top of getTaskStatus (:mod:`vdsm_cli.progress`).
+``VERB --help`` are generated from the schema (:mod:`vdsm_cli.help`). Two friendly commands:
+``waitTask``, on top of getTaskStatus (:meth:`vdsm_cli.api.Vdsm.wait_task`, shown by
+:mod:`vdsm_cli.progress`), and ``moveDisk`` (:mod:`vdsm_cli.move.command`).
 
 This module parses the command line, runs the command and turns each error into one line on
 stderr and its exit code (:mod:`vdsm_cli.errors`): 0 success, 1 an API error, 2 a usage error,
@@ -21,14 +22,15 @@ import sys
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from vdsm_api import schema as api_schema
 from vdsm_api.pki import PkiLayout
 from vdsm_api.schema import Schema, Verb
 from vdsm_cli import args as cli_args
 from vdsm_cli import help as cli_help
-from vdsm_cli import move_disk, output, progress
+from vdsm_cli import output, progress
+from vdsm_cli.api import SUCCESS, Vdsm
 from vdsm_cli.client import Client, Endpoint, parse_address
 from vdsm_cli.errors import (
     EXIT_INTERRUPTED,
@@ -39,6 +41,7 @@ from vdsm_cli.errors import (
     ConnectionFailed,
     UsageError,
 )
+from vdsm_cli.move import command as move_command
 
 PROG = cli_help.PROG
 WAIT_TASK = "waitTask"
@@ -140,7 +143,7 @@ def endpoint(cmd: Command, address: str) -> Endpoint:
 def find_verb(schema: Schema, name: str) -> Verb:
     verb = schema.by_xmlrpc.get(name)
     if verb is None:
-        known = [*schema.by_xmlrpc, WAIT_TASK, move_disk.COMMAND]
+        known = [*schema.by_xmlrpc, WAIT_TASK, move_command.COMMAND]
         close = difflib.get_close_matches(name, known, n=3)
         hint = f"; did you mean {' or '.join(close)}?" if close else ""
         raise UsageError(f"unknown verb {name!r}{hint} (`{PROG} --help` lists them)")
@@ -160,7 +163,7 @@ def run(argv: list[str], out: TextIO, err: TextIO) -> int:
         # `VERB --help`, `HOST VERB --help`, or just --help.
         verb_name = words[1] if len(words) >= 2 else None
         if len(words) == 1 and (
-            words[0] in schema.by_xmlrpc or words[0] in (WAIT_TASK, move_disk.COMMAND)
+            words[0] in schema.by_xmlrpc or words[0] in (WAIT_TASK, move_command.COMMAND)
         ):
             verb_name = words[0]
         out.write(_help_text(schema, verb_name))
@@ -172,8 +175,8 @@ def run(argv: list[str], out: TextIO, err: TextIO) -> int:
     flow_id = cmd.flow_id or str(uuid.uuid4())
     if verb_name == WAIT_TASK:
         return wait_task(cmd, target, flow_id, values, out, err)
-    if verb_name == move_disk.COMMAND:
-        return move_disk.run(values, target, flow_id, cmd.json, out)
+    if verb_name == move_command.COMMAND:
+        return move_command.run(values, target, flow_id, cmd.json, out)
     verb = find_verb(schema, verb_name)
     wire_args = cli_args.convert_args(verb, values)
     try:
@@ -194,8 +197,8 @@ def _help_text(schema: Schema, verb_name: str | None) -> str:
         return cli_help.main_help(schema)
     if verb_name == WAIT_TASK:
         return cli_help.WAIT_TASK_HELP
-    if verb_name == move_disk.COMMAND:
-        return move_disk.HELP
+    if verb_name == move_command.COMMAND:
+        return move_command.HELP
     return cli_help.verb_help(find_verb(schema, verb_name))
 
 
@@ -226,12 +229,7 @@ def wait_task(
             raise UsageError(f"unexpected argument {token!r}", usage)
     if task_id is None:
         raise UsageError("waitTask needs a TASKID", usage)
-    client = Client(target, flow_id)
-
-    def poll(tid: str) -> dict[str, Any]:
-        status: dict[str, Any] = client.call("getTaskStatus", [tid])["taskStatus"]
-        return status
-
+    api = Vdsm(Client(target, flow_id))
     display: progress.Display
     if cmd.json:
         display = progress.JsonLines(out)
@@ -240,8 +238,8 @@ def wait_task(
     else:
         display = progress.PlainLines(out, task_id)
     try:
-        status = progress.wait(
-            poll,
+        status = progress.watch(
+            api,
             task_id,
             display,
             timeout=numbers["--timeout"],
@@ -252,7 +250,7 @@ def wait_task(
             f"stopped waiting; task {task_id} keeps running "
             f"(`{PROG} {target.host}:{target.port} stopTask {task_id}` stops it)"
         ) from None
-    if status.get("taskResult") == progress.SUCCESS:
+    if status.get("taskResult") == SUCCESS:
         return EXIT_OK
     result = output.terminal_safe(str(status.get("taskResult") or "?"))
     message = str(status.get("message", ""))

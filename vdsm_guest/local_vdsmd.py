@@ -10,8 +10,10 @@ picks a free port), writes the port it got to ``<run>/vdsmd.port``, and is ready
 answers ``ping``. It can be stopped (SIGTERM, then SIGKILL if it hangs), killed (SIGKILL, as
 a crash) and started again on the same port and state, as an operator would.
 
-It needs neither pytest nor the test tree, so the benchmark (bench/daemon.py) and the tests
-(tests/functional/conftest.py) share it.
+:meth:`LocalVdsmd.api` is a client of its API, the one vdsClient uses
+(:class:`vdsm_cli.api.Vdsm`); :meth:`LocalVdsmd.xmlrpc` a raw XML-RPC proxy, for the tests
+that look at the wire itself. It needs neither pytest nor the test tree, so the benchmark
+(bench/daemon.py) and the tests (tests/functional/conftest.py) share it.
 """
 
 from __future__ import annotations
@@ -23,13 +25,15 @@ import ssl
 import subprocess
 import sys
 import time
+import uuid
 import xmlrpc.client
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from vdsm_api.pki import PkiLayout
-from vdsm_cli.client import Transport
+from vdsm_cli.api import Vdsm
+from vdsm_cli.client import Client, Endpoint, Transport
 from vdsm_guest.build import default_cache_dir
 
 # The directory holding the vdsm package: the source tree, or site-packages once installed
@@ -211,6 +215,19 @@ class LocalVdsmd:
             transport=Transport(context=self.ssl_context()),
             allow_none=True,
         )
+
+    def endpoint(self) -> Endpoint:
+        """Where and how vdsClient's client reaches it: the admin certificate and the host's
+        CA under TLS."""
+        if not self.tls:
+            return Endpoint("127.0.0.1", self.port)
+        pki = self.pki
+        return Endpoint("127.0.0.1", self.port, True, pki.admin_cert, pki.admin_key, pki.ca_cert)
+
+    def api(self, *, flow_id: str | None = None, interval: float | None = None) -> Vdsm:
+        """A new client of its API (one per thread: a client keeps one HTTP connection);
+        ``interval``: the pause between polls of its waits (None: the client's default)."""
+        return Vdsm(Client(self.endpoint(), flow_id or str(uuid.uuid4())), interval=interval)
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -4,13 +4,13 @@
 temporary directory, waits until it answers ``ping``, and can be killed (SIGKILL, as a crash)
 or stopped (SIGTERM) and started again on the same state, as an operator would. That logic is
 vdsm_guest.local_vdsmd's, shared with the benchmark; the tests add JSON-RPC and raw POSTs.
+``wait_task`` waits for a task through vdsClient's API (vdsm_cli.api), as every client does.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -102,19 +102,12 @@ def vdsmd(tmp_path: Path) -> Iterator[VdsmdProcess]:
         yield daemon
 
 
+TASK_POLL = 0.05  # seconds between two polls of a task
+
+
 def wait_task(daemon: VdsmdProcess, task_id: str, timeout: float = 120) -> dict[str, Any]:
-    """Poll getTaskStatus over XML-RPC until the task is finished; return its status."""
-    proxy = daemon.xmlrpc()
-    deadline = time.monotonic() + timeout
-    while True:
-        reply = proxy.getTaskStatus(task_id)
-        assert reply["status"]["code"] == 0, reply
-        status: dict[str, Any] = reply["taskStatus"]
-        if status["taskState"] == "finished":
-            return status
-        if time.monotonic() > deadline:
-            raise AssertionError(f"task {task_id} not finished after {timeout}s: {status}")
-        time.sleep(0.05)
+    """The task's status once it is finished, whatever its result (vdsClient's wait_task)."""
+    return daemon.api(interval=TASK_POLL).wait_task(task_id, timeout=timeout)
 
 
 def new_uuid() -> str:

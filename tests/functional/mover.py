@@ -23,7 +23,6 @@ import pytest
 
 from tests.functional.conftest import REPO, VdsmdProcess
 from tests.functional.lsm_helpers import open_files
-from tests.functional.test_storage_api import ok
 from tests.functional.test_vms import VmFixture, chain_of, qemu_pid
 
 MiB = 1024**2
@@ -136,7 +135,8 @@ class Running:
         return self.log.read_text(errors="replace")
 
     def wait_paused(self, timeout: float = 120) -> None:
-        """Until the client stopped itself (SIGSTOP, its test-only PAUSE_AT hook)."""
+        """Until the client stopped itself (SIGSTOP: the fault hook's PAUSE_AT,
+        vdsm_cli.move.fault)."""
         deadline = time.monotonic() + timeout
         while True:
             code = self.proc.poll()
@@ -157,13 +157,12 @@ class Running:
 
 
 def images(vms: VmFixture, sd: str) -> list[str]:
-    found: list[str] = ok(vms.daemon.xmlrpc().getImagesList(sd))["imageslist"]
-    return found
+    return vms.daemon.api().images(sd)
 
 
 def volumes(vms: VmFixture, sd: str) -> list[str]:
-    reply = vms.daemon.xmlrpc().getVolumesList(sd, vms.storage.sp, vms.img)
-    return list(reply.get("uuidlist", [])) if reply["status"]["code"] == 0 else []
+    """The image's volumes in domain ``sd``; [] when it has none there."""
+    return vms.daemon.api().volumes(sd, vms.storage.sp, vms.img)
 
 
 def world(vms: VmFixture, vm_id: str) -> dict[str, Any]:
@@ -196,7 +195,7 @@ def assert_on_source(m: Mover) -> None:
     assert w["status"] == "Up" and qemu_pid(m.vm_id) == m.pid, "the VM must never stop"
     assert (w["domain"], w["chain"], w["src"], w["jobs"]) == (st.sd, m.chain, m.chain, {})
     assert w["dst"] == []
-    leaf = ok(vms.daemon.xmlrpc().getVolumeInfo(st.sd, st.sp, vms.img, m.chain[-1]))["info"]
+    leaf = vms.daemon.api().volume_info(st.sd, st.sp, vms.img, m.chain[-1])
     assert leaf["voltype"] == "LEAF" and leaf["legality"] == "LEGAL"
     assert_nothing_of_the_image(m, st.sd2)
     assert m.leftover_state() == [], "journal or lock left behind"

@@ -27,13 +27,12 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import missing
-from tests.functional.conftest import new_uuid, wait_task
+from tests.functional.conftest import new_uuid
 from tests.functional.lsm_helpers import guest, guest_params, lsm_vdsmd, wait_writes
 from tests.functional.mover import PREFILL, Done, Mover, assert_on_destination, images, vms, world
-from tests.functional.test_storage_api import ok
 from tests.functional.test_vms import VmFixture, chain_of, qemu_pid
-from vdsm_cli.move_journal import TEST_PAUSE_AT
-from vdsm_cli.move_plan import STEPS
+from vdsm_cli.move.fault import TEST_PAUSE_AT
+from vdsm_cli.move.steps import FORWARD_STEPS
 from vdsm_guest import checker
 from vdsm_guest.build import GuestImage
 
@@ -61,7 +60,7 @@ def test_move_under_guest_writes(
     assert wait_writes(console, before + 10) > before, "the guest wrote during the move"
 
     steps = [e["step"] for e in events if e["event"] == "step"]
-    expected = [s for s in STEPS if not (keep and s == "delete_source")]
+    expected = [s for s in FORWARD_STEPS if not (keep and s == "delete_source")]
     expected = [s for s in expected if merge or s not in ("merge", "delete_snapshot")]
     assert steps == expected
     sync = [e for e in events if e["event"] == "progress" and e["step"] == "sync"]
@@ -137,12 +136,12 @@ def small_mount(tmp_path: Path) -> Iterator[Path]:
 def test_preflight_refusals_change_nothing(
     vms: VmFixture, tmp_path: Path, small_mount: Path
 ) -> None:
-    rpc, st = vms.daemon.xmlrpc(), vms.storage
+    api, st = vms.daemon.api(), vms.storage
     small, foreign = new_uuid(), new_uuid()
-    ok(rpc.createStorageDomain(4, small, "small", str(small_mount), 1))
-    ok(rpc.attachStorageDomain(small, st.sp))
+    api.create_domain(small, "small", str(small_mount))
+    api.attach_domain(small, st.sp)
     (tmp_path / "foreign").mkdir()
-    ok(rpc.createStorageDomain(4, foreign, "foreign", str(tmp_path / "foreign"), 1))
+    api.create_domain(foreign, "foreign", str(tmp_path / "foreign"))
     vm_id = vms.start()
     m = Mover(vms, vm_id, tmp_path)
     before = world(vms, vm_id)
@@ -160,14 +159,13 @@ def test_preflight_refusals_change_nothing(
     refused(m.run(image=new_uuid()), "is not attached to VM")
 
     # Busy: a replication already runs on the disk.
-    task = ok(rpc.cloneImageStructure(st.sp, st.sd, vms.img, st.sd2))["uuid"]
-    assert wait_task(vms.daemon, task)["taskResult"] == "success"
+    api.wait_success(api.clone_structure(st.sp, st.sd, vms.img, st.sd2))
     src = {"domainID": st.sd, "poolID": st.sp, "imageID": vms.img, "volumeID": vms.leaf}
-    ok(rpc.diskReplicateStart(vm_id, src, {**src, "domainID": st.sd2}, True, "background", 1))
+    api.replicate_start(vm_id, src, {**src, "domainID": st.sd2}, "background", 1)
     before = world(vms, vm_id)
     refused(m.run(), "is busy: a replication")
-    ok(rpc.diskReplicateFinish(vm_id, src, src))
-    assert wait_task(vms.daemon, ok(rpc.deleteImage(st.sd2, st.sp, vms.img))["uuid"])
+    api.replicate_finish(vm_id, src, src)
+    api.wait_success(api.delete_image(st.sd2, st.sp, vms.img))
 
     # Down: QEMU is gone.
     os.kill(qemu_pid(vm_id), signal.SIGKILL)

@@ -27,9 +27,8 @@ import pytest
 from tests.functional.lsm_helpers import guest, guest_params, lsm_vdsmd, wait_writes
 from tests.functional.mover import Mover, assert_on_destination, assert_on_source, images, vms
 from tests.functional.test_vms import VmFixture
-from vdsm_cli.move_journal import TEST_PAUSE_AT, TEST_STOP_AT
-from vdsm_cli.move_plan import STEPS
-from vdsm_cli.move_rollback import ROLLBACK_STEPS
+from vdsm_cli.move.fault import TEST_PAUSE_AT, TEST_STOP_AT
+from vdsm_cli.move.steps import FORWARD_STEPS, ROLLBACK_STEPS
 from vdsm_guest import checker
 from vdsm_guest.build import GuestImage
 
@@ -39,21 +38,21 @@ __all__ = ["guest", "lsm_vdsmd", "vms"]  # fixtures shared from lsm_helpers and 
 
 # --- the client killed at each step, then --resume ----------------------------------------------
 
-PIVOT_AT = STEPS.index("pivot")
+PIVOT_AT = FORWARD_STEPS.index("pivot")
 # STEP: killed right after the journal recorded the step, before it ran; STEP+: killed right
 # after the step's action was issued (its task submitted, its call answered). Left out: the
 # STEP+ that leave the same state to resume from as the next STEP (snapshot+ and clone,
 # replicate+ and sync; wait_ready issues nothing).
 KILL_POINTS = [
-    *STEPS,
-    *(f"{s}+" for s in STEPS if s not in ("snapshot", "replicate", "wait_ready")),
+    *FORWARD_STEPS,
+    *(f"{s}+" for s in FORWARD_STEPS if s not in ("snapshot", "replicate", "wait_ready")),
 ]
 ROLLBACK_KILL_POINTS = [*ROLLBACK_STEPS, *(f"{s}+" for s in ROLLBACK_STEPS[1:])]
 
 
 def expected_side(point: str) -> str:
     step = point.rstrip("+")
-    past = STEPS.index(step) > PIVOT_AT or point == "pivot+"
+    past = FORWARD_STEPS.index(step) > PIVOT_AT or point == "pivot+"
     return "destination" if past else "source"
 
 

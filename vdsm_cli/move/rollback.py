@@ -1,4 +1,5 @@
-"""The rollback steps of a disk move: back to the source, leaving nothing behind.
+"""The rollback steps of a disk move, what each one does: back to the source, leaving nothing
+behind.
 
 Run in this order, each persisted before it runs and checking the real state first, so a
 rollback interrupted at any point can be run again from its recorded step:
@@ -6,7 +7,8 @@ rollback interrupted at any point can be run again from its recorded step:
 1. ``abort_replication``: diskReplicateFinish(src, src). 0, 88 (nothing to abort), 55 (the
    mirror had ended; vdsmd cleaned up) and 1 (the VM is gone) all mean no mirror writes to the
    destination any more. Anything else (41: libvirt refused the abort) stops the rollback —
-   the destination is then kept, since a running mirror may still write to it (contract §8.8).
+   the destination is then kept, since a running mirror may still write to it
+   (docs/contract.md §8.8).
 2. ``delete_destination``: stop the sync task, let the clone task end, check once more that no
    copy job runs on the drive, then deleteImage on the destination (if the image is there).
 3. ``unsnapshot_merge``: merge the auto-snapshot back into the original leaf on the source
@@ -19,28 +21,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from vdsm import errors
 from vdsm_cli.errors import ApiError
-from vdsm_cli.move_api import (
-    DRIVE_NOT_FOUND,
-    NO_REPLICATION,
-    NO_VM,
-    REPLICATION_FAILED,
-    VOLUME_NOT_FOUND,
+from vdsm_cli.move.context import ON_DESTINATION, MoveContext, StepFailed, Stuck
+from vdsm_cli.move.steps import (
+    ABORT_REPLICATION,
+    CLONE,
+    CREATE_SNAPSHOT,
+    DELETE_DESTINATION,
+    SYNC,
+    UNSNAPSHOT_DELETE,
+    UNSNAPSHOT_MERGE,
 )
-from vdsm_cli.move_flow import ON_DESTINATION, MoveContext, StepFailed, Stuck
-from vdsm_cli.move_plan import CLONE, CREATE_SNAPSHOT, SYNC
-
-ABORT_REPLICATION = "abort_replication"
-DELETE_DESTINATION = "delete_destination"
-UNSNAPSHOT_MERGE = "unsnapshot_merge"
-UNSNAPSHOT_DELETE = "unsnapshot_delete"
-ROLLBACK_STEPS = [ABORT_REPLICATION, DELETE_DESTINATION, UNSNAPSHOT_MERGE, UNSNAPSHOT_DELETE]
-TITLES = {
-    ABORT_REPLICATION: "stop the mirror; the VM stays on the source (diskReplicateFinish src, src)",
-    DELETE_DESTINATION: "delete the destination image (deleteImage)",
-    UNSNAPSHOT_MERGE: "merge the auto-snapshot back into its parent on the source (merge)",
-    UNSNAPSHOT_DELETE: "delete the auto-snapshot volume on the source (deleteVolume)",
-}
 
 
 def abort_replication(ctx: MoveContext) -> None:
@@ -54,12 +46,12 @@ def abort_replication(ctx: MoveContext) -> None:
     try:
         ctx.api.replicate_finish(j.vm_id, drive.spec(), drive.spec())
     except ApiError as e:
-        if e.code == REPLICATION_FAILED:
+        if e.code == errors.ReplicationError.code:
             ctx.note(f"the mirror had already ended; vdsmd cleaned it up: {e.text}")
-        elif e.code == DRIVE_NOT_FOUND and ctx.locate() == ON_DESTINATION:
+        elif e.code == errors.DriveNotFound.code and ctx.locate() == ON_DESTINATION:
             # An interrupted pivot call that vdsmd completed after all.
             raise Stuck("the pivot completed after all: --resume finishes the move") from None
-        elif e.code not in (NO_REPLICATION, NO_VM):
+        elif e.code not in (errors.ReplicationNotInProgress.code, errors.NoSuchVM.code):
             raise Stuck(
                 f"aborting the replication failed ({e.message}); the destination image is "
                 "kept, as the mirror may still write to it"
@@ -113,7 +105,7 @@ def unsnapshot_delete(ctx: MoveContext) -> None:
     try:
         info = ctx.api.volume_info(j.src_domain, j.pool_id, j.image_id, j.snapshot_volume)
     except ApiError as e:
-        if e.code == VOLUME_NOT_FOUND:
+        if e.code == errors.VolumeDoesNotExist.code:
             return
         raise
     merged = info.get("legality") == "ILLEGAL"
@@ -145,7 +137,7 @@ def _no_mirror(ctx: MoveContext) -> None:
         )
 
 
-STEPS: dict[str, Callable[[MoveContext], None]] = {
+ROLLBACK_ACTIONS: dict[str, Callable[[MoveContext], None]] = {
     ABORT_REPLICATION: abort_replication,
     DELETE_DESTINATION: delete_destination,
     UNSNAPSHOT_MERGE: unsnapshot_merge,

@@ -19,8 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from vdsm import errors
+from vdsm_cli.api import Drive, Vdsm, VmView
 from vdsm_cli.errors import ApiError, CliError
-from vdsm_cli.move_api import NO_VM, Drive, Vdsm, VmView
+from vdsm_cli.move.steps import MERGE, SYNC, TITLES, WAIT_READY, forward_steps
 from vdsm_cli.progress import human_bytes, human_duration
 
 MIB = 1024 * 1024
@@ -28,44 +30,6 @@ SPACE_FACTOR = 1.1  # qcow2 metadata and the mirror's dirty rewrites, on top of 
 SPACE_OVERHEAD = 64 * MIB
 ASSUMED_RATE = 100 * MIB  # bytes/s, for an estimate before any move was measured
 STEP_OVERHEAD = 0.5  # seconds each step costs besides its data: calls, task polling
-
-# The forward steps, in order. The journal records the step before it runs. PIVOT is the
-# point of no return: before it a failure rolls back to the source, after it a failure (or a
-# resume) finishes towards the destination.
-CREATE_SNAPSHOT = "create_snapshot"
-SNAPSHOT = "snapshot"
-CLONE = "clone"
-REPLICATE = "replicate"
-SYNC = "sync"
-WAIT_READY = "wait_ready"
-PIVOT = "pivot"
-DELETE_SOURCE = "delete_source"
-MERGE = "merge"
-DELETE_SNAPSHOT = "delete_snapshot"
-STEPS = [
-    CREATE_SNAPSHOT,
-    SNAPSHOT,
-    CLONE,
-    REPLICATE,
-    SYNC,
-    WAIT_READY,
-    PIVOT,
-    DELETE_SOURCE,
-    MERGE,
-    DELETE_SNAPSHOT,
-]
-TITLES = {
-    CREATE_SNAPSHOT: "create the auto-snapshot volume on the source (createVolume)",
-    SNAPSHOT: "live snapshot: the new volume becomes the active layer (snapshot)",
-    CLONE: "create the empty chain on the destination (cloneImageStructure)",
-    REPLICATE: "mirror the active layer to the destination (diskReplicateStart)",
-    SYNC: "copy the read-only volumes (syncImageData INTERNAL)",
-    WAIT_READY: "wait until the mirror is READY",
-    PIVOT: "switch the VM to the destination (diskReplicateFinish)",
-    DELETE_SOURCE: "delete the source image (deleteImage)",
-    MERGE: "merge the auto-snapshot into its parent on the destination (merge)",
-    DELETE_SNAPSHOT: "delete the merged auto-snapshot volume (deleteVolume)",
-}
 
 
 class Refused(CliError):
@@ -105,7 +69,7 @@ class DiskPlan:
 
     @property
     def steps(self) -> list[str]:
-        return plan_steps(keep_source=self.keep_source, merge=self.merge)
+        return forward_steps(keep_source=self.keep_source, merge=self.merge)
 
     def expected_bytes(self) -> dict[str, int]:
         """What each data step should move: the internal volumes by sync, the leaf by the
@@ -114,20 +78,11 @@ class DiskPlan:
         return {SYNC: internal, WAIT_READY: 0, MERGE: 0}
 
 
-def plan_steps(*, keep_source: bool, merge: bool) -> list[str]:
-    skip = set()
-    if keep_source:
-        skip.add(DELETE_SOURCE)
-    if not merge:
-        skip |= {MERGE, DELETE_SNAPSHOT}
-    return [s for s in STEPS if s not in skip]
-
-
 def running_vm(api: Vdsm, vm_id: str) -> VmView:
     try:
         vm = api.vm(vm_id)
     except ApiError as e:
-        if e.code == NO_VM:
+        if e.code == errors.NoSuchVM.code:
             raise Refused(f"VM {vm_id} is not running on {api.address} ({e.text})") from None
         raise
     if vm.status != "Up":

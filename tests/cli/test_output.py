@@ -11,6 +11,9 @@ import pytest
 from vdsm_api import schema
 from vdsm_cli import help as cli_help
 from vdsm_cli import output, progress
+from vdsm_cli.api import Vdsm, WaitTimeout
+from vdsm_cli.client import Client, Endpoint
+from vdsm_cli.errors import ApiError, CliError
 
 TASK = "0d4f8a51-6bd5-4c5e-93a2-3c7e9cb1e0aa"
 MIB = 1024 * 1024
@@ -189,14 +192,21 @@ class FakeTime:
         self.now += seconds
 
 
-def scripted(statuses: list[dict[str, Any]]) -> progress.Poll:
-    pending = list(statuses)
+class ScriptedClient(Client):
+    """A Client whose getTaskStatus answers the scripted statuses, the last one for ever."""
 
-    def poll(task_id: str) -> dict[str, Any]:
-        assert task_id == TASK
-        return pending.pop(0) if len(pending) > 1 else pending[0]
+    def __init__(self, statuses: list[dict[str, Any]]) -> None:
+        super().__init__(Endpoint("localhost", 54321), "flow")
+        self.pending = list(statuses)
 
-    return poll
+    def call(self, method: str, args: list[Any]) -> dict[str, Any]:
+        assert (method, args) == ("getTaskStatus", [TASK])
+        answer = self.pending.pop(0) if len(self.pending) > 1 else self.pending[0]
+        return {"status": {"code": 0, "message": "OK"}, "taskStatus": answer}
+
+
+def scripted(statuses: list[dict[str, Any]], fake: FakeTime, sleep: Any = None) -> Vdsm:
+    return Vdsm(ScriptedClient(statuses), sleep=sleep or fake.sleep, clock=fake.clock)
 
 
 def test_wait_returns_the_finished_status_and_closes_the_display() -> None:
@@ -205,7 +215,7 @@ def test_wait_returns_the_finished_status_and_closes_the_display() -> None:
     fake = FakeTime()
     final = status("finished", 100, 4 * MIB, 4 * MIB, result="success")
     statuses = [status("init"), status(progress_=50, done=2 * MIB, total=4 * MIB), final]
-    got = progress.wait(scripted(statuses), TASK, bar, clock=fake.clock, sleep=fake.sleep)
+    got = progress.watch(scripted(statuses, fake), TASK, bar)
     assert got == final
     text = out.getvalue()
     assert text.count("\r") == 3 and text.endswith("\n")
@@ -216,15 +226,13 @@ def test_wait_returns_the_finished_status_and_closes_the_display() -> None:
 def test_wait_timeout_leaves_the_task_running() -> None:
     fake = FakeTime()
     out = io.StringIO()
-    with pytest.raises(progress.WaitTimeout, match="not finished after 2s .*keeps running"):
-        progress.wait(
-            scripted([status(progress_=10)]),
+    with pytest.raises(WaitTimeout, match="not finished after 2s .*keeps running"):
+        progress.watch(
+            scripted([status(progress_=10)], fake),
             TASK,
             progress.PlainLines(out, TASK),
             timeout=2,
             interval=0.5,
-            clock=fake.clock,
-            sleep=fake.sleep,
         )
     assert fake.now == pytest.approx(2.0)
 
@@ -238,8 +246,32 @@ def test_wait_closes_the_bar_on_ctrl_c() -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        progress.wait(scripted([status()]), TASK, bar, clock=fake.clock, sleep=interrupted)
+        progress.watch(scripted([status()], fake, interrupted), TASK, bar)
     assert out.getvalue().endswith("\n")
+
+
+def test_wait_task_default_pauses_double_up_to_the_interval() -> None:
+    fake = FakeTime()
+    pauses: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+        fake.sleep(seconds)
+
+    statuses = [status()] * 6 + [status("finished", 100, result="success")]
+    got = scripted(statuses, fake, sleep).wait_task(TASK)
+    assert got["taskResult"] == "success"
+    assert pauses == [0.05, 0.1, 0.2, 0.4, 0.5, 0.5]
+
+
+def test_wait_task_reports_every_status_and_wait_success_raises_on_failure() -> None:
+    fake = FakeTime()
+    seen: list[str] = []
+    failed = {**status("finished", 100, result="cleanSuccess"), "code": 261, "message": "EIO"}
+    api = scripted([status(), failed], fake)
+    with pytest.raises(CliError, match="copy task .* ended with cleanSuccess .error 261.: EIO"):
+        api.wait_success(TASK, "copy", on_progress=lambda s: seen.append(s["taskState"]))
+    assert seen == ["running", "finished"]
 
 
 def test_plain_lines_on_state_changes_and_at_most_every_few_seconds() -> None:
@@ -293,8 +325,6 @@ def test_control_characters_in_answers_are_escaped() -> None:
 
 
 def test_control_characters_in_error_messages_are_escaped() -> None:
-    from vdsm_cli.errors import ApiError, CliError
-
     error = ApiError(1000, "Invalid parameter: desc='\x1b[2J' (control characters)\x07")
     assert "\x1b" not in error.message and "\x07" not in error.message
     assert "desc='\\x1b[2J'" in error.message

@@ -1,4 +1,4 @@
-"""The forward steps of a disk move (lsm-contract §1), one function each, by step name.
+"""The forward steps of a disk move (docs/contract.md §1): what each one does, by step name.
 
 Each function acts through the API and checks first what is already done, so that the
 steps after the pivot (the only ones ever run again: before the pivot a resume rolls back)
@@ -11,16 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from vdsm import errors
+from vdsm_cli.api import Drive
 from vdsm_cli.errors import ApiError
-from vdsm_cli.move_api import (
-    DRIVE_NOT_FOUND,
-    NO_REPLICATION,
-    NOT_READY,
-    SWITCH_FAILED,
-    Drive,
-)
-from vdsm_cli.move_flow import ON_DESTINATION, MoveContext, StepFailed, Stuck
-from vdsm_cli.move_plan import (
+from vdsm_cli.move.context import ON_DESTINATION, MoveContext, StepFailed, Stuck
+from vdsm_cli.move.steps import (
     CLONE,
     CREATE_SNAPSHOT,
     DELETE_SNAPSHOT,
@@ -51,8 +46,8 @@ def create_snapshot(ctx: MoveContext) -> None:
             j.image_id,
             j.snapshot_volume,
             j.leaf_capacity,
-            j.leaf,
-            f"auto-snapshot: moving to {j.dst_domain}",
+            parent=j.leaf,
+            description=f"auto-snapshot: moving to {j.dst_domain}",
         ),
     )
 
@@ -169,14 +164,15 @@ def pivot(ctx: MoveContext) -> None:
         try:
             ctx.api.replicate_finish(j.vm_id, src, dst)
         except ApiError as e:
-            if e.code == NOT_READY and ctx.clock() < deadline:
+            if e.code == errors.ReplicationNotReady.code and ctx.clock() < deadline:
                 poller.pause()
                 continue
-            if e.code == SWITCH_FAILED and refused < PIVOT_RETRIES:
+            if e.code == errors.DriveSwitchFailed.code and refused < PIVOT_RETRIES:
                 refused += 1  # libvirt refused; vdsmd kept the replication: try again
                 ctx.api.sleep(PIVOT_RETRY_DELAY)
                 continue
-            if e.code in (NO_REPLICATION, DRIVE_NOT_FOUND) and ctx.locate() == ON_DESTINATION:
+            gone = (errors.ReplicationNotInProgress.code, errors.DriveNotFound.code)
+            if e.code in gone and ctx.locate() == ON_DESTINATION:
                 break  # an attempt whose answer was lost did pivot
             raise StepFailed(f"diskReplicateFinish answered {e.message}") from None
         j.pivot_seconds = ctx.clock() - started
@@ -230,7 +226,7 @@ def _require_on_destination(ctx: MoveContext, what: str) -> Drive | None:
     return drive
 
 
-STEPS: dict[str, Callable[[MoveContext], None]] = {
+FORWARD_ACTIONS: dict[str, Callable[[MoveContext], None]] = {
     CREATE_SNAPSHOT: create_snapshot,
     SNAPSHOT: snapshot,
     CLONE: clone,

@@ -23,15 +23,19 @@ import uuid
 from typing import Any
 
 from vdsm_cli.errors import EXIT_INTERRUPTED, EXIT_OK, CliError
-from vdsm_cli.move_flow import ON_DESTINATION, ON_SOURCE, MoveContext, Stuck
-from vdsm_cli.move_forward import STEPS as FORWARD_STEPS
-from vdsm_cli.move_journal import FORWARD, ROLLBACK, Journal
-from vdsm_cli.move_plan import PIVOT, STEPS, TITLES, DiskPlan, plan_steps
-from vdsm_cli.move_rollback import ROLLBACK_STEPS
-from vdsm_cli.move_rollback import STEPS as BACK_STEPS
-from vdsm_cli.move_rollback import TITLES as BACK_TITLES
-
-COMMAND = "moveDisk"
+from vdsm_cli.move.context import ON_DESTINATION, ON_SOURCE, MoveContext, Stuck
+from vdsm_cli.move.forward import FORWARD_ACTIONS
+from vdsm_cli.move.journal import FORWARD, ROLLBACK, Journal
+from vdsm_cli.move.plan import DiskPlan
+from vdsm_cli.move.rollback import ROLLBACK_ACTIONS
+from vdsm_cli.move.steps import (
+    COPY_STEPS,
+    FORWARD_STEPS,
+    PIVOT,
+    ROLLBACK_STEPS,
+    TITLES,
+    forward_steps,
+)
 
 
 class RolledBack(CliError):
@@ -82,18 +86,18 @@ def execute(ctx: MoveContext, *, resume: bool) -> str:
 
 def forward(ctx: MoveContext) -> None:
     j = ctx.journal
-    steps = plan_steps(keep_source=j.options["keepSource"], merge=j.options["merge"])
-    start = STEPS.index(j.step) if j.step in STEPS else 0
+    steps = forward_steps(keep_source=j.options["keepSource"], merge=j.options["merge"])
+    start = FORWARD_STEPS.index(j.step) if j.step in FORWARD_STEPS else 0
     for step in steps:
-        if STEPS.index(step) >= start:
-            ctx.run_step(step, TITLES[step], FORWARD_STEPS[step])
+        if FORWARD_STEPS.index(step) >= start:
+            ctx.run_step(step, TITLES[step], FORWARD_ACTIONS[step])
 
 
 def rollback(ctx: MoveContext) -> None:
     j = ctx.journal
     start = ROLLBACK_STEPS.index(j.step) if j.step in ROLLBACK_STEPS else 0
     for step in ROLLBACK_STEPS[start:]:
-        ctx.run_step(step, BACK_TITLES[step], BACK_STEPS[step])
+        ctx.run_step(step, TITLES[step], ROLLBACK_ACTIONS[step])
 
 
 def recover(ctx: MoveContext, *, cause: str | None, interrupted: bool) -> str:
@@ -110,9 +114,9 @@ def recover(ctx: MoveContext, *, cause: str | None, interrupted: bool) -> str:
             raise Stuck(f"{cause}; the disk runs on the destination {j.dst_domain}")
         if j.direction == FORWARD:
             where = ctx.locate()
-            past_pivot = j.step in STEPS and STEPS.index(j.step) > STEPS.index(PIVOT)
+            past_pivot = j.step in FORWARD_STEPS and _after(j.step, PIVOT)
             if where == ON_DESTINATION or (where != ON_SOURCE and PIVOT in j.done):
-                if j.step in STEPS and STEPS.index(j.step) < STEPS.index(PIVOT):
+                if j.step in FORWARD_STEPS and _after(PIVOT, j.step):
                     raise Stuck(f"the drive is in {j.dst_domain} but the journal never pivoted")
                 if interrupted:
                     ctx.note("interrupted after the pivot: finishing the move (no way back)")
@@ -158,7 +162,7 @@ def finished(ctx: MoveContext) -> str:
 
 def summarize(j: Journal) -> dict[str, Any]:
     data = j.copied.get("sync", 0) + j.copied.get("mirror", 0)
-    copy_seconds = sum(j.seconds.get(s, 0.0) for s in ("replicate", "sync", "wait_ready"))
+    copy_seconds = sum(j.seconds.get(s, 0.0) for s in COPY_STEPS)
     return {
         "vmId": j.vm_id,
         "imageID": j.image_id,
@@ -208,9 +212,14 @@ def leftovers(ctx: MoveContext) -> str:
     where = ctx.store.path(j.vm_id, j.image_id)
     return (
         f"Left: {'; '.join(facts)}. The journal {where} is kept: "
-        f"`vdsClient {j.address} {COMMAND} {j.vm_id} {j.image_id} --resume` will "
+        f"`{ctx.resume_command}` will "
         f"{'roll it back' if j.direction == ROLLBACK else 'finish or roll it back'}"
     )
+
+
+def _after(step: str, other: str) -> bool:
+    """Whether forward step ``step`` comes after ``other``."""
+    return FORWARD_STEPS.index(step) > FORWARD_STEPS.index(other)
 
 
 def _reason(error: Exception) -> str:

@@ -1,6 +1,7 @@
 """The state a disk move's steps share, and how a step runs: persisted first, then done.
 
-:class:`MoveContext` holds the API, the journal and the reporter. :meth:`MoveContext.run_step`
+:class:`MoveContext` holds the API, the journal, the reporter and (in the tests only) the
+fault hook (:mod:`vdsm_cli.move.fault`). :meth:`MoveContext.run_step`
 is the one way a step (forward or rollback) runs: the journal records the step *before* it
 runs, the step checks the real state through the API before acting (so running it again after
 a crash is harmless), and the journal records it done afterwards.
@@ -16,17 +17,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from vdsm import errors
+from vdsm_cli.api import FINISHED, Drive, TaskFailed, Vdsm, VmView, disk_spec
 from vdsm_cli.errors import ApiError, CliError
-from vdsm_cli.move_api import (
-    NO_VM,
-    Drive,
-    TaskFailed,
-    Vdsm,
-    VmView,
-    disk_spec,
-)
-from vdsm_cli.move_journal import Journal, JournalStore, test_hook
-from vdsm_cli.move_progress import Reporter
+from vdsm_cli.move.fault import Fault
+from vdsm_cli.move.journal import Journal, JournalStore
+from vdsm_cli.move.progress import Reporter
+from vdsm_cli.move.steps import BYTES_OF
 
 EXIT_STUCK = 4  # failed and could not be rolled back cleanly: --resume will retry
 
@@ -55,12 +52,17 @@ class MoveContext:
         store: JournalStore,
         journal: Journal,
         reporter: Reporter,
+        *,
+        resume_command: str,
+        fault: Fault | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.api = api
         self.store = store
         self.journal = journal
         self.reporter = reporter
+        self.resume_command = resume_command  # the command line that resumes this move
+        self.fault = fault
         self.clock = clock
 
     # --- the journal around each step ---------------------------------------------------------
@@ -72,7 +74,7 @@ class MoveContext:
         """Persist ``step``, run ``action``, persist it done."""
         self.journal.step = step
         self.save()
-        test_hook(step)
+        self.hook(step)
         self.reporter.step(step, title, self.journal.direction)
         started = self.clock()
         action(self)
@@ -82,15 +84,20 @@ class MoveContext:
         if step not in self.journal.done:
             self.journal.done.append(step)
         self.save()
-        self.reporter.step_done(step, seconds, self.journal.copied.get(_BYTES_OF.get(step, "")))
+        self.reporter.step_done(step, seconds, self.journal.copied.get(BYTES_OF.get(step, "")))
 
     def issued(self, step: str, task_id: str | None = None) -> None:
         """The step's action was sent (a task id to remember, maybe): persist, then the
-        test hook ``STEP+``."""
+        fault hook ``STEP+``."""
         if task_id is not None:
             self.journal.tasks[step] = task_id
         self.save()
-        test_hook(f"{step}+")
+        self.hook(f"{step}+")
+
+    def hook(self, point: str) -> None:
+        """The fault hook at ``point``, when a test gave one."""
+        if self.fault is not None:
+            self.fault(point)
 
     def note(self, message: str) -> None:
         if message not in self.journal.notes:
@@ -107,15 +114,40 @@ class MoveContext:
         submit: Callable[[], str],
         on_status: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any] | None:
-        """Submit a task, remember its id, wait for it; StepFailed if it fails."""
+        """Submit a task, remember its id, wait for it; StepFailed if it fails. Its last
+        status, or None when vdsmd does not know it (any more)."""
         task_id = submit()
         self.issued(step, task_id)
         try:
-            status = self.api.wait_task(task_id, verb, on_status)
+            status = self.wait_known_task(task_id, verb, on_status)
         except TaskFailed as e:
             raise StepFailed(str(e)) from None
         self.api.clear_task(task_id)
         return status
+
+    def wait_known_task(
+        self,
+        task_id: str,
+        verb: str,
+        on_status: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any] | None:
+        """Wait for the task's success (TaskFailed otherwise); None when vdsmd does not
+        know it (cleared, or lost with vdsmd's state)."""
+        try:
+            return self.api.wait_success(task_id, verb, on_progress=on_status)
+        except ApiError as e:
+            if e.code == errors.UnknownTask.code:
+                return None
+            raise
+
+    def task_status(self, task_id: str) -> dict[str, Any] | None:
+        """The task's status, or None when vdsmd does not know it."""
+        try:
+            return self.api.task_status(task_id)
+        except ApiError as e:
+            if e.code == errors.UnknownTask.code:
+                return None
+            raise
 
     def await_recorded_task(self, step: str, verbs: set[str], stop: bool = False) -> None:
         """Let the task a previous run started for ``step`` end before acting again (stop it
@@ -125,13 +157,13 @@ class MoveContext:
         if not task_ids and step in (self.journal.step, self.journal.stopped_at):
             task_ids = self.api.running_tasks(verbs)
         for task_id in task_ids:
-            status = self.api.task_status(task_id)
-            if status is None or status.get("taskState") == "finished":
+            status = self.task_status(task_id)
+            if status is None or status.get("taskState") == FINISHED:
                 continue
             if stop:
                 self.api.stop_task(task_id)
             try:
-                self.api.wait_task(task_id, ",".join(sorted(verbs)))
+                self.wait_known_task(task_id, ",".join(sorted(verbs)))
             except TaskFailed:
                 pass  # its own rollback ran; the caller checks the real state next
 
@@ -142,7 +174,7 @@ class MoveContext:
         try:
             return self.api.vm(self.journal.vm_id)
         except ApiError as e:
-            if e.code == NO_VM:
+            if e.code == errors.NoSuchVM.code:
                 return None
             raise
 
@@ -248,7 +280,3 @@ class MoveContext:
                         f"(vdsmd's log has the cause; flow id {self.api.client.flow_id})"
                     )
             poller.pause()
-
-
-# The journal's byte counter each step reports when it ends.
-_BYTES_OF = {"sync": "sync", "wait_ready": "mirror", "merge": "merge"}

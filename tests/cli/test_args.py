@@ -6,13 +6,13 @@ import pytest
 
 from vdsm_api import schema
 from vdsm_api.schema import Param, ParamType, StructType
+from vdsm_api.wire import BLANK_UUID
 from vdsm_cli import args
 from vdsm_cli.client import DEFAULT_PORT, parse_address
 from vdsm_cli.errors import UsageError
 from vdsm_cli.vdsclient import parse_command_line
 
 UUID = "8f2c1ad4-3b47-4a63-9f0e-2f6c9d1b7e55"
-BLANK = "00000000-0000-0000-0000-000000000000"
 
 DRIVE = ParamType(
     "struct",
@@ -92,7 +92,7 @@ def test_size(text: str, expected: str) -> None:
 @pytest.mark.parametrize("kind", ["uuid", "uuid_or_blank", "string"])
 def test_strings_are_sent_as_given(kind: str) -> None:
     # Not a UUID: still sent, so the daemon answers 1000 like it would to any client.
-    for text in (UUID, BLANK, "not-a-uuid", "", "a b"):
+    for text in (UUID, BLANK_UUID, "not-a-uuid", "", "a b"):
         assert args.convert_value(ParamType(kind), text) == text
 
 
@@ -132,11 +132,11 @@ UUIDS = ParamType("list", item=ParamType("uuid"))
 @pytest.mark.parametrize(
     "text, expected",
     [
-        (f"{UUID},{BLANK}", [UUID, BLANK]),
-        (f" {UUID} , {BLANK} ", [UUID, BLANK]),
+        (f"{UUID},{BLANK_UUID}", [UUID, BLANK_UUID]),
+        (f" {UUID} , {BLANK_UUID} ", [UUID, BLANK_UUID]),
         (UUID, [UUID]),
         ("", []),
-        (f'["{UUID}", "{BLANK}"]', [UUID, BLANK]),
+        (f'["{UUID}", "{BLANK_UUID}"]', [UUID, BLANK_UUID]),
         ("[]", []),
     ],
 )
@@ -172,12 +172,12 @@ def test_struct_from_json() -> None:
 
 
 def test_struct_from_key_values() -> None:
-    text = f"domainID={UUID}, poolID={UUID},imageID={UUID},volumeID={BLANK}"
+    text = f"domainID={UUID}, poolID={UUID},imageID={UUID},volumeID={BLANK_UUID}"
     assert args.convert_value(DRIVE, text) == {
         "domainID": UUID,
         "poolID": UUID,
         "imageID": UUID,
-        "volumeID": BLANK,
+        "volumeID": BLANK_UUID,
     }
 
 

@@ -1,12 +1,14 @@
 """vdsClient moveDisk: live storage migration of a VM's disks in one command.
 
-The client drives lsm-contract §1 against vdsmd through the API only, as an engine would:
+The client drives docs/contract.md §1 against vdsmd through the API only, as an engine would:
 auto-snapshot, clone, mirror, sync, READY, pivot, delete the source, then a live merge that
 gives the disk back the chain it had. This module is the command: its options, pre-flight
-(:mod:`vdsm_cli.move_plan`), ``--dry-run``, one disk or ``--all`` of them one after another,
-``--resume``. One disk's move is run by :mod:`vdsm_cli.move_driver` over the steps of
-:mod:`vdsm_cli.move_forward` and :mod:`vdsm_cli.move_rollback`, journaled by
-:mod:`vdsm_cli.move_journal`, shown by :mod:`vdsm_cli.move_progress`.
+(:mod:`vdsm_cli.move.plan`), ``--dry-run``, one disk or ``--all`` of them one after another,
+``--resume``. One disk's move is run by :mod:`vdsm_cli.move.driver` over the steps of
+:mod:`vdsm_cli.move.steps` (done by :mod:`vdsm_cli.move.forward` and
+:mod:`vdsm_cli.move.rollback`), journaled by :mod:`vdsm_cli.move.journal`, shown by
+:mod:`vdsm_cli.move.progress`. The functional tests' fault hook (:mod:`vdsm_cli.move.fault`)
+comes from the environment here, and only here, and is handed to each move.
 """
 
 from __future__ import annotations
@@ -17,26 +19,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from vdsm_cli.api import Vdsm
 from vdsm_cli.client import Client, Endpoint
 from vdsm_cli.errors import EXIT_INTERRUPTED, EXIT_OK, CliError, UsageError
-from vdsm_cli.move_api import Vdsm
-from vdsm_cli.move_driver import COMMAND, execute, new_journal
-from vdsm_cli.move_flow import MoveContext
-from vdsm_cli.move_journal import JournalStore, default_state_dir
-from vdsm_cli.move_plan import (
+from vdsm_cli.move.context import MoveContext
+from vdsm_cli.move.driver import execute, new_journal
+from vdsm_cli.move.fault import Fault, from_environment
+from vdsm_cli.move.journal import Journal, JournalStore, default_state_dir
+from vdsm_cli.move.plan import (
     DiskPlan,
     Refused,
     attached_drive,
     check_room,
     describe,
-    plan_steps,
     plan_text,
     preflight,
     running_vm,
 )
-from vdsm_cli.move_progress import Reporter
-from vdsm_cli.move_rollback import ROLLBACK_STEPS
+from vdsm_cli.move.progress import Reporter
+from vdsm_cli.move.steps import ROLLBACK_STEPS, forward_steps
 from vdsm_cli.output import terminal_safe
+
+COMMAND = "moveDisk"
 
 USAGE = (
     f"{COMMAND} VM_ID (IMAGE_ID | --all) DST_SD_UUID [--keep-source] [--no-merge] "
@@ -198,14 +202,36 @@ def _number(text: str, name: str, kind: type[Any], minimum: float) -> Any:
 
 
 class Mover:
+    """The command's work: one disk, or all of them, moved or resumed. ``fault``: the
+    test-only fault hook handed to each move (None outside the tests)."""
+
     def __init__(
-        self, options: Options, api: Vdsm, store: JournalStore, reporter: Reporter, out: TextIO
+        self,
+        options: Options,
+        api: Vdsm,
+        store: JournalStore,
+        reporter: Reporter,
+        out: TextIO,
+        fault: Fault | None = None,
     ) -> None:
         self.options = options
         self.api = api
         self.store = store
         self.reporter = reporter
         self.out = out
+        self.fault = fault
+
+    def context(self, journal: Journal) -> MoveContext:
+        j = journal
+        resume = f"vdsClient {j.address} {COMMAND} {j.vm_id} {j.image_id} --resume"
+        return MoveContext(
+            self.api,
+            self.store,
+            journal,
+            self.reporter,
+            resume_command=resume,
+            fault=self.fault,
+        )
 
     def main(self) -> int:
         if self.options.image_id is not None:
@@ -243,7 +269,7 @@ class Mover:
                 self.show_plan(plan)
                 return EXIT_OK
             journal = new_journal(plan, o.journal_options(), self.api.address)
-            ctx = MoveContext(self.api, self.store, journal, self.reporter)
+            ctx = self.context(journal)
             self.reporter.start(
                 self.header(journal.target, image_id, plan.drive.domain_id, plan.dst_domain),
                 plan.steps,
@@ -272,8 +298,8 @@ class Mover:
             journal.options["keepSource"] = True
         if not o.merge:
             journal.options["merge"] = False
-        ctx = MoveContext(self.api, self.store, journal, self.reporter)
-        steps = plan_steps(
+        ctx = self.context(journal)
+        steps = forward_steps(
             keep_source=journal.options["keepSource"], merge=journal.options["merge"]
         )
         header = self.header(journal.target, image_id, journal.src_domain, journal.dst_domain)
@@ -341,7 +367,7 @@ def run(values: list[str], endpoint: Endpoint, flow_id: str, json_output: bool, 
     store = JournalStore(options.state_dir or default_state_dir())
     reporter = Reporter(out, json_lines=options.json, live=out.isatty())
     try:
-        return Mover(options, api, store, reporter, out).main()
+        return Mover(options, api, store, reporter, out, from_environment()).main()
     except CliError as e:
         reporter.result(e.exit_code, e.message)  # --json: the outcome as the last line
         raise

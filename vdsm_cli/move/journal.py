@@ -21,13 +21,12 @@ import dataclasses
 import fcntl
 import json
 import os
-import signal
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vdsm.storage import fileutil
 from vdsm_cli.errors import CliError
 
 JOURNAL_VERSION = 1
@@ -35,13 +34,6 @@ FORWARD = "forward"  # moving towards the destination
 ROLLBACK = "rollback"  # undoing, back to the source
 HISTORY = "history.jsonl"
 HISTORY_KEEP = 20  # the last moves the estimate looks at
-
-# TEST ONLY. Read by the functional tests' hook points and nothing else: after the journal
-# records the named point, the client SIGKILLs (STOP_AT) or SIGSTOPs (PAUSE_AT) itself, so a
-# test can crash it, or crash vdsmd under it, at an exact step. A point is a step name (the
-# step is persisted, not yet run) or STEP+ (its action was issued, e.g. a task submitted).
-TEST_STOP_AT = "VDSM_MOVE_TEST_STOP_AT"
-TEST_PAUSE_AT = "VDSM_MOVE_TEST_PAUSE_AT"
 
 
 class MoveBusy(CliError):
@@ -168,7 +160,7 @@ class DiskLock:
         if self._fd is None:
             return
         if remove:  # unlinked while still held: see the inode check in acquire()
-            fileutil.remove_file(self.path)
+            remove_file(self.path)
         os.close(self._fd)
         self._fd = None
 
@@ -214,11 +206,11 @@ class JournalStore:
         journal.updated = time.time()
         journal.pid = os.getpid()
         data = json.dumps(journal.to_json(), indent=1, sort_keys=True).encode() + b"\n"
-        fileutil.atomic_write(self.path(journal.vm_id, journal.image_id), data, mode=0o600)
+        atomic_write(self.path(journal.vm_id, journal.image_id), data)
 
     def remove(self, journal: Journal) -> None:
-        fileutil.remove_file(self.path(journal.vm_id, journal.image_id))
-        fileutil.fsync_dir(self.directory)
+        remove_file(self.path(journal.vm_id, journal.image_id))
+        fsync_dir(self.directory)
 
     def record_history(self, summary: dict[str, Any]) -> None:
         """Append a finished move's summary; keep the last HISTORY_KEEP (best effort)."""
@@ -226,7 +218,7 @@ class JournalStore:
         try:
             lines = path.read_text().splitlines()[-(HISTORY_KEEP - 1) :] if path.exists() else []
             lines.append(json.dumps(summary, sort_keys=True))
-            fileutil.atomic_write(path, ("\n".join(lines) + "\n").encode(), mode=0o600)
+            atomic_write(path, ("\n".join(lines) + "\n").encode())
         except OSError:
             pass
 
@@ -248,18 +240,38 @@ class JournalStore:
         return rates
 
 
-_paused_at: set[str] = set()  # TEST ONLY: a pause point freezes the client once per run
+def atomic_write(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` (mode 0600) atomically and durably: a hidden temporary
+    sibling (``.NAME.tmp-XXXX``, never taken for a journal) written and fsynced, renamed over
+    ``path``, then the directory fsynced so the rename itself is durable."""
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        remove_file(tmp)
+        raise
+    fsync_dir(path.parent)
 
 
-def test_hook(point: str) -> None:
-    """TEST ONLY (see TEST_STOP_AT): crash or freeze this client at ``point``."""
-    if point in _points(TEST_STOP_AT):
-        os.kill(os.getpid(), signal.SIGKILL)
-    if point in _points(TEST_PAUSE_AT) and point not in _paused_at:
-        # Once: a step re-entered after a Ctrl-C (finishing after the pivot) goes on.
-        _paused_at.add(point)
-        os.kill(os.getpid(), signal.SIGSTOP)
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-def _points(variable: str) -> set[str]:
-    return {p.strip() for p in os.environ.get(variable, "").split(",") if p.strip()}
+def remove_file(path: Path) -> None:
+    """Remove ``path`` if it exists."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

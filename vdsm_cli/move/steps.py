@@ -1,0 +1,74 @@
+"""The steps of a disk move: their names, their order and their titles, in one place.
+
+A step name is data: the journal records it (before the step runs) and the test-only fault
+hook names it. Forward steps go towards the destination, rollback steps back to the source;
+the names of both lists are distinct, so one name means one step. PIVOT is the point of no
+return: before it a failure rolls back to the source, after it a failure (or a resume)
+finishes towards the destination. What each step does is in :mod:`vdsm_cli.move.forward`
+and :mod:`vdsm_cli.move.rollback`.
+"""
+
+from __future__ import annotations
+
+# The forward steps (docs/contract.md §1), in order.
+CREATE_SNAPSHOT = "create_snapshot"
+SNAPSHOT = "snapshot"
+CLONE = "clone"
+REPLICATE = "replicate"
+SYNC = "sync"
+WAIT_READY = "wait_ready"
+PIVOT = "pivot"
+DELETE_SOURCE = "delete_source"
+MERGE = "merge"
+DELETE_SNAPSHOT = "delete_snapshot"
+FORWARD_STEPS = [
+    CREATE_SNAPSHOT,
+    SNAPSHOT,
+    CLONE,
+    REPLICATE,
+    SYNC,
+    WAIT_READY,
+    PIVOT,
+    DELETE_SOURCE,
+    MERGE,
+    DELETE_SNAPSHOT,
+]
+
+# The rollback steps, in order.
+ABORT_REPLICATION = "abort_replication"
+DELETE_DESTINATION = "delete_destination"
+UNSNAPSHOT_MERGE = "unsnapshot_merge"
+UNSNAPSHOT_DELETE = "unsnapshot_delete"
+ROLLBACK_STEPS = [ABORT_REPLICATION, DELETE_DESTINATION, UNSNAPSHOT_MERGE, UNSNAPSHOT_DELETE]
+
+TITLES = {
+    CREATE_SNAPSHOT: "create the auto-snapshot volume on the source (createVolume)",
+    SNAPSHOT: "live snapshot: the new volume becomes the active layer (snapshot)",
+    CLONE: "create the empty chain on the destination (cloneImageStructure)",
+    REPLICATE: "mirror the active layer to the destination (diskReplicateStart)",
+    SYNC: "copy the read-only volumes (syncImageData INTERNAL)",
+    WAIT_READY: "wait until the mirror is READY",
+    PIVOT: "switch the VM to the destination (diskReplicateFinish)",
+    DELETE_SOURCE: "delete the source image (deleteImage)",
+    MERGE: "merge the auto-snapshot into its parent on the destination (merge)",
+    DELETE_SNAPSHOT: "delete the merged auto-snapshot volume (deleteVolume)",
+    ABORT_REPLICATION: "stop the mirror; the VM stays on the source (diskReplicateFinish src, src)",
+    DELETE_DESTINATION: "delete the destination image (deleteImage)",
+    UNSNAPSHOT_MERGE: "merge the auto-snapshot back into its parent on the source (merge)",
+    UNSNAPSHOT_DELETE: "delete the auto-snapshot volume on the source (deleteVolume)",
+}
+
+# The journal's byte counter (``copied``) each data step reports when it ends.
+BYTES_OF = {SYNC: "sync", WAIT_READY: "mirror", MERGE: "merge"}
+# The steps that copy data: the move's copy time, for its average rate.
+COPY_STEPS = (REPLICATE, SYNC, WAIT_READY)
+
+
+def forward_steps(*, keep_source: bool, merge: bool) -> list[str]:
+    """The forward steps a move runs: all of them but those its options skip."""
+    skip = set()
+    if keep_source:
+        skip.add(DELETE_SOURCE)
+    if not merge:
+        skip |= {MERGE, DELETE_SNAPSHOT}
+    return [s for s in FORWARD_STEPS if s not in skip]
