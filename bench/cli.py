@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     began = time.monotonic()
     env = Env(args.workdir, convergence_window=settings.convergence_window)
     try:
-        caps = env.client.call("getVdsCapabilities")["info"]
+        caps = env.client.capabilities()
         results["machine"] = sysinfo.collect(env.root, caps, env.can_drop_caches)
         ctx = Context(env, settings)
         for name in names:

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.client import BLANK_UUID, Client, new_uuid
+from bench.daemon import TASK_TIMEOUT
+from vdsm_api.wire import BLANK_UUID
+from vdsm_cli.api import Vdsm
 
 MiB = 1024**2
 GiB = 1024**3
@@ -89,27 +92,29 @@ def _placement(layout: Layout) -> list[list[int]]:
     return per_layer
 
 
-def build_chain(client: Client, sp: str, sd: str, layout: Layout, pattern: Path) -> Chain:
+def build_chain(client: Vdsm, sp: str, sd: str, layout: Layout, pattern: Path) -> Chain:
     """Create the chain in domain ``sd`` and write its data; nothing is running on it yet."""
-    img = new_uuid()
+    img = str(uuid.uuid4())
     vols: list[str] = []
     parent = BLANK_UUID
     for n in range(len(layout.shares)):
-        vol = new_uuid()
+        vol = str(uuid.uuid4())
         base = n == 0
-        client.create_volume(
-            sp,
+        task = client.create_volume(
             sd,
+            sp,
             img,
             vol,
             layout.virtual,
-            fmt="RAW" if base else "COW",
-            prealloc="PREALLOCATED" if base and layout.preallocated_base else "SPARSE",
+            volume_format="RAW" if base else "COW",
+            preallocate="PREALLOCATED" if base and layout.preallocated_base else "SPARSE",
             parent=parent,
+            description="bench",
         )
+        client.wait_success(task, "createVolume", timeout=TASK_TIMEOUT)
         vols.append(vol)
         parent = vol
-    paths = client.volume_paths(sp, sd, img, vols[-1])
+    paths = client.prepare_image(sp, sd, img, vols[-1])
     chain = Chain(sp, sd, img, vols, layout)
     chunk = layout.chunk_size()
     for n, (path, offsets) in enumerate(zip(paths, _placement(layout), strict=True)):

@@ -16,12 +16,14 @@ import subprocess
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.client import Client, VdsmCallError, disk_spec, new_uuid
-from bench.daemon import Vdsmd
+from bench.daemon import TASK_TIMEOUT, Vdsmd
 from bench.disks import Chain, Layout, build_chain, make_pattern
+from vdsm_cli.api import Vdsm, disk_spec
+from vdsm_cli.errors import CliError
 
 log = logging.getLogger("bench")
 
@@ -62,15 +64,16 @@ class Env:
                 mount = self.root / name
                 mount.mkdir()
                 self.client.create_domain(sd, name, str(mount))
-            self.client.create_pool(self.sp, self.sd)
+            self.client.create_pool(self.sp, "bench", self.sd)
             self.client.attach_domain(self.sd2, self.sp)
             self.pattern = make_pattern(self.root / "pattern.bin")
         except BaseException:
             self.close()
             raise
 
-    def new_client(self) -> Client:
-        return Client(self.daemon.proxy())
+    def new_client(self) -> Vdsm:
+        """A new client of the bench's vdsmd (one per thread)."""
+        return self.daemon.client()
 
     def restart_daemon(self, extra_args: list[str]) -> None:
         """Stop vdsmd and start it again on the same state with ``extra_args`` added to its
@@ -118,7 +121,7 @@ class Env:
             "type": "disk",
             "iface": "virtio",
             "index": 0,
-            **disk_spec(chain.sp, chain.sd, chain.img, chain.leaf),
+            **disk_spec(chain.sd, chain.sp, chain.img, chain.leaf),
         }
         params = {
             "vmId": vm_id,
@@ -138,7 +141,7 @@ class Env:
         measure there); :meth:`close` and :meth:`reset` wait for it."""
 
         def destroy() -> None:
-            with contextlib.suppress(VdsmCallError, OSError):
+            with contextlib.suppress(CliError):
                 self.new_client().destroy_vm(vm_id)
 
         thread = threading.Thread(target=destroy, name=f"destroy-{vm_id[:8]}")
@@ -167,7 +170,12 @@ class Env:
         """Delete an image from both domains (whichever hold it)."""
         for sd in (self.sd, self.sd2):
             if img in self.client.images(sd):
-                self.client.delete_image(self.sp, sd, img)
+                self.delete_image(sd, img)
+
+    def delete_image(self, sd: str, img: str) -> None:
+        """deleteImage, waited for."""
+        task = self.client.delete_image(sd, self.sp, img)
+        self.client.wait_success(task, "deleteImage", timeout=TASK_TIMEOUT)
 
     def reset(self) -> None:
         """After a failed measurement: no VM left running, no image left in either domain."""
@@ -175,12 +183,12 @@ class Env:
         for sd in (self.sd, self.sd2):
             try:
                 images = self.client.images(sd)
-            except (VdsmCallError, OSError):
+            except CliError:
                 images = []
             for img in images:
                 try:
-                    self.client.delete_image(self.sp, sd, img)
-                except (VdsmCallError, OSError, TimeoutError):
+                    self.delete_image(sd, img)
+                except CliError:
                     shutil.rmtree(self.image_dir(sd, img), ignore_errors=True)
 
     # --- caches -----------------------------------------------------------------------------
@@ -192,6 +200,10 @@ class Env:
         if self.can_drop_caches:
             DROP_CACHES.write_text("3")
         time.sleep(0.05)
+
+
+def new_uuid() -> str:
+    return str(uuid.uuid4())
 
 
 def _try_drop_caches() -> bool:

@@ -1,5 +1,5 @@
 """One disk's live migration, verb by verb, each step timed: the orchestration an engine (or
-``vdsClient moveDisk``) runs, as lsm-contract §1 lists it.
+``vdsClient moveDisk``) runs, as docs/contract.md §1 lists it, through vdsClient's API.
 
     create_snapshot  createVolume: the auto-snapshot volume on the source      (control)
     snapshot         VM.snapshot: it becomes the active layer                    (control)
@@ -13,18 +13,22 @@
     delete_snapshot  deleteVolume of the merged auto-snapshot                    (control)
 
 "control" steps move no guest data: their sum is the orchestration overhead. Waits poll every
-``client.poll`` seconds (20 ms).
+``bench.daemon.POLL`` seconds (20 ms: the client's interval).
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.client import NOT_READY, Client, disk_spec, new_uuid
+from bench.daemon import TASK_TIMEOUT
 from bench.disks import Chain
+from vdsm import errors
+from vdsm_cli.api import Vdsm, disk_spec
+from vdsm_cli.errors import ApiError
 
 CONTROL = (
     "create_snapshot",
@@ -110,7 +114,7 @@ class _Timer:
 
 
 def move_disk(
-    client: Client,
+    client: Vdsm,
     vm_id: str,
     chain: Chain,
     dst_sd: str,
@@ -131,34 +135,49 @@ def move_disk(
     move = Move(copy_mode=copy_mode, started=time.monotonic())
     timer = _Timer(move, on_step)
     leaf = chain.leaf
-    snap = new_uuid()
+    snap = str(uuid.uuid4())
+
+    def task(verb: str, task_id: str) -> None:
+        client.wait_success(task_id, verb, timeout=TASK_TIMEOUT)
+
     if snapshot:
         timer.step(
             "create_snapshot",
-            lambda: client.create_volume(sp, src_sd, img, snap, _capacity(chain), parent=leaf),
+            lambda: task(
+                "createVolume",
+                client.create_volume(
+                    src_sd, sp, img, snap, _capacity(chain), parent=leaf, description="bench"
+                ),
+            ),
         )
         timer.step("snapshot", lambda: client.snapshot(vm_id, src_sd, img, leaf, snap))
         active = snap
     else:
         active = leaf
-    src = disk_spec(sp, src_sd, img, active)
-    dst = disk_spec(sp, dst_sd, img, active)
-    timer.step("clone", lambda: client.clone_structure(sp, src_sd, img, dst_sd))
-    timer.step("replicate", lambda: client.replicate_start(vm_id, src, dst, copy_mode, bandwidth))
+    src = disk_spec(src_sd, sp, img, active)
+    dst = disk_spec(dst_sd, sp, img, active)
     timer.step(
-        "sync", lambda: client.wait_task(client.sync_data(sp, src_sd, img, dst_sd, "INTERNAL"))
+        "clone",
+        lambda: task("cloneImageStructure", client.clone_structure(sp, src_sd, img, dst_sd)),
     )
+    timer.step("replicate", lambda: client.replicate_start(vm_id, src, dst, copy_mode, bandwidth))
+    timer.step("sync", lambda: task("syncImageData", client.sync_data(sp, src_sd, img, dst_sd)))
     timer.step("wait_ready", lambda: wait_ready(client, vm_id, ready_timeout))
     if before_pivot is not None:
         before_pivot()
     timer.step("pivot", lambda: _pivot(client, vm_id, src, dst))
     chain.sd = dst_sd
     if cleanup:
-        timer.step("delete_source", lambda: client.delete_image(sp, src_sd, img))
+        timer.step(
+            "delete_source", lambda: task("deleteImage", client.delete_image(src_sd, sp, img))
+        )
     if snapshot and cleanup:
-        drive = disk_spec(sp, dst_sd, img, snap)
+        drive = disk_spec(dst_sd, sp, img, snap)
         timer.step("merge", lambda: _merge(client, vm_id, drive, leaf, snap))
-        timer.step("delete_snapshot", lambda: client.delete_volume(sp, dst_sd, img, snap))
+        timer.step(
+            "delete_snapshot",
+            lambda: task("deleteVolume", client.delete_volumes(dst_sd, sp, img, [snap])),
+        )
     elif snapshot:
         chain.vols.append(snap)
     return move
@@ -168,42 +187,57 @@ def _capacity(chain: Chain) -> int:
     return chain.layout.virtual
 
 
-def wait_ready(client: Client, vm_id: str, timeout: float, target: str = "vda") -> None:
+def wait_ready(client: Vdsm, vm_id: str, timeout: float, target: str = "vda") -> None:
     deadline = time.monotonic() + timeout
+    poller = client.poller()
     while True:
-        job = client.vm_stats(vm_id)["blockJobs"].get(target)
+        job = client.vm(vm_id).jobs.get(target)
         if job is not None and job.get("ready"):
             return
         if time.monotonic() > deadline:
             raise NotReady(f"mirror of {vm_id} {target} not READY after {timeout}s: {job}")
-        time.sleep(client.poll)
+        poller.pause()
 
 
-def _pivot(client: Client, vm_id: str, src: dict[str, str], dst: dict[str, str]) -> None:
+def _finished(client: Vdsm, vm_id: str, src: dict[str, str], dst: dict[str, str]) -> bool:
+    """diskReplicateFinish: True when done, False while the mirror is not READY."""
+    try:
+        client.replicate_finish(vm_id, src, dst)
+    except ApiError as e:
+        if e.code == errors.ReplicationNotReady.code:
+            return False
+        raise
+    return True
+
+
+def _pivot(client: Vdsm, vm_id: str, src: dict[str, str], dst: dict[str, str]) -> None:
     deadline = time.monotonic() + 60
-    while client.replicate_finish(vm_id, src, dst) == NOT_READY:
+    poller = client.poller()
+    while not _finished(client, vm_id, src, dst):
         if time.monotonic() > deadline:
             raise NotReady(f"Finish answered 40 for 60s on {vm_id}")
-        time.sleep(client.poll)
+        poller.pause()
 
 
-def _merge(client: Client, vm_id: str, drive: dict[str, str], base: str, top: str) -> None:
-    client.merge(vm_id, drive, base, top)
+def _merge(client: Vdsm, vm_id: str, drive: dict[str, str], base: str, top: str) -> None:
+    client.merge(vm_id, drive, base, top, 0, str(uuid.uuid4()))
     deadline = time.monotonic() + 300
+    poller = client.poller()
     while True:
-        stats = client.vm_stats(vm_id)
-        chain = [v["volumeID"] for v in stats["disks"]["vda"]["volumeChain"]]
-        if top not in chain and not stats["blockJobs"]:
+        vm = client.vm(vm_id)
+        if top not in vm.drives["vda"].chain and not vm.jobs:
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"merge of {top} on {vm_id} not done: {stats['blockJobs']}")
-        time.sleep(client.poll)
+            raise TimeoutError(f"merge of {top} on {vm_id} not done: {vm.jobs}")
+        poller.pause()
 
 
-def abort(client: Client, vm_id: str, chain: Chain, dst_sd: str, active: str) -> None:
+def abort(client: Vdsm, vm_id: str, chain: Chain, dst_sd: str, active: str) -> None:
     """Cancel a replication (Finish with srcDisk == dstDisk) and delete the destination."""
-    src = disk_spec(chain.sp, chain.sd, chain.img, active)
-    while client.replicate_finish(vm_id, src, src) == NOT_READY:
-        time.sleep(client.poll)
+    src = disk_spec(chain.sd, chain.sp, chain.img, active)
+    poller = client.poller()
+    while not _finished(client, vm_id, src, src):
+        poller.pause()
     if chain.img in client.images(dst_sd):
-        client.delete_image(chain.sp, dst_sd, chain.img)
+        task = client.delete_image(dst_sd, chain.sp, chain.img)
+        client.wait_success(task, "deleteImage", timeout=TASK_TIMEOUT)

@@ -20,9 +20,11 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 from vdsm.storage import qemuimg, runner
+from vdsm_api.wire import BLANK_UUID
+from vdsm_cli.api import Vdsm
+from vdsm_cli.errors import CliError
 from vdsm_guest import checker
 from vdsm_guest.build import ensure_guest
 from vdsm_guest.local_vdsmd import DaemonError, LocalVdsmd
@@ -45,25 +47,15 @@ class Demo:
         self.root = root
         self.port = 0
         self.daemon: LocalVdsmd | None = None
-        self.rpc: Any = None
+        self.api: Vdsm | None = None
         self.vm_id: str | None = None
 
     # --- helpers ------------------------------------------------------------------------
 
-    def call(self, verb: str, *args: Any) -> dict[str, Any]:
-        reply: dict[str, Any] = getattr(self.rpc, verb)(*args)
-        if reply["status"]["code"] != 0:
-            raise SystemExit(f"{verb} failed: {reply['status']}")
-        return reply
-
-    def wait_task(self, task_id: str) -> None:
-        while True:
-            status = self.call("getTaskStatus", task_id)["taskStatus"]
-            if status["taskState"] == "finished":
-                if status["taskResult"] != "success":
-                    raise SystemExit(f"task {task_id} failed: {status['message']}")
-                return
-            time.sleep(0.05)
+    @property
+    def vdsm(self) -> Vdsm:
+        assert self.api is not None, "vdsmd is not started"
+        return self.api
 
     def vdsclient(self, *args: str) -> int:
         argv = [sys.executable, "-m", "vdsm_cli.vdsclient", f"localhost:{self.port}", *args]
@@ -81,7 +73,7 @@ class Demo:
         except DaemonError as e:
             raise SystemExit(f"vdsmd did not start: {e}") from None
         self.port = self.daemon.port
-        self.rpc = self.daemon.xmlrpc()
+        self.api = self.daemon.api()
         print(
             f"    vdsmd answers on 127.0.0.1:{self.port}: TLS, client certificate required "
             "(XML-RPC on /RPC2, JSON-RPC on /jsonrpc)"
@@ -93,33 +85,29 @@ class Demo:
         for sd, name in ((self.src, "nfs-a"), (self.dst, "nfs-b")):
             mount = self.root / name
             mount.mkdir()
-            self.call("createStorageDomain", 4, sd, name, str(mount), 1)
+            self.vdsm.create_domain(sd, name, str(mount))
             print(f"    domain {sd} ({name}) at {mount}")
-        self.call("createStoragePool", 0, self.sp, "demo-dc", self.src, [self.src, self.dst], 1)
+        self.vdsm.create_pool(self.sp, "demo-dc", self.src, [self.src, self.dst])
         print(f"    pool {self.sp}: master {self.src}")
 
         step("Creating a 1 GiB disk as a 3-volume chain holding data")
         self.img = new()
         self.chain = [new(), new(), new()]
-        parent = "00000000-0000-0000-0000-000000000000"
+        parent = BLANK_UUID
         for n, (vol, fmt, data_mib) in enumerate(
             zip(self.chain, ("RAW", "COW", "COW"), (192, 64, 0), strict=True)
         ):
-            task = self.call(
-                "createVolume",
+            task = self.vdsm.create_volume(
                 self.src,
                 self.sp,
                 self.img,
-                str(GiB),
-                fmt,
-                "SPARSE",
-                "DATA",
                 vol,
-                f"layer {n}",
-                self.img,
-                parent,
-            )["uuid"]
-            self.wait_task(task)
+                GiB,
+                volume_format=fmt,
+                parent=parent,
+                description=f"layer {n}",
+            )
+            self.vdsm.wait_success(task, "createVolume")
             path = self.volume_path(self.src, vol)
             if data_mib:
                 qemu_fmt = "raw" if fmt == "RAW" else "qcow2"
@@ -138,8 +126,7 @@ class Demo:
             parent = vol
 
     def volume_path(self, sd: str, vol: str) -> Path:
-        info = self.call("getVolumeInfo", sd, self.sp, self.img, vol)["info"]
-        return Path(info["path"])
+        return Path(self.vdsm.volume_info(sd, self.sp, self.img, vol)["path"])
 
     def boot_guest(self) -> None:
         step("Booting the tiny guest on the disk; it writes verifiable blocks all the time")
@@ -163,8 +150,8 @@ class Demo:
                 }
             ],
         }
-        self.call("create", params)
-        self.console = Path(self.call("getVmStats", self.vm_id)["statsList"][0]["consoleLog"])
+        self.vdsm.create_vm(params)
+        self.console = Path(self.vdsm.vm(self.vm_id).stats["consoleLog"])
         writes = self.wait_writes(20)
         print(f"    VM {self.vm_id} is up; the guest has logged {writes} writes so far")
 
@@ -180,6 +167,7 @@ class Demo:
         raise SystemExit(f"the guest did not write; console: {self.console}")
 
     def move(self) -> None:
+        assert self.vm_id is not None
         step(f"vdsClient moveDisk {self.vm_id} {self.img} {self.dst} --keep-source")
         before = self.wait_writes(0)
         rc = self.vdsclient("moveDisk", self.vm_id, self.img, self.dst, "--keep-source")
@@ -190,8 +178,8 @@ class Demo:
 
     def verify(self) -> None:
         step("Verifying the destination")
-        stats = self.call("getVmStats", self.vm_id)["statsList"][0]
-        drive = stats["disks"]["vda"]
+        assert self.vm_id is not None
+        drive = self.vdsm.vm(self.vm_id).stats["disks"]["vda"]
         chain = [v["volumeID"] for v in drive["volumeChain"]]
         print(
             f"    the VM runs on domain {drive['domainID']}: chain {len(chain)} volumes "
@@ -219,10 +207,10 @@ class Demo:
                 raise SystemExit("the copied volumes differ")
 
     def cleanup(self) -> None:
-        if self.vm_id and self.rpc is not None:
+        if self.vm_id and self.api is not None:
             try:
-                self.rpc.destroy(self.vm_id)
-            except OSError:
+                self.api.destroy_vm(self.vm_id)
+            except CliError:
                 pass
         if self.daemon is not None and self.daemon.running:
             self.daemon.stop()
@@ -239,6 +227,8 @@ def main() -> int:
         demo.boot_guest()
         demo.move()
         demo.verify()
+    except CliError as e:  # vdsmd refused a verb, or a task failed: its own message
+        raise SystemExit(e.message) from None
     finally:
         step("Cleaning up: destroying the VM, stopping vdsmd, removing the temporary directory")
         demo.cleanup()

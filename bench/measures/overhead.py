@@ -67,7 +67,7 @@ def run(ctx: Context) -> dict[str, Any]:
 def _move_disk_cli(ctx: Context, vm_id: str, chain: Chain, runs: int) -> dict[str, Any] | None:
     """Move the disk with ``vdsClient --json moveDisk`` ``runs`` times (back and forth) and
     read its per-step times from its ``stepDone`` events. None when the command is absent."""
-    if not (REPO / "vdsm_cli" / "move_disk.py").exists():
+    if not (REPO / "vdsm_cli" / "move" / "command.py").exists():
         return None
     env = ctx.env
     moves: list[dict[str, Any]] = []

@@ -61,7 +61,7 @@ def run(ctx: Context) -> dict[str, Any]:
             # Deleting the source right after the pivot (as a whole move does) stalls writes
             # for a few ms of its own (ext4 discarding the freed blocks): outside the window.
             delete_start = time.monotonic()
-            env.client.delete_image(chain.sp, source, chain.img)
+            env.delete_image(source, chain.img)
             time.sleep(0.3)
             runs[-1]["delete_source"] = window(writer, delete_start, time.monotonic())
             if writer.error is not None:

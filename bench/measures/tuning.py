@@ -22,6 +22,7 @@ from typing import Any
 
 from bench import baseline
 from bench.context import Context, mib_s, r
+from bench.daemon import TASK_TIMEOUT
 from bench.disks import Chain, Layout, MiB
 from bench.stats import median, spread
 
@@ -89,7 +90,8 @@ def _copy(
     env = ctx.env
     extra, flush, parallel = VARIANTS[variant]
     extra = [*extra, *(extra_options or [])]
-    env.client.clone_structure(chain.sp, chain.sd, chain.img, env.sd2)
+    clone = env.client.clone_structure(chain.sp, chain.sd, chain.img, env.sd2)
+    env.client.wait_success(clone, "cloneImageStructure", timeout=TASK_TIMEOUT)
     src_dir, dst_dir = env.image_dir(chain.sd, chain.img), env.image_dir(env.sd2, chain.img)
     argvs = [
         _argv(n, src_dir / vol, dst_dir / vol, chain.vols[n - 1] if n else None, extra, parallel)
@@ -119,7 +121,7 @@ def _copy(
             baseline.fsync(dst_dir / vol)
     seconds = time.monotonic() - start
     allocated = sum(os.stat(dst_dir / vol).st_blocks * 512 for vol in chain.vols)
-    env.client.delete_image(chain.sp, env.sd2, chain.img)
+    env.delete_image(env.sd2, chain.img)
     return seconds, allocated
 
 
