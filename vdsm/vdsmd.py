@@ -26,7 +26,7 @@ from vdsm.storage import fileutil, rollback_steps
 from vdsm.storage.host_storage import HostStorage
 from vdsm.storage.repository import StorageRepository
 from vdsm.storage.storage_roots import StorageRoots
-from vdsm.storage.task_manager import TaskManager
+from vdsm.storage.task.manager import TaskManager
 from vdsm.virt.connection import Connection
 from vdsm.virt.merge import Merges
 from vdsm.virt.replication import Replications

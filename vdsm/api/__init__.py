@@ -14,7 +14,7 @@ from vdsm.api.tasks import TasksAPI
 from vdsm.api.vms import CapabilitiesAPI, VmsAPI
 from vdsm.api.volumes import VolumesAPI
 from vdsm.storage.host_storage import HostStorage
-from vdsm.storage.task_manager import TaskManager
+from vdsm.storage.task.manager import TaskManager
 from vdsm.virt.connection import Connection
 from vdsm.virt.merge import Merges
 from vdsm.virt.replication import Replications

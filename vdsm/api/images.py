@@ -8,10 +8,10 @@ from typing import Any
 from vdsm.errors import ImageDoesNotExistInSD
 from vdsm.storage import image, image_copy
 from vdsm.storage.host_storage import HostStorage
-from vdsm.storage.resource_locks import LockMode, image_resource
+from vdsm.storage.resource_locks import exclusive_image
 from vdsm.storage.rollback_steps import REMOVE_IMAGE
-from vdsm.storage.task_context import TaskContext
-from vdsm.storage.task_manager import TaskManager
+from vdsm.storage.task.context import TaskContext
+from vdsm.storage.task.manager import TaskManager
 
 
 class ImagesAPI:
@@ -32,9 +32,7 @@ class ImagesAPI:
             raise ImageDoesNotExistInSD(f"image {img_uuid} in domain {sd_uuid}")
 
         def job(ctx: TaskContext) -> None:
-            with self._storage.locks.hold(
-                [(image_resource(sd_uuid, img_uuid), LockMode.EXCLUSIVE)]
-            ):
+            with self._storage.locks.hold([exclusive_image(sd_uuid, img_uuid)]):
                 if not image.exists(domain, img_uuid):
                     raise ImageDoesNotExistInSD(f"image {img_uuid} in domain {sd_uuid}")
                 # A delete interrupted half-way is finished, not undone: its undo completes it.

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vdsm.storage.task_manager import TaskManager, TaskStatus
+from vdsm.storage.task.manager import TaskManager
+from vdsm.storage.task.state import TaskStatus
 
 
 def status_payload(status: TaskStatus) -> dict[str, Any]:

@@ -13,10 +13,10 @@ from vdsm.errors import NotImplementedVerb
 from vdsm.storage import volume as volumes
 from vdsm.storage.constants import BLANK_UUID
 from vdsm.storage.host_storage import HostStorage
-from vdsm.storage.resource_locks import LockMode, image_resource
-from vdsm.storage.rollback_steps import REMOVE_VOLUME
-from vdsm.storage.task_context import TaskContext
-from vdsm.storage.task_manager import TaskManager
+from vdsm.storage.resource_locks import exclusive_image
+from vdsm.storage.rollback_steps import REMOVE_VOLUME, volume_args
+from vdsm.storage.task.context import TaskContext
+from vdsm.storage.task.manager import TaskManager
 from vdsm.storage.volume import Volume, VolumeInfo
 
 
@@ -84,9 +84,7 @@ class VolumesAPI:
         volumes.plan_create(domain, img_uuid, vol_uuid, **spec)
 
         def job(ctx: TaskContext) -> None:
-            with self._storage.locks.hold(
-                [(image_resource(sd_uuid, img_uuid), LockMode.EXCLUSIVE)]
-            ):
+            with self._storage.locks.hold([exclusive_image(sd_uuid, img_uuid)]):
                 volumes.plan_create(domain, img_uuid, vol_uuid, **spec)
                 ctx.add_rollback(
                     REMOVE_VOLUME,
@@ -127,25 +125,14 @@ class VolumesAPI:
             Volume(domain, img_uuid, vol_uuid).metadata()  # 201 now for an unknown volume
 
         def job(ctx: TaskContext) -> None:
-            with self._storage.locks.hold(
-                [(image_resource(sd_uuid, img_uuid), LockMode.EXCLUSIVE)]
-            ):
-                # Leaf first: a volume's children must go before it.
-                pending = list(vol_uuids)
-                while pending:
-                    childless = [
-                        v for v in pending if not set(Volume(domain, img_uuid, v).children())
-                    ]
-                    vol = Volume(domain, img_uuid, (childless or pending)[0])
+            with self._storage.locks.hold([exclusive_image(sd_uuid, img_uuid)]):
+                leaf_first = volumes.leaf_first(domain, img_uuid, vol_uuids)
+                for done, vol in enumerate(leaf_first, start=1):
                     volumes.check_delete(vol)
                     # Once the volume is being removed, finishing the removal is the only
                     # clean way out: the undo step of a delete completes it.
-                    ctx.add_rollback(
-                        REMOVE_VOLUME,
-                        {"sd_uuid": sd_uuid, "img_uuid": img_uuid, "vol_uuid": vol.vol_uuid},
-                    )
+                    ctx.add_rollback(REMOVE_VOLUME, volume_args(vol))
                     volumes.delete(vol)
-                    pending.remove(vol.vol_uuid)
-                    ctx.set_progress(100 * (len(vol_uuids) - len(pending)) / len(vol_uuids))
+                    ctx.set_progress(100 * done / len(vol_uuids))
 
         return self._tasks.submit("deleteVolume", job, tasks_dir=pool.master.tasks_dir)

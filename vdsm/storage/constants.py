@@ -1,23 +1,10 @@
-"""Storage enums and constants, with the exact strings of VDSM's metadata (contract §7)."""
+"""Storage enums and constants, with the exact strings of VDSM's metadata (docs/contract.md §7)."""
 
 from __future__ import annotations
 
 from enum import StrEnum
 
-from vdsm.validation import BLANK_UUID
-
-__all__ = [
-    "BLANK_UUID",
-    "DiskType",
-    "DomainClass",
-    "DomainRole",
-    "DomainType",
-    "Legality",
-    "Preallocation",
-    "VolumeFormat",
-    "VolumeRole",
-    "VolumeStatus",
-]
+from vdsm.validation import BLANK_UUID as BLANK_UUID  # metadata's "no parent"
 
 
 class VolumeFormat(StrEnum):
@@ -63,7 +50,7 @@ class DiskType(StrEnum):
 
 
 class DomainType(StrEnum):
-    """File-based domain types; all share the directory layout of contract §7."""
+    """File-based domain types; all share the directory layout of docs/contract.md §7."""
 
     NFS = "NFS"
     LOCALFS = "LOCALFS"

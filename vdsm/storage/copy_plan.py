@@ -1,7 +1,7 @@
 """What a clone or a sync of an image (:mod:`vdsm.storage.image_copy`) will do, checked first.
 
 Reads only, never writes: the source chain (every volume LEGAL with its data file), the
-destination chain of the twins, whether they pair up as contract §4 says for the chosen sync
+destination chain of the twins, whether they pair up as docs/contract.md §4 says for the chosen sync
 type, and for each volume to copy how it is copied and how many bytes it moves. Every
 refusal carries the contract's code: 2000, 268, 262, 259 (source), 260 (destination).
 """
@@ -70,7 +70,7 @@ def checked_sync(
 def _selected_pairs(
     mode: SyncType, source: Chain, target: Chain, img_uuid: str
 ) -> list[tuple[ChainEntry, ChainEntry]]:
-    """Pair source volumes with their twins after checking the chains as contract §4 says."""
+    """Pair source volumes with their twins after checking the chains (docs/contract.md §4)."""
     src_uuids = [vol.vol_uuid for vol, _ in source]
     dst_uuids = [vol.vol_uuid for vol, _ in target]
     # Outside ALL the leaves may differ: the destination leaf may be a mirror's target.

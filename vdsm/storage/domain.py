@@ -1,4 +1,4 @@
-"""File storage domains: creation, opening, the directory layout of contract §7, space stats.
+"""File storage domains: creation, opening, the directory layout (docs/contract.md §7), space.
 
 A file domain is the directory ``<root>/<sdUUID>`` on any POSIX file system (local disk, an NFS
 mount, ...)::

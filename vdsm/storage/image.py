@@ -71,7 +71,7 @@ class PreparedImage:
 def prepare(domain: FileStorageDomain, img_uuid: str, vol_uuid: str) -> PreparedImage:
     """Check a volume and its ancestors can be used by a VM: present and LEGAL (else 227).
 
-    On a file domain nothing needs activating; block domains will activate LVs here.
+    On a file domain nothing needs activating: the files are there to open.
     """
     full_chain = chain(domain, img_uuid)
     vol_uuid = validation.uuid(vol_uuid, "volUUID")
@@ -91,23 +91,16 @@ def delete(domain: FileStorageDomain, img_uuid: str) -> None:
     """Delete every volume of an image, leaf first, then its directory.
 
     Works on broken chains too (a half-created or half-copied image must be deletable): it
-    repeatedly deletes volumes that have no children.
+    deletes volumes that have no children, until none is left (a cycle: ImageDeleteError).
     """
     img_uuid = validation.uuid(img_uuid, "imgUUID")
     where = f"image {img_uuid} in domain {domain.sd_uuid}"
     if not exists(domain, img_uuid):
         raise ImageDoesNotExistInSD(where)
     try:
-        while True:
-            metadata = volumes.image_volumes(domain, img_uuid)
-            if not metadata:
-                break
-            parents = {md.parent for md in metadata.values()}
-            childless = [vol_uuid for vol_uuid in sorted(metadata) if vol_uuid not in parents]
-            if not childless:
-                raise ImageDeleteError(f"{where}: volumes {sorted(metadata)} form a cycle")
-            for vol_uuid in childless:
-                volumes.delete(Volume(domain, img_uuid, vol_uuid))
+        all_volumes = sorted(volumes.image_volumes(domain, img_uuid))
+        for vol in volumes.leaf_first(domain, img_uuid, all_volumes):
+            volumes.delete(vol)
         image_dir = domain.image_dir(img_uuid)
         if image_dir.exists():
             fileutil.remove_stale_temps(image_dir)

@@ -1,4 +1,6 @@
-"""The storage side of the two SPM verbs of live storage migration (contract §4), run in a task.
+"""The storage side of the two SPM verbs of live storage migration, run in a task.
+
+docs/contract.md §4 says what they do and how they fail:
 
 - :func:`clone_structure` (cloneImageStructure): an empty twin of an image's chain on another
   domain — same volUUIDs, capacities, formats, allocation, parents — no data.
@@ -10,12 +12,12 @@ destination image EXCLUSIVE: ``locks.hold(lock_requests(src, dst, img_uuid))``. 
 the task it may call :func:`check_clone` / :func:`check_sync` to refuse bad requests at once;
 the task checks again under the locks.
 
-Both record an undo step before every step they take (see :data:`ROLLBACK_STEPS`), so a failed,
-stopped or crashed task leaves no half-made destination: a clone's volumes are removed, a twin
-being (or having been) written is left ILLEGAL. Errors carry the real cause: metadata problems,
-qemu-img's stderr.
+Both record an undo step before every step they take (see :mod:`vdsm.storage.rollback_steps`),
+so a failed, stopped or crashed task leaves no half-made destination: a clone's volumes are
+removed, a twin being (or having been) written is left ILLEGAL. Errors carry the real cause:
+metadata problems, qemu-img's stderr.
 
-This module runs the steps and undoes them; the checks of the chains and the plan of each copy,
+This module runs the steps; the checks of the chains and the plan of each copy,
 which only read, are :mod:`vdsm.storage.copy_plan`'s.
 """
 
@@ -32,55 +34,27 @@ from vdsm.errors import (
     CommandError,
     CopyImageError,
     DestImageActionError,
-    StorageDomainDoesNotExist,
     TaskAborted,
     VdsmError,
-    VolumeDoesNotExist,
 )
 from vdsm.storage import copy_plan, image, qemuimg
 from vdsm.storage import volume as volumes
 from vdsm.storage.constants import Legality, Preallocation
-from vdsm.storage.copy_plan import Chain, ChainEntry, SyncType, VolumeCopy
+from vdsm.storage.copy_plan import Chain, VolumeCopy
 from vdsm.storage.domain import FileStorageDomain
-from vdsm.storage.repository import StorageRepository
-from vdsm.storage.resource_locks import LockMode, image_resource
-from vdsm.storage.task_context import JSONArgs, RollbackStep, TaskContext
+from vdsm.storage.resource_locks import LockRequest, exclusive_image, shared_image
+from vdsm.storage.rollback_steps import MARK_ILLEGAL, REMOVE_VOLUME, volume_args
+from vdsm.storage.task.context import TaskContext
 from vdsm.storage.volume import Volume
 
-# The public API; the chain types and SyncType live in copy_plan and are re-exported here.
-__all__ = [
-    "MARK_ILLEGAL",
-    "REMOVE_VOLUME",
-    "ROLLBACK_STEPS",
-    "Chain",
-    "ChainEntry",
-    "SyncType",
-    "check_clone",
-    "check_sync",
-    "clone_structure",
-    "lock_requests",
-    "sync_data",
-]
-
 log = logging.getLogger("vdsm.storage.image_copy")
-
-# Names of the rollback steps: stable, they are persisted in task files.
-REMOVE_VOLUME = "image_copy.remove_volume"
-MARK_ILLEGAL = "image_copy.mark_illegal"
 
 
 def lock_requests(
     src: FileStorageDomain, dst: FileStorageDomain, img_uuid: str
-) -> list[tuple[str, LockMode]]:
-    """The locks a clone or a sync needs: the source image SHARED, the destination EXCLUSIVE.
-
-    The UUID is canonicalised first, so that "ABC..." and "abc..." name the same lock.
-    """
-    img_uuid = validation.uuid(img_uuid, "imgUUID")
-    return [
-        (image_resource(src.sd_uuid, img_uuid), LockMode.SHARED),
-        (image_resource(dst.sd_uuid, img_uuid), LockMode.EXCLUSIVE),
-    ]
+) -> list[LockRequest]:
+    """The locks a clone or a sync needs: the source image SHARED, the destination EXCLUSIVE."""
+    return [shared_image(src.sd_uuid, img_uuid), exclusive_image(dst.sd_uuid, img_uuid)]
 
 
 # --- cloneImageStructure ----------------------------------------------------------------------
@@ -100,7 +74,7 @@ def clone_structure(
     for done, (vol, md) in enumerate(source, start=1):
         ctx.check_aborted()
         # Recorded first: a crash inside create leaves files the step recognises by name.
-        ctx.add_rollback(REMOVE_VOLUME, _volume_args(Volume(dst, img_uuid, vol.vol_uuid)))
+        ctx.add_rollback(REMOVE_VOLUME, volume_args(Volume(dst, img_uuid, vol.vol_uuid)))
         try:
             # create() makes the volume LEGAL and demotes its parent to INTERNAL.
             volumes.create(
@@ -193,7 +167,7 @@ def _copy_volume(
     copy: VolumeCopy, ctx: TaskContext, progress: _Progress, rate_limit: int | None
 ) -> None:
     ctx.check_aborted()
-    ctx.add_rollback(MARK_ILLEGAL, _volume_args(copy.dst))
+    ctx.add_rollback(MARK_ILLEGAL, volume_args(copy.dst))
     # ILLEGAL while written: a partially copied twin must never be usable.
     _set_dst_legality(copy.dst, Legality.ILLEGAL)
     log.info("copying %s (%d bytes) to its twin", copy.src.description_for_errors, copy.size)
@@ -335,57 +309,3 @@ def _set_dst_legality(vol: Volume, legality: Legality) -> None:
         vol.set_legality(legality)
     except (VdsmError, OSError) as e:
         raise DestImageActionError(f"marking {vol.description_for_errors} {legality}: {e}") from e
-
-
-def _volume_args(vol: Volume) -> dict[str, str]:
-    return {"sd_uuid": vol.domain.sd_uuid, "img_uuid": vol.img_uuid, "vol_uuid": vol.vol_uuid}
-
-
-# --- rollback ---------------------------------------------------------------------------------
-
-
-def _domain_or_none(
-    repository: StorageRepository, args: JSONArgs, step: str
-) -> FileStorageDomain | None:
-    try:
-        return repository.domain(args["sd_uuid"])
-    except StorageDomainDoesNotExist as e:
-        # A domain that is gone took the volume with it. An unreachable one raises instead
-        # (StorageDomainLayoutError...): the undo is still owed.
-        log.warning("%s %s: %s; nothing to undo", step, dict(args), e)
-        return None
-
-
-def _remove_volume(repository: StorageRepository, args: JSONArgs) -> None:
-    """Undo the creation of a cloned volume: its files, its parent's demotion, an empty dir.
-
-    The destination image did not exist when the clone started and the clone held it
-    EXCLUSIVE, so every file named after this volume is the clone's to remove.
-    """
-    domain = _domain_or_none(repository, args, REMOVE_VOLUME)
-    if domain is None:
-        return
-    volumes.remove_if_present(domain, args["img_uuid"], args["vol_uuid"])
-    log.info("rollback: removed volume %s of image %s", args["vol_uuid"], args["img_uuid"])
-
-
-def _mark_illegal(repository: StorageRepository, args: JSONArgs) -> None:
-    """Leave a twin whose copy did not complete (or is being reverted) ILLEGAL."""
-    domain = _domain_or_none(repository, args, MARK_ILLEGAL)
-    if domain is None:
-        return
-    vol = Volume(domain, args["img_uuid"], args["vol_uuid"])
-    try:
-        md = vol.metadata()
-    except VolumeDoesNotExist:
-        log.warning("rollback: %s is gone; nothing to mark", vol.description_for_errors)
-        return
-    if md.legality is not Legality.ILLEGAL:
-        vol.write_metadata(md.replace(legality=Legality.ILLEGAL))
-    log.info("rollback: marked %s ILLEGAL", vol.description_for_errors)
-
-
-ROLLBACK_STEPS: dict[str, RollbackStep] = {
-    REMOVE_VOLUME: _remove_volume,
-    MARK_ILLEGAL: _mark_illegal,
-}

@@ -8,27 +8,27 @@ callers rely on. The binary is ``qemu-img`` from PATH unless the environment var
 Pass the format (``fmt``/``src_format``...) whenever it is known: letting qemu-img probe a raw
 image lets a guest that wrote a qcow2 header into it decide how the host opens it.
 
-How arguments are spelled and JSON output is checked is :mod:`vdsm.storage.qemuimg_codec`'s.
+qemu-img's conventions are kept here both ways: a path becomes a name qemu-img cannot take for
+an option or a protocol, ``-o`` options are joined in qemu's ``key=value,...`` syntax, a paired
+option (a backing file and its format) is refused when half of it is missing, and each JSON
+object qemu-img prints is checked for the keys the callers rely on, so a qemu-img that prints
+something else fails here with :class:`~vdsm.errors.QemuImgError` rather than as a KeyError far
+away.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Literal, overload
 
+from vdsm.errors import QemuImgError
 from vdsm.storage import runner
-
-# QemuImgError and StrPath stay importable from here, where callers have always found them; the
-# codec's functions keep the private names this module's code (and its tests) call them by.
-from vdsm.storage.qemuimg_codec import QemuImgError, StrPath
-from vdsm.storage.qemuimg_codec import checked_object as _checked
-from vdsm.storage.qemuimg_codec import filename_arg as _filename
-from vdsm.storage.qemuimg_codec import options_arg as _options
-from vdsm.storage.qemuimg_codec import parse_json as _parse_json
-from vdsm.storage.qemuimg_codec import required_arg as _required
 from vdsm.storage.runner import Cancellation, ProgressCallback
+
+StrPath = str | os.PathLike[str]
 
 QEMU_IMG_ENV = "VDSM_QEMU_IMG"
 
@@ -162,12 +162,6 @@ def convert(
     backing_format: str | None = None,
     target_exists: bool = False,
     target_is_zero: bool = False,
-    preallocation: str | None = None,
-    compressed: bool = False,
-    src_cache: str | None = None,
-    dst_cache: str | None = None,
-    out_of_order: bool = False,
-    coroutines: int | None = None,
     rate_limit: int | None = None,
     on_progress: ProgressCallback | None = None,
     cancellation: Cancellation | None = None,
@@ -177,8 +171,7 @@ def convert(
 
     Zeros stay holes: qemu-img skips unallocated and zero areas (no ``-S 0``).
 
-    ``target_exists`` (-n) writes into an existing ``dst`` instead of creating it; qemu-img
-    then refuses ``-o`` options, so ``preallocation`` is only for a new target.
+    ``target_exists`` (-n) writes into an existing ``dst`` instead of creating it.
 
     ``backing`` + ``backing_format`` (-B/-F): the target has that backing file, so only the
     data of ``src``'s top layer is copied; areas ``src`` does not allocate itself are left
@@ -215,12 +208,7 @@ def convert(
     argv = [qemu_img(), "convert"]
     if on_progress is not None:
         argv.append("-p")
-    argv += ["-f", src_format]
-    if src_cache is not None:
-        argv += ["-T", src_cache]
-    argv += ["-O", dst_format]
-    if dst_cache is not None:
-        argv += ["-t", dst_cache]
+    argv += ["-f", src_format, "-O", dst_format]
     if target_exists:
         argv.append("-n")
     if target_is_zero:
@@ -229,19 +217,9 @@ def convert(
         argv.append("--target-is-zero")
     if backing is not None:
         argv += ["-B", backing, "-F", _required(backing_format, "backing_format", "backing")]
-    opts = {"compat": "1.1"} if dst_format == "qcow2" and not target_exists else {}
-    if preallocation is not None:
-        if target_exists:
-            raise ValueError("preallocation applies only when qemu-img creates the target")
-        opts["preallocation"] = preallocation
-    if opts:
-        argv += ["-o", _options(opts)]
-    if compressed:
-        argv.append("-c")
-    if out_of_order:
-        argv.append("-W")
-    if coroutines is not None:
-        argv += ["-m", str(coroutines)]
+    if dst_format == "qcow2" and not target_exists:
+        # qemu-img refuses -o options with -n: only a new target gets them.
+        argv += ["-o", _options({"compat": "1.1"})]
     if rate_limit is not None:
         if rate_limit <= 0:
             raise ValueError(f"rate_limit must be positive: {rate_limit}")
@@ -394,3 +372,49 @@ def allocated_bytes(extents: Iterable[Mapping[str, Any]], *, depth: int | None =
         for extent in extents
         if extent["data"] and (depth is None or extent.get("depth", 0) == depth)
     )
+
+
+# --- qemu-img's conventions: arguments in, JSON out ------------------------------------
+
+
+def _filename(path: StrPath) -> str:
+    """``path`` as a qemu-img argument that can only mean that local file."""
+    # qemu-img would take a name starting with "-" for an option, and a name with a colon
+    # before its first "/" for a protocol ("json:", "nbd:"): make both plain file paths.
+    name = os.fspath(path)
+    if name.startswith("-") or ":" in name.split("/", 1)[0]:
+        name = "./" + name
+    return name
+
+
+def _options(opts: Mapping[str, str]) -> str:
+    """``opts`` as the value of one ``-o``."""
+    # qemu's option syntax: "key=value,key=value", a comma inside a value doubled.
+    return ",".join(f"{key}={value.replace(',', ',,')}" for key, value in opts.items())
+
+
+def _required(value: str | None, name: str, because: str) -> str:
+    """``value``, which must be given (not None) together with ``because``."""
+    if value is None:
+        raise ValueError(f"{name} is required with {because}")
+    return value
+
+
+def _parse_json(argv: list[str], result: runner.CommandResult) -> Any:
+    """The JSON that ``argv`` printed on stdout."""
+    try:
+        return json.loads(result.stdout)
+    except ValueError as e:
+        raise QemuImgError(argv, result.rc, result.stderr, reason=f"invalid JSON: {e}") from e
+
+
+def _checked(
+    argv: list[str], result: runner.CommandResult, found: object, keys: Iterable[str]
+) -> dict[str, Any]:
+    """``found`` as a JSON object that has every one of ``keys``."""
+    if not isinstance(found, dict):
+        raise QemuImgError(argv, result.rc, result.stderr, reason="expected a JSON object")
+    for key in keys:
+        if key not in found:
+            raise QemuImgError(argv, result.rc, result.stderr, reason=f"no {key!r} in output")
+    return found

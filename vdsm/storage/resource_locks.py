@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 
+from vdsm import validation
 from vdsm.errors import ResourceTimeout
 
 
@@ -26,6 +27,28 @@ class LockMode(StrEnum):
 def image_resource(sd_uuid: str, img_uuid: str) -> str:
     """The resource name of an image: one lock per image per domain."""
     return f"{sd_uuid}/images/{img_uuid}"
+
+
+LockRequest = tuple[str, LockMode]
+
+
+def exclusive_image(sd_uuid: str, img_uuid: str) -> LockRequest:
+    """The request for an image EXCLUSIVE, as every create, delete or copy into it takes it.
+
+    The UUIDs are canonicalised first, so that "ABC..." and "abc..." name the same lock.
+    """
+    return _image_request(sd_uuid, img_uuid, LockMode.EXCLUSIVE)
+
+
+def shared_image(sd_uuid: str, img_uuid: str) -> LockRequest:
+    """The request for an image SHARED (a copy reads it), UUIDs canonical like
+    :func:`exclusive_image`'s."""
+    return _image_request(sd_uuid, img_uuid, LockMode.SHARED)
+
+
+def _image_request(sd_uuid: str, img_uuid: str, mode: LockMode) -> LockRequest:
+    sd_uuid = validation.uuid(sd_uuid, "sdUUID")
+    return image_resource(sd_uuid, validation.uuid(img_uuid, "imgUUID")), mode
 
 
 class _ReadWriteLock:
@@ -57,9 +80,7 @@ class ResourceLocks:
         self._locks: dict[str, _ReadWriteLock] = {}
 
     @contextmanager
-    def hold(
-        self, requests: Iterable[tuple[str, LockMode]], timeout: float | None = None
-    ) -> Iterator[None]:
+    def hold(self, requests: Iterable[LockRequest], timeout: float | None = None) -> Iterator[None]:
         """Hold every requested resource for the ``with`` block.
 
         A resource named twice is taken once, EXCLUSIVE if either request is. ``timeout`` bounds

@@ -1,20 +1,26 @@
-"""Volumes of a file domain: check and create one (base or child), delete a leaf, undo a create.
+"""Volumes of a file domain: one volume's files and metadata, and creating and deleting them.
 
 A volume is three files in its image directory: the data (qcow2 or raw), ``<vol>.meta`` and the
-reserved ``<vol>.lease``. Creation is ordered so that a crash at any point leaves either nothing
-or a volume marked ILLEGAL that rollback can recognise and remove:
+reserved ``<vol>.lease``. A :class:`Volume` names those files, reads and rewrites its metadata
+one field at a time, finds its children and reports :class:`VolumeInfo`; :func:`image_volumes`
+lists every volume of an image.
+
+Creation is ordered so that a crash at any point leaves either nothing or a volume marked
+ILLEGAL that rollback can recognise and remove:
 
     image dir → .meta (ILLEGAL) → .lease → data → parent becomes INTERNAL → .meta LEGAL
 
 and a failed create undoes every step it took (no data file, no .meta, no empty image dir).
-Callers hold the image lock EXCLUSIVE around create and delete (see resource_locks). Reading
-and updating an existing volume (paths, metadata, info) is :mod:`vdsm.storage.volume_view`'s.
+Deletion goes leaf first (:func:`leaf_first`), each volume marked ILLEGAL before its files go.
+Callers hold the image lock EXCLUSIVE around create and delete (see resource_locks).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +38,7 @@ from vdsm.errors import (
     VolumeImageHasChildren,
     VolumeMetadataWriteError,
 )
-from vdsm.storage import fileutil, qemuimg
+from vdsm.storage import fileutil, qemuimg, volume_metadata
 from vdsm.storage.constants import (
     BLANK_UUID,
     DESCRIPTION_MAX_LENGTH,
@@ -41,35 +47,133 @@ from vdsm.storage.constants import (
     Preallocation,
     VolumeFormat,
     VolumeRole,
+    VolumeStatus,
 )
 from vdsm.storage.domain import FileStorageDomain
 from vdsm.storage.runner import Cancellation
 from vdsm.storage.volume_metadata import VolumeMetadata
-from vdsm.storage.volume_view import (
-    LEASE_SUFFIX,
-    META_SUFFIX,
-    Volume,
-    VolumeInfo,
-    image_volumes,
-)
-
-# The public API. The view of an existing volume lives in volume_view and is re-exported here,
-# where the callers have always found it.
-__all__ = [
-    "LEASE_SUFFIX",
-    "META_SUFFIX",
-    "Volume",
-    "VolumeInfo",
-    "VolumePlan",
-    "check_delete",
-    "create",
-    "delete",
-    "image_volumes",
-    "plan_create",
-    "remove_if_present",
-]
 
 log = logging.getLogger("vdsm.storage.volume")
+
+META_SUFFIX = ".meta"
+LEASE_SUFFIX = ".lease"
+
+
+class Volume:
+    """A view of one volume: where its files are and how to read and change its metadata."""
+
+    def __init__(self, domain: FileStorageDomain, img_uuid: str, vol_uuid: str) -> None:
+        self.domain = domain
+        self.img_uuid = validation.uuid(img_uuid, "imgUUID")
+        self.vol_uuid = validation.uuid(vol_uuid, "volUUID")
+
+    def __repr__(self) -> str:
+        return f"Volume({self.description_for_errors})"
+
+    @property
+    def description_for_errors(self) -> str:
+        return f"volume {self.vol_uuid} of image {self.img_uuid} in domain {self.domain.sd_uuid}"
+
+    @property
+    def image_dir(self) -> Path:
+        return self.domain.image_dir(self.img_uuid)
+
+    @property
+    def path(self) -> Path:
+        return self.image_dir / self.vol_uuid
+
+    @property
+    def meta_path(self) -> Path:
+        return self.image_dir / (self.vol_uuid + META_SUFFIX)
+
+    @property
+    def lease_path(self) -> Path:
+        return self.image_dir / (self.vol_uuid + LEASE_SUFFIX)
+
+    def exists(self) -> bool:
+        return self.meta_path.exists()
+
+    def metadata(self) -> VolumeMetadata:
+        return volume_metadata.read(self.meta_path, self.description_for_errors)
+
+    def write_metadata(self, metadata: VolumeMetadata) -> None:
+        volume_metadata.write(self.meta_path, metadata, self.description_for_errors)
+
+    def set_legality(self, legality: Legality) -> None:
+        self.write_metadata(self.metadata().replace(legality=legality))
+
+    def set_role(self, role: VolumeRole) -> None:
+        self.write_metadata(self.metadata().replace(role=role))
+
+    def set_parent(self, parent_uuid: str) -> None:
+        """Record a new parent (after a merge removed the old one from the chain)."""
+        self.write_metadata(self.metadata().replace(parent=parent_uuid))
+
+    def children(self) -> list[str]:
+        """volUUIDs of the volumes of this image whose parent is this volume."""
+        return sorted(
+            vol_uuid
+            for vol_uuid, md in image_volumes(self.domain, self.img_uuid).items()
+            if md.parent == self.vol_uuid
+        )
+
+    def info(self) -> VolumeInfo:
+        md = self.metadata()
+        try:
+            st = os.stat(self.path)
+            apparent, true = st.st_size, st.st_blocks * 512
+        except FileNotFoundError:
+            apparent = true = 0
+        if md.legality is Legality.ILLEGAL:
+            status = VolumeStatus.ILLEGAL
+        elif not self.path.exists():
+            status = VolumeStatus.INVALID
+        else:
+            status = VolumeStatus.OK
+        return VolumeInfo(
+            uuid=self.vol_uuid,
+            metadata=md,
+            apparent_size=apparent,
+            true_size=true,
+            status=status,
+            children=self.children(),
+            path=self.path,
+        )
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    uuid: str
+    metadata: VolumeMetadata
+    apparent_size: int  # bytes, as ``ls -l`` shows
+    true_size: int  # bytes allocated on the file system, as ``du`` shows
+    status: VolumeStatus
+    children: list[str]
+    path: Path
+
+
+def image_volumes(domain: FileStorageDomain, img_uuid: str) -> dict[str, VolumeMetadata]:
+    """Metadata of every volume in an image directory, by volUUID (empty if no such image)."""
+    image_dir = domain.image_dir(img_uuid)
+    found: dict[str, VolumeMetadata] = {}
+    try:
+        entries = list(image_dir.iterdir())
+    except FileNotFoundError:
+        return found
+    for entry in entries:
+        stem, suffix = entry.name[: -len(META_SUFFIX)], entry.name[-len(META_SUFFIX) :]
+        if suffix != META_SUFFIX:
+            continue
+        try:
+            vol_uuid = validation.uuid(stem, "volUUID")
+        except InvalidParameter:
+            continue  # temporary files and strangers are not volumes
+        if vol_uuid == stem:
+            found[vol_uuid] = Volume(domain, img_uuid, vol_uuid).metadata()
+    return found
+
+
+# --- creating and deleting volumes ---------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -301,6 +405,23 @@ def delete(vol: Volume) -> None:
             parent.set_role(VolumeRole.LEAF)
     fileutil.remove_dir_if_empty(vol.image_dir)
     log.info("deleted %s", vol.description_for_errors)
+
+
+def leaf_first(
+    domain: FileStorageDomain, img_uuid: str, vol_uuids: Iterable[str]
+) -> Iterator[Volume]:
+    """The volumes ``vol_uuids`` of an image in the order to delete them: each after its children.
+
+    The caller deletes each volume before it asks for the next: the next is the first of those
+    left that has no child then. When every one left has a child (one not in ``vol_uuids``, or
+    a cycle), it is the first left, which :func:`delete` refuses (VolumeImageHasChildren).
+    """
+    pending = list(vol_uuids)
+    while pending:
+        childless = [v for v in pending if not Volume(domain, img_uuid, v).children()]
+        chosen = (childless or pending)[0]
+        yield Volume(domain, img_uuid, chosen)
+        pending.remove(chosen)
 
 
 def remove_if_present(domain: FileStorageDomain, img_uuid: str, vol_uuid: str) -> None:

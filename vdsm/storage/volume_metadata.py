@@ -1,7 +1,7 @@
 """Volume metadata (the ``<volUUID>.meta`` file): the typed record and its exact text form.
 
-The text form is contract §7 to the letter: the twelve keys below, sorted, one ``KEY=VALUE`` a
-line, then ``EOF``, at most 512 bytes. Reading refuses anything else with
+The text form is docs/contract.md §7 to the letter: the twelve keys below, sorted, one
+``KEY=VALUE`` a line, then ``EOF``, at most 512 bytes. Reading refuses anything else with
 VolumeMetadataReadError, so a torn or foreign file is reported, never half-trusted.
 """
 
@@ -125,11 +125,6 @@ def _integer(value: str, key: str, maximum: int | None = None) -> int:
     return validation.integer(
         value, key, low=0, high=validation.INT64_MAX if maximum is None else maximum
     )
-
-
-def next_generation(generation: int) -> int:
-    """GEN counts changes of a volume and wraps at 999, as VDSM's does."""
-    return (generation + 1) % (MAX_GENERATION + 1)
 
 
 def read(path: Path, what: str) -> VolumeMetadata:

@@ -1,4 +1,4 @@
-"""One SPM task: an explicit state machine, persisted as JSON on every change (contract §5).
+"""One SPM task: an explicit state machine, persisted as JSON on every change (docs/contract.md §5).
 
 A task lives in ``<tasks_dir>/<taskID>/task.json``, rewritten atomically on every state change
 and every recorded rollback step, so a later daemon finds exactly what a dead one knew. Its
@@ -15,8 +15,12 @@ slots, stopping) is the task manager's business; this module keeps its state con
 
 Each mutator checks its transition under the task's lock, so a stop racing the job's end has
 exactly one winner. Readers (status) never wait for a disk write; ``saved_state`` says what
-the file holds. The file itself — its fields, their values, its checked read-back — is
-:mod:`vdsm.storage.task_record`'s.
+the file holds.
+
+The file itself: what a field may hold (:class:`TaskState`, :class:`TaskResult`, a
+:class:`RollbackRecord` per step), the bytes written for a task, and the checked read-back —
+a later daemon trusts a task.json only if it is of our format, every field has its type, and
+it names the task its directory names.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,38 +43,46 @@ from vdsm.errors import (
     UnknownTask,
     VdsmError,
 )
-from vdsm.storage import fileutil, task_record
-from vdsm.storage.task_record import (
-    FORMAT_VERSION,
-    TASK_FILE,
-    RollbackRecord,
-    TaskFileError,
-    TaskResult,
-    TaskState,
-)
+from vdsm.storage import fileutil
 
-# The record's names stay importable from here, where the callers have always found them.
-__all__ = [
-    "FORMAT_VERSION",
-    "PROGRESS_SAVE_INTERVAL",
-    "SUCCESS_MESSAGE",
-    "TASK_FILE",
-    "Failure",
-    "RollbackRecord",
-    "Task",
-    "TaskFileError",
-    "TaskResult",
-    "TaskState",
-    "TaskStatus",
-]
-
-log = logging.getLogger("vdsm.storage.task")
+log = logging.getLogger("vdsm.storage.task.state")
 
 # At most one progress-only write per this many seconds: progress is cheap to lose, and a copy
 # reports it many times a second.
 PROGRESS_SAVE_INTERVAL = 1.0
 
 T = TypeVar("T")
+
+TASK_FILE = "task.json"
+FORMAT_VERSION = 1
+
+
+class TaskState(StrEnum):
+    INIT = "init"  # created and persisted; not started yet (a copy may wait here for a slot)
+    RUNNING = "running"  # its job is running
+    ABORTING = "aborting"  # a stop was requested; the job is being interrupted
+    CLEANING = "cleaning"  # its rollback steps run (after a failure, a stop, a revert, a restart)
+    FINISHED = "finished"  # nothing runs any more; ``result`` says how it ended
+    # In the contract's vocabulary (VDSM: a task it cannot account for). We never enter it;
+    # a file that says so is treated as interrupted and rolled back.
+    UNKNOWN = "unknown"
+
+
+class TaskResult(StrEnum):
+    NONE = ""  # not finished yet
+    SUCCESS = "success"  # the job completed
+    CLEAN_SUCCESS = "cleanSuccess"  # failed, stopped or reverted, and rolled back
+    CLEAN_FAILURE = "cleanFailure"  # a rollback step failed too: manual cleanup may be needed
+
+
+class TaskFileError(Exception):
+    """A task.json that cannot be read or does not describe a task (torn, foreign, edited)."""
+
+
+@dataclass(frozen=True)
+class RollbackRecord:
+    name: str  # a key of the rollback step table
+    args: dict[str, Any]  # JSON arguments for the step
 
 
 _ALLOWED: Mapping[TaskState, frozenset[TaskState]] = {
@@ -182,7 +195,7 @@ class Task:
     @classmethod
     def load(cls, directory: Path) -> Task:
         """Read ``<directory>/task.json``; TaskFileError if it is unreadable or inconsistent."""
-        return cls(directory, task_record.read(directory))
+        return cls(directory, _read(directory))
 
     # --- reading ----------------------------------------------------------------------------
 
@@ -375,7 +388,7 @@ class Task:
         return result
 
     def _to_json(self) -> bytes:
-        return task_record.encode(
+        return _encode(
             {
                 "id": self.task_id,
                 "verb": self.verb,
@@ -391,3 +404,53 @@ class Task:
                 "updated": self._updated,
             }
         )
+
+
+# --- task.json ---------------------------------------------------------------------------------
+
+
+def _encode(fields: Mapping[str, Any]) -> bytes:
+    """The content of task.json for a task's ``fields`` (the keys :func:`_read` checks, the
+    rollback steps as ``{"name", "args"}`` objects)."""
+    data = {"format": FORMAT_VERSION, **fields}
+    return (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def _read(directory: Path) -> dict[str, Any]:
+    """The fields of ``<directory>/task.json``; TaskFileError if it is unreadable or
+    inconsistent."""
+    path = directory / TASK_FILE
+    try:
+        data: dict[str, Any] = json.loads(path.read_bytes())  # whatever it is, _check says
+        _check(data, directory.name)
+    except (OSError, ValueError, TypeError, KeyError) as e:
+        raise TaskFileError(f"{path}: {type(e).__name__}: {e}") from e
+    return data
+
+
+# The type of every field of task.json (bool is refused where a number is expected).
+_FIELD_TYPES: Mapping[str, tuple[type, ...]] = {
+    **dict.fromkeys(("id", "verb", "state", "result", "message"), (str,)),
+    **dict.fromkeys(("progress", "created", "updated"), (int, float)),
+    **dict.fromkeys(("done_bytes", "total_bytes"), (int, type(None))),
+    "code": (int,),
+    "rollback": (list,),
+}
+
+
+def _check(data: Any, dir_name: str) -> None:
+    """Refuse anything but a task.json of our format, for the task its directory names."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
+        raise ValueError(f"not a task.json of format {FORMAT_VERSION}")
+    for key, kinds in _FIELD_TYPES.items():
+        if isinstance(data[key], bool) or not isinstance(data[key], kinds):
+            raise ValueError(f"{key}={data[key]!r} has the wrong type")
+    if data["id"] != dir_name:
+        raise ValueError(f"names task {data['id']!r}, its directory {dir_name!r}")
+    TaskState(data["state"])
+    TaskResult(data["result"])
+    for step in data["rollback"]:
+        if not isinstance(step, dict) or not isinstance(step.get("name"), str):
+            raise ValueError(f"malformed rollback step {step!r}")
+        if not isinstance(step.get("args"), dict):
+            raise ValueError(f"rollback step {step['name']!r} has no JSON object of args")

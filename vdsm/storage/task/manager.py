@@ -1,5 +1,5 @@
 """The task manager: runs SPM operations as background tasks that can be stopped, reverted and
-recovered after a restart (contract §5).
+recovered after a restart (docs/contract.md §5).
 
 Concurrency model: one thread per running task (its job, then its rollback), plain locks, no
 asyncio. ``_lock`` guards the table of tasks, the copy slots and the accepting flag; each Task
@@ -31,22 +31,21 @@ from vdsm.errors import (
     UnknownTask,
     VdsmError,
 )
-from vdsm.storage import fileutil, task_processes
+from vdsm.storage import fileutil
 from vdsm.storage.repository import StorageRepository
 from vdsm.storage.runner import Cancellation
-from vdsm.storage.task import (
+from vdsm.storage.task import processes
+from vdsm.storage.task.context import RollbackStep, TaskContext
+from vdsm.storage.task.rollback import roll_back
+from vdsm.storage.task.state import (
     Failure,
     Task,
     TaskFileError,
     TaskState,
     TaskStatus,
 )
-from vdsm.storage.task_context import RollbackStep, TaskContext
-from vdsm.storage.task_rollback import roll_back
 
-__all__ = ["Job", "TaskInfo", "TaskManager", "TaskStatus"]
-
-log = logging.getLogger("vdsm.storage.task_manager")
+log = logging.getLogger("vdsm.storage.task.manager")
 
 Job = Callable[[TaskContext], None]
 
@@ -286,7 +285,7 @@ class TaskManager:
     def _run_recovery(self, entry: _Entry) -> None:
         task = entry.task
         # A copy the dead daemon started may still write into what is about to be removed.
-        task_processes.kill_tagged(task.task_id)
+        processes.kill_tagged(task.task_id)
         status = task.status()
         failure = None
         if status.code == 0 and status.state is not TaskState.CLEANING:

@@ -13,10 +13,10 @@ from collections.abc import Mapping
 
 from vdsm.errors import VdsmError
 from vdsm.storage.repository import StorageRepository
-from vdsm.storage.task import Failure, Task
-from vdsm.storage.task_context import RollbackStep
+from vdsm.storage.task.context import RollbackStep
+from vdsm.storage.task.state import Failure, Task
 
-log = logging.getLogger("vdsm.storage.task_rollback")
+log = logging.getLogger("vdsm.storage.task.rollback")
 
 
 def roll_back(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from vdsm.storage.runner import TASK_ID_ENV
 
-log = logging.getLogger("vdsm.storage.task_processes")
+log = logging.getLogger("vdsm.storage.task.processes")
 
 PROC = Path("/proc")
 SCANS = 3  # at most; a pass that finds nobody new (after the first) ends the scan
