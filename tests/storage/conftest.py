@@ -1,5 +1,5 @@
-"""Fixtures for storage tests: a repository and domains in temporary directories, and real
-qemu-io reads and writes through volume chains."""
+"""Fixtures for storage tests: a repository and domains in temporary directories (``src`` and
+``dst`` for copies), processes killed at teardown, and the qemu tools checked."""
 
 from __future__ import annotations
 
@@ -12,28 +12,17 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_command
-from vdsm.storage import runner
 from vdsm.storage.domain import FileStorageDomain
 from vdsm.storage.repository import StorageRepository
 
 # Helper modules with asserts: pytest rewrites only test files and conftests by itself, and a
 # failed check must show its values there too. Registered before any test module imports them.
 pytest.register_assert_rewrite(
-    "tests.storage.image_copy_helpers", "tests.storage.task_manager_helpers"
+    "tests.storage.support",
+    "tests.storage.image_copy_support",
+    "tests.storage.qemuimg_support",
+    "tests.storage.task.support",
 )
-
-
-def new_uuid() -> str:
-    return str(uuid.uuid4())
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie waiting for its reaper counts as gone)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
 @pytest.fixture
@@ -67,7 +56,7 @@ def make_domain(tmp_path: Path, repository: StorageRepository) -> Callable[..., 
     def make(name: str = "data") -> FileStorageDomain:
         root = tmp_path / f"mnt-{name}"
         root.mkdir()
-        return repository.create_domain(root, new_uuid(), name)
+        return repository.create_domain(root, str(uuid.uuid4()), name)
 
     return make
 
@@ -77,11 +66,23 @@ def domain(make_domain: Callable[..., FileStorageDomain]) -> FileStorageDomain:
     return make_domain("data")
 
 
-def qemu_io(path: Path, fmt: str, command: str) -> str:
-    """Run one qemu-io command on an image (and so through its backing chain)."""
-    result = runner.run(["qemu-io", "-f", fmt, "-c", command, str(path)], timeout=60)
-    output = result.stdout.decode()
-    # qemu-io reports a failed pattern check on stdout and still exits 0.
-    assert "Pattern verification failed" not in output, output
-    assert "failed" not in output.lower(), output
-    return output
+@pytest.fixture
+def src(make_domain: Callable[..., FileStorageDomain]) -> FileStorageDomain:
+    """The source domain of a clone or a sync."""
+    return make_domain("src")
+
+
+@pytest.fixture
+def dst(make_domain: Callable[..., FileStorageDomain]) -> FileStorageDomain:
+    """The destination domain of a clone or a sync."""
+    return make_domain("dst")
+
+
+@pytest.fixture
+def qemu_io() -> str:
+    """qemu-io's path; with qemu-img checked too (skip, or fail under CI, when missing).
+
+    The qemu-img adapter tests use it in every test (``pytestmark``): each runs qemu-img,
+    also those that never ask for qemu-io's path."""
+    require_command("qemu-img")
+    return require_command("qemu-io")

@@ -3,38 +3,34 @@ into the empty twins that keep thin thin and preallocated preallocated, zero-fil
 arriving as zeros, leaves that may differ, and a copy stopped half-way or failing.
 
 cloneImageStructure, the checks both verbs make (every error code) and their locks:
-test_image_copy_clone.py. ``RecordingTask``, the fixtures and the chain: image_copy_helpers.py.
+test_image_copy_clone.py. ``RecordingTask`` and the chain: image_copy_support.py; the
+``src`` and ``dst`` fixtures: conftest.py.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from tests.storage.conftest import new_uuid, qemu_io
-from tests.storage.image_copy_helpers import (
+from tests.storage.image_copy_support import (
     CAPACITY,
     MiB,
     RecordingTask,
     clone,
-    dst,
     make_chain,
     own_bytes,
     own_extents,
     qemu_fmt,
-    src,
     st_allocated,
     stable_map,
     twin,
 )
+from tests.storage.support import new_uuid, run_qemu_io
 from vdsm.errors import CopyImageError, ImageIsNotLegalChain, TaskAborted
 from vdsm.storage import image_copy, qemuimg
 from vdsm.storage import volume as volumes
 from vdsm.storage.constants import Legality
 from vdsm.storage.domain import FileStorageDomain
 from vdsm.storage.repository import StorageRepository
-
-__all__ = ["dst", "src"]  # fixtures from image_copy_helpers: pytest finds them here
-
 
 # --- syncImageData ----------------------------------------------------------------------------
 
@@ -74,10 +70,10 @@ def test_sync_internal_then_leaf(
     assert qemuimg.compare(chain[2].path, twins[2].path, fmt_a="qcow2", fmt_b="qcow2")
     assert qemuimg.compare(chain[2].path, twins[2].path, fmt_a="qcow2", strict=strict)
     assert own_extents(twins[2]) == own_extents(chain[2])
-    qemu_io(twins[2].path, "qcow2", "read -P 0x11 0 1M")
-    qemu_io(twins[2].path, "qcow2", "read -P 0x33 2M 1M")
-    qemu_io(twins[2].path, "qcow2", "read -P 0 8M 512k")
-    qemu_io(twins[2].path, "qcow2", "read -P 0xa1 8704k 512k")
+    run_qemu_io(twins[2].path, "qcow2", "read -P 0x11 0 1M")
+    run_qemu_io(twins[2].path, "qcow2", "read -P 0x33 2M 1M")
+    run_qemu_io(twins[2].path, "qcow2", "read -P 0 8M 512k")
+    run_qemu_io(twins[2].path, "qcow2", "read -P 0xa1 8704k 512k")
 
     for vol, copy in zip(chain, twins, strict=True):
         md = copy.metadata()
@@ -117,8 +113,8 @@ def test_zero_filled_data_arrives_as_zeros_and_stays_thin(
     its parent's data it must become a zero cluster, never a hole showing the parent."""
     img = new_uuid()
     chain = make_chain(src, img)
-    qemu_io(chain[0].path, "raw", "write -P 0 16M 2M")  # zeros written as data
-    qemu_io(chain[1].path, "qcow2", "write -P 0 512k 256k")  # zeros over base's 0x11
+    run_qemu_io(chain[0].path, "raw", "write -P 0 16M 2M")  # zeros written as data
+    run_qemu_io(chain[1].path, "qcow2", "write -P 0 512k 256k")  # zeros over base's 0x11
     clone(src, dst, img)
     image_copy.sync_data(src, dst, img, "ALL", RecordingTask())
     # Same content; not `strict`: the allocation differs, which is the point.
@@ -133,8 +129,8 @@ def test_zero_filled_data_arrives_as_zeros_and_stays_thin(
         for e in middle
     ), middle
     leaf = twin(dst, chain[2]).path
-    qemu_io(leaf, "qcow2", "read -P 0x11 0 512k")  # the base's data, through the chain
-    qemu_io(leaf, "qcow2", "read -P 0 512k 256k")  # the middle layer's zeros hide it
+    run_qemu_io(leaf, "qcow2", "read -P 0x11 0 512k")  # the base's data, through the chain
+    run_qemu_io(leaf, "qcow2", "read -P 0 512k 256k")  # the middle layer's zeros hide it
     for vol in chain:
         assert st_allocated(twin(dst, vol)) <= st_allocated(vol), f"layer {vol.vol_uuid}"
 
@@ -168,7 +164,7 @@ def test_stop_during_copy_aborts_and_leaves_the_twin_illegal(
     base = volumes.create(
         src, img, new_uuid(), capacity=256 * MiB, volume_format="RAW", allocation="SPARSE"
     )
-    qemu_io(base.path, "raw", "write -P 0x5a 0 256M")
+    run_qemu_io(base.path, "raw", "write -P 0x5a 0 256M")
     clone(src, dst, img)
 
     def stop_midway(task: RecordingTask, percent: float) -> None:

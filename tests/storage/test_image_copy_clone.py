@@ -2,8 +2,8 @@
 the rollback of a failed clone. Then what both verbs (cloneImageStructure and syncImageData)
 check before they touch anything — every error code — and the locks they take.
 
-syncImageData's copies: test_image_copy.py. ``RecordingTask``, the fixtures and the chain:
-image_copy_helpers.py.
+syncImageData's copies: test_image_copy.py. ``RecordingTask`` and the chain:
+image_copy_support.py; the ``src`` and ``dst`` fixtures: conftest.py.
 """
 
 from __future__ import annotations
@@ -12,19 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.storage.conftest import new_uuid, qemu_io
-from tests.storage.image_copy_helpers import (
+from tests.storage.image_copy_support import (
     CAPACITY,
     RecordingTask,
     clone,
-    dst,
     make_chain,
     own_bytes,
-    src,
     st_allocated,
     tree,
     twin,
 )
+from tests.storage.support import new_uuid, run_qemu_io
 from vdsm.errors import (
     DestImageActionError,
     ImageDoesNotExistInSD,
@@ -32,15 +30,12 @@ from vdsm.errors import (
     NotImplementedVerb,
     SourceImageActionError,
 )
-from vdsm.storage import image, image_copy, qemuimg
+from vdsm.storage import image, image_copy, qemuimg, rollback_steps
 from vdsm.storage import volume as volumes
 from vdsm.storage.constants import Legality, VolumeRole
 from vdsm.storage.domain import FileStorageDomain
 from vdsm.storage.repository import StorageRepository
 from vdsm.storage.resource_locks import LockMode, ResourceLocks, image_resource
-
-__all__ = ["dst", "src"]  # fixtures from image_copy_helpers: pytest finds them here
-
 
 # --- cloneImageStructure ----------------------------------------------------------------------
 
@@ -83,14 +78,14 @@ def test_clone_creates_an_empty_twin_chain(
     ]
     assert [i.get("backing-filename-format") for i in chain_info] == ["qcow2", "raw", None]
     # No data: the whole twin chain reads as zeros.
-    qemu_io(twins[-1].path, "qcow2", f"read -P 0 0 {CAPACITY}")
+    run_qemu_io(twins[-1].path, "qcow2", f"read -P 0 0 {CAPACITY}")
     if allocation == "PREALLOCATED":
         assert all(st_allocated(v) >= CAPACITY for v in twins)
     else:
         assert all(own_bytes(v) <= 4096 for v in twins)  # raw: qemu-img's first block
     # One undo step per volume, recorded base first (so run leaf first); progress to 100.
     assert task.rollbacks == [
-        ("image_copy.remove_volume", {"sd_uuid": dst.sd_uuid, "img_uuid": img, "vol_uuid": u})
+        ("volume.remove", {"sd_uuid": dst.sd_uuid, "img_uuid": img, "vol_uuid": u})
         for u in [v.vol_uuid for v in chain]
     ]
     assert task.progress[-1][0] == 100.0
@@ -120,7 +115,7 @@ def test_failed_clone_rolls_back_to_nothing(
     # After a crash half-way through the rollback (the leaf's undo done, the middle's not),
     # a rerun still leaves nothing: the middle, now childless, was made LEAF again.
     clone(src, dst, img)
-    image_copy.ROLLBACK_STEPS["image_copy.remove_volume"](repository, task.rollbacks[2][1])
+    rollback_steps.remove_volume(repository, task.rollbacks[2][1])
     assert twin(dst, chain[1]).metadata().role is VolumeRole.LEAF
     task.roll_back(repository)
     assert tree(dst.path) == dst_before
@@ -130,7 +125,7 @@ def test_rollback_steps_tolerate_missing_domain_and_volume(
     dst: FileStorageDomain, repository: StorageRepository
 ) -> None:
     before = tree(dst.path)
-    for step in image_copy.ROLLBACK_STEPS.values():
+    for step in (rollback_steps.remove_volume, rollback_steps.mark_illegal):
         step(repository, {"sd_uuid": new_uuid(), "img_uuid": new_uuid(), "vol_uuid": new_uuid()})
         step(repository, {"sd_uuid": dst.sd_uuid, "img_uuid": new_uuid(), "vol_uuid": new_uuid()})
     assert tree(dst.path) == before

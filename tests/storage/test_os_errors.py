@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.storage.test_volume_metadata import sample
+from tests.storage.support import sample_metadata
 from vdsm.errors import StorageDomainLayoutError, VdsmError
 from vdsm.storage import volume_metadata
 from vdsm.storage.domain import FileStorageDomain
@@ -52,12 +52,12 @@ def test_domain_open_without_descriptors_is_100_not_371(domain: FileStorageDomai
 
 def test_volume_metadata_without_descriptors_is_100_not_207(tmp_path: Path) -> None:
     path = tmp_path / "vol.meta"
-    volume_metadata.write(path, sample(), "vol")
+    volume_metadata.write(path, sample_metadata(), "vol")
     with no_free_descriptors(), pytest.raises(VdsmError) as raised:
         volume_metadata.read(path, "vol")
     assert_general_emfile(raised.value, path)
     with no_free_descriptors(), pytest.raises(VdsmError) as raised:
-        volume_metadata.write(path, sample(), "vol")
+        volume_metadata.write(path, sample_metadata(), "vol")
     assert type(raised.value) is VdsmError and "[Errno 24]" in raised.value.message
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.storage.conftest import new_uuid
+from tests.storage.support import new_uuid
 from vdsm.errors import (
     InvalidParameter,
     StorageDomainAlreadyAttached,

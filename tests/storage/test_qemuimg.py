@@ -3,7 +3,7 @@ what changes or checks an image — convert (sparseness, per-layer copies into e
 rate limit, progress, cancellation), rebase, compare and check.
 
 create, info, measure, map and the adapter's own guards: test_qemuimg_info.py. The shared
-helpers: qemuimg_helpers.py.
+helpers: qemuimg_support.py.
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.storage.qemuimg_helpers import (
+from tests.storage.qemuimg_support import (
     FORMATS,
     RAW_FIRST_BLOCK,
     SIZE,
     MiB,
     make_chain,
     own_extents,
-    qemu_io,
     reads,
     st_allocated,
     write,
@@ -30,7 +29,8 @@ from vdsm.errors import CommandAborted, CommandError
 from vdsm.storage import qemuimg
 from vdsm.storage.runner import Cancellation
 
-__all__ = ["qemu_io"]  # the autouse fixture from qemuimg_helpers: pytest finds it here
+# Every test here runs qemu-img: checked (or skipped) by the qemu_io fixture.
+pytestmark = pytest.mark.usefixtures("qemu_io")
 
 
 # --- convert --------------------------------------------------------------------------------
@@ -120,10 +120,6 @@ def test_convert_option_misuse(tmp_path: Path) -> None:
     a, b = tmp_path / "a", tmp_path / "b"
     with pytest.raises(ValueError):
         qemuimg.convert(a, b, src_format="raw", dst_format="raw", target_is_zero=True)
-    with pytest.raises(ValueError):
-        qemuimg.convert(
-            a, b, src_format="raw", dst_format="raw", target_exists=True, preallocation="full"
-        )
     with pytest.raises(ValueError):
         qemuimg.convert(a, b, src_format="qcow2", dst_format="qcow2", backing="base")
     for bad_rate in (0, -1):

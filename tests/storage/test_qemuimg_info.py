@@ -2,7 +2,7 @@
 what describes an image — create, info, measure and map — and the adapter's own guards (the
 binary, protocol-like file names, a missing key).
 
-convert, rebase, compare and check: test_qemuimg.py. The shared helpers: qemuimg_helpers.py.
+convert, rebase, compare and check: test_qemuimg.py. The shared helpers: qemuimg_support.py.
 """
 
 from __future__ import annotations
@@ -11,21 +11,21 @@ from pathlib import Path
 
 import pytest
 
-from tests.storage.qemuimg_helpers import (
+from tests.storage.qemuimg_support import (
     FORMATS,
     RAW_FIRST_BLOCK,
     SIZE,
     MiB,
     make_chain,
-    qemu_io,
     reads,
     st_allocated,
     write,
 )
-from vdsm.errors import CommandError
-from vdsm.storage import qemuimg, runner
+from vdsm.errors import CommandError, QemuImgError
+from vdsm.storage import qemuimg
 
-__all__ = ["qemu_io"]  # the autouse fixture from qemuimg_helpers: pytest finds it here
+# Every test here runs qemu-img: checked (or skipped) by the qemu_io fixture.
+pytestmark = pytest.mark.usefixtures("qemu_io")
 
 
 # --- create, info ---------------------------------------------------------------------------
@@ -156,9 +156,12 @@ def test_filename_that_looks_like_a_protocol(
         assert qemuimg.info(name, fmt="raw")["virtual-size"] == MiB
 
 
-def test_missing_key_names_the_key() -> None:
-    # qemu-img's output cannot be made to lack a key without faking qemu-img, so the check
-    # itself is exercised on a real result.
-    result = runner.run(["true"])
-    with pytest.raises(qemuimg.QemuImgError, match="'virtual-size'"):
-        qemuimg._checked(["qemu-img", "info"], result, {"format": "raw"}, ["virtual-size"])
+def test_missing_key_names_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A real qemu-img always prints every key: a qemu-img that does not is a stand-in, named
+    # by the adapter's own override ($VDSM_QEMU_IMG), that prints JSON lacking one.
+    fake = tmp_path / "qemu-img"
+    fake.write_text('#!/bin/sh\necho \'{"format": "raw"}\'\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv(qemuimg.QEMU_IMG_ENV, str(fake))
+    with pytest.raises(QemuImgError, match="'virtual-size'"):
+        qemuimg.info(tmp_path / "any.raw", fmt="raw")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.storage.conftest import alive
+from tests.storage.support import alive
 from vdsm.errors import CommandAborted, CommandError, CommandTimeout
 from vdsm.storage import runner
 from vdsm.storage.runner import Cancellation

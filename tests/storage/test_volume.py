@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.storage.conftest import new_uuid, qemu_io
+from tests.storage.support import new_uuid, run_qemu_io
 from vdsm.errors import (
     IllegalVolumePrepare,
     IllegalVolumeSnapshot,
@@ -52,7 +52,7 @@ def make_chain(domain: FileStorageDomain, img: str) -> list[Volume]:
         allocation="SPARSE",
         description="base",
     )
-    qemu_io(base.path, "raw", "write -P 0x11 0 1M")
+    run_qemu_io(base.path, "raw", "write -P 0x11 0 1M")
     middle = volumes.create(
         domain,
         img,
@@ -62,7 +62,7 @@ def make_chain(domain: FileStorageDomain, img: str) -> list[Volume]:
         allocation="SPARSE",
         parent_uuid=base.vol_uuid,
     )
-    qemu_io(middle.path, "qcow2", "write -P 0x22 1M 1M")
+    run_qemu_io(middle.path, "qcow2", "write -P 0x22 1M 1M")
     leaf = volumes.create(
         domain,
         img,
@@ -72,7 +72,7 @@ def make_chain(domain: FileStorageDomain, img: str) -> list[Volume]:
         allocation="SPARSE",
         parent_uuid=middle.vol_uuid,
     )
-    qemu_io(leaf.path, "qcow2", "write -P 0x33 2M 1M")
+    run_qemu_io(leaf.path, "qcow2", "write -P 0x33 2M 1M")
     return [base, middle, leaf]
 
 
@@ -111,10 +111,10 @@ def test_three_volume_chain_matches_qemu_img_backing_chain(domain: FileStorageDo
     assert all(i["virtual-size"] == CAPACITY for i in chain_info)
 
     # Data written into each layer reads back through the leaf; the rest reads as zeros.
-    qemu_io(leaf.path, "qcow2", "read -P 0x11 0 1M")
-    qemu_io(leaf.path, "qcow2", "read -P 0x22 1M 1M")
-    qemu_io(leaf.path, "qcow2", "read -P 0x33 2M 1M")
-    qemu_io(leaf.path, "qcow2", "read -P 0 3M 61M")
+    run_qemu_io(leaf.path, "qcow2", "read -P 0x11 0 1M")
+    run_qemu_io(leaf.path, "qcow2", "read -P 0x22 1M 1M")
+    run_qemu_io(leaf.path, "qcow2", "read -P 0x33 2M 1M")
+    run_qemu_io(leaf.path, "qcow2", "read -P 0 3M 61M")
 
 
 def test_volume_info_reports_every_key(domain: FileStorageDomain) -> None:
@@ -220,6 +220,26 @@ def test_delete_leaf_makes_parent_leaf_again(domain: FileStorageDomain) -> None:
     volumes.delete(middle)
     volumes.delete(base)
     assert not domain.image_dir(img).exists()
+
+
+def test_leaf_first_deletes_children_before_parents(domain: FileStorageDomain) -> None:
+    img = new_uuid()
+    base, middle, leaf = make_chain(domain, img)
+    order = []
+    for vol in volumes.leaf_first(domain, img, [base.vol_uuid, middle.vol_uuid, leaf.vol_uuid]):
+        order.append(vol.vol_uuid)
+        volumes.delete(vol)
+    assert order == [leaf.vol_uuid, middle.vol_uuid, base.vol_uuid]
+    assert not domain.image_dir(img).exists()
+
+
+def test_leaf_first_offers_a_parent_whose_child_stays(domain: FileStorageDomain) -> None:
+    img = new_uuid()
+    base, middle, leaf = make_chain(domain, img)
+    offered = list(volumes.leaf_first(domain, img, [base.vol_uuid, middle.vol_uuid]))
+    assert offered[0].vol_uuid == base.vol_uuid  # none is childless: the first, as asked
+    with pytest.raises(VolumeImageHasChildren):
+        volumes.delete(offered[0])
 
 
 def test_delete_image_removes_everything(domain: FileStorageDomain) -> None:

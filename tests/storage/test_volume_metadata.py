@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.storage.support import SAMPLE_IMG, SAMPLE_SD, sample_metadata
 from vdsm.errors import VolumeDoesNotExist, VolumeMetadataReadError, VolumeMetadataWriteError
 from vdsm.storage import volume_metadata
 from vdsm.storage.constants import (
@@ -22,42 +23,21 @@ from vdsm.storage.constants import (
     VolumeFormat,
     VolumeRole,
 )
-from vdsm.storage.volume_metadata import VolumeMetadata
 
-SD = "11111111-1111-1111-1111-111111111111"
-IMG = "22222222-2222-2222-2222-222222222222"
 PARENT = "33333333-3333-3333-3333-333333333333"
 
 
-def sample(**changes: object) -> VolumeMetadata:
-    md = VolumeMetadata(
-        domain=SD,
-        image=IMG,
-        parent=BLANK_UUID,
-        capacity=1073741824,
-        format=VolumeFormat.COW,
-        allocation=Preallocation.SPARSE,
-        role=VolumeRole.LEAF,
-        disk_type=DiskType.DATA,
-        description="boot disk",
-        legality=Legality.LEGAL,
-        ctime=1700000000,
-        generation=0,
-    )
-    return md.replace(**changes)
-
-
 def test_text_form_is_sorted_key_value_lines_ended_by_eof() -> None:
-    assert sample().to_text() == textwrap.dedent(
+    assert sample_metadata().to_text() == textwrap.dedent(
         f"""\
         CAP=1073741824
         CTIME=1700000000
         DESCRIPTION=boot disk
         DISKTYPE=DATA
-        DOMAIN={SD}
+        DOMAIN={SAMPLE_SD}
         FORMAT=COW
         GEN=0
-        IMAGE={IMG}
+        IMAGE={SAMPLE_IMG}
         LEGALITY=LEGAL
         PUUID={BLANK_UUID}
         TYPE=SPARSE
@@ -86,7 +66,7 @@ def test_text_form_is_sorted_key_value_lines_ended_by_eof() -> None:
     ],
 )
 def test_every_key_round_trips(tmp_path: Path, changes: dict[str, object]) -> None:
-    md = sample(**changes)
+    md = sample_metadata(**changes)
     path = tmp_path / "vol.meta"
     volume_metadata.write(path, md, "test volume")
     assert volume_metadata.read(path, "test volume") == md
@@ -96,7 +76,7 @@ def test_every_key_round_trips(tmp_path: Path, changes: dict[str, object]) -> No
 def test_oversized_metadata_is_refused_before_writing(tmp_path: Path) -> None:
     path = tmp_path / "vol.meta"
     with pytest.raises(VolumeMetadataWriteError, match="more than 512"):
-        volume_metadata.write(path, sample(description="é" * 210), "test volume")
+        volume_metadata.write(path, sample_metadata(description="é" * 210), "test volume")
     assert not path.exists()
     assert list(tmp_path.iterdir()) == []
 
@@ -117,7 +97,7 @@ def test_oversized_metadata_is_refused_before_writing(tmp_path: Path) -> None:
 )
 def test_torn_or_foreign_files_are_refused(tmp_path: Path, mangle, reason: str) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "vol.meta"
-    path.write_text(mangle(sample().to_text()))
+    path.write_text(mangle(sample_metadata().to_text()))
     with pytest.raises(VolumeMetadataReadError, match=reason) as err:
         volume_metadata.read(path, "volume X")
     assert "volume X" in err.value.message
@@ -171,7 +151,10 @@ die_if("done")
     "step", ["mid-write", "fsync-file", "rename", "after-rename", "fsync-dir", "done"]
 )
 def test_write_killed_at_any_step_leaves_old_or_new(tmp_path: Path, step: str) -> None:
-    old, new = sample(), sample(legality=Legality.ILLEGAL, generation=7, description="new")
+    old, new = (
+        sample_metadata(),
+        sample_metadata(legality=Legality.ILLEGAL, generation=7, description="new"),
+    )
     path = tmp_path / "vol.meta"
     volume_metadata.write(path, old, "test volume")
     repo_root = Path(__file__).resolve().parents[2]

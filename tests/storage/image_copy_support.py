@@ -1,11 +1,11 @@
 """Shared by the cloneImageStructure and syncImageData tests (test_image_copy_clone.py,
 test_image_copy.py): ``RecordingTask``, the test double of the task a storage operation runs
-in; the ``src`` and ``dst`` domain fixtures; a three-layer chain with known data in every
-layer; and the views of a volume the checks compare (its own extents and bytes, its twin).
+in; a three-layer chain with known data in every layer; and the views of a volume the checks
+compare (its own extents and bytes, its twin). The ``src`` and ``dst`` domain fixtures are in
+conftest.py.
 
 Not a test module: tests/storage/conftest.py registers it for pytest's assert rewriting, so a
-failed check here shows its values; a test module imports the fixtures by name (and lists them
-in ``__all__``) so that pytest finds them there.
+failed check here shows its values.
 """
 
 from __future__ import annotations
@@ -16,11 +16,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.storage.conftest import new_uuid, qemu_io
+from tests.storage.support import new_uuid, run_qemu_io
 from vdsm.errors import TaskAborted
-from vdsm.storage import image_copy, qemuimg
+from vdsm.storage import image_copy, qemuimg, rollback_steps
 from vdsm.storage import volume as volumes
 from vdsm.storage.constants import BLANK_UUID, VolumeFormat
 from vdsm.storage.domain import FileStorageDomain
@@ -31,11 +29,9 @@ from vdsm.storage.volume import Volume
 MiB = 1024**2
 CAPACITY = 64 * MiB
 
-MakeDomain = Callable[..., FileStorageDomain]
-
 
 class RecordingTask:
-    """A test double of the task running a storage operation (vdsm.storage.task_context's
+    """A test double of the task running a storage operation (vdsm.storage.task.context's
     TaskContext): it records rollback steps (checked to be JSON, as the real task persists
     them) and progress, and stops when its real Cancellation is cancelled."""
 
@@ -53,7 +49,7 @@ class RecordingTask:
         self._on_progress = on_progress
 
     def add_rollback(self, name: str, args: Mapping[str, Any]) -> None:
-        assert name in image_copy.ROLLBACK_STEPS
+        assert name in rollback_steps.table()
         self.rollbacks.append((name, json.loads(json.dumps(args))))
         if self._on_rollback is not None:
             self._on_rollback(len(self.rollbacks))
@@ -73,17 +69,7 @@ class RecordingTask:
     def roll_back(self, repository: StorageRepository) -> None:
         """What the task manager does after a failure: every step, newest first."""
         for name, args in reversed(self.rollbacks):
-            image_copy.ROLLBACK_STEPS[name](repository, args)
-
-
-@pytest.fixture
-def src(make_domain: MakeDomain) -> FileStorageDomain:
-    return make_domain("src")
-
-
-@pytest.fixture
-def dst(make_domain: MakeDomain) -> FileStorageDomain:
-    return make_domain("dst")
+            rollback_steps.table()[name](repository, args)
 
 
 def make_chain(
@@ -113,7 +99,7 @@ def make_chain(
             parent_uuid=chain[-1].vol_uuid if chain else BLANK_UUID,
         )
         for command in commands:
-            qemu_io(vol.path, VolumeFormat(fmt).qemu_format, command)
+            run_qemu_io(vol.path, VolumeFormat(fmt).qemu_format, command)
         chain.append(vol)
     return chain
 

@@ -1,16 +1,13 @@
 """Shared by the qemu-img adapter tests (test_qemuimg.py, test_qemuimg_info.py): the image
-sizes and formats they use, the ``qemu_io`` fixture, qemu-io writes and pattern reads through a
-chain, and a three-layer chain with known data in every layer. Not a test module: a test module
-imports the fixture by name (and lists it in ``__all__``) so that pytest finds it there.
+sizes and formats they use, qemu-io writes and pattern reads through a chain, and a three-layer
+chain with known data in every layer. Their ``qemu_io`` fixture (qemu-io's path) is in
+conftest.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from vdsm.errors import CommandError
 from vdsm.storage import qemuimg, runner
@@ -23,16 +20,6 @@ FORMATS = ["raw", "qcow2"]
 # qemu-img allocates the first 4 KiB of every raw image it creates (so that later O_DIRECT
 # opens can probe the alignment): a sparse raw image has that much data at offset 0.
 RAW_FIRST_BLOCK = 4096
-
-
-@pytest.fixture(autouse=True)
-def qemu_io(require_command: Callable[[str], str]) -> str:
-    """qemu-io's path; with qemu-img checked too (skip, or fail under CI, when missing).
-
-    Autouse in every test module that imports it: each test there runs qemu-img, also those
-    that never ask for qemu-io's path."""
-    require_command("qemu-img")
-    return require_command("qemu-io")
 
 
 def write(qemu_io: str, path: Path, fmt: str, *cmds: str) -> None:

@@ -1,30 +1,26 @@
-"""Shared by the task manager tests (test_task_manager.py, test_task_manager_recovery.py): the
-rollback step table their managers run, reading a task.json back, watching a real process
-(a pid file, /proc), the fixtures (a tasks directory, managers shut down at teardown, pids
-killed at teardown) and a job that creates a real volume.
+"""Shared by the task tests (tests/storage/task/): the rollback step table their managers run,
+reading a task.json back, watching a real process (a pid file, /proc) and a job that creates a
+real volume. The fixtures are in tests/storage/task/conftest.py.
 
 Not a test module: tests/storage/conftest.py registers it for pytest's assert rewriting, so a
-failed check here shows its values; a test module imports the fixtures by name (and lists them
-in ``__all__``) so that pytest finds them there.
+failed check here shows its values.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from vdsm.errors import VdsmError
 from vdsm.storage import fileutil
 from vdsm.storage import volume as volumes
 from vdsm.storage.domain import FileStorageDomain
 from vdsm.storage.repository import StorageRepository
-from vdsm.storage.task_context import JSONArgs, TaskContext
-from vdsm.storage.task_manager import TaskManager
+from vdsm.storage.task.context import JSONArgs, TaskContext
+from vdsm.storage.task.state import Task
 
 MiB = 1024**2
 TIMEOUT = 10.0
@@ -66,8 +62,14 @@ STEPS = {
 
 
 def on_disk(tasks_dir: Path, task_id: str) -> dict[str, Any]:
+    """The task.json of task ``task_id`` under ``tasks_dir``, as a later daemon reads it."""
     data: dict[str, Any] = json.loads((tasks_dir / task_id / "task.json").read_text())
     return data
+
+
+def task_json(task: Task) -> dict[str, Any]:
+    """The task.json of ``task``, as it is on disk now."""
+    return on_disk(task.directory.parent, task.task_id)
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> bool:
@@ -88,30 +90,6 @@ def read_pid(path: Path) -> int:
 def sleeper(pid_file: Path) -> list[str]:
     """A real long-running command that writes its pid first (exec keeps the pid)."""
     return ["sh", "-c", f'echo $$ > "{pid_file}"; exec sleep 60']
-
-
-@pytest.fixture
-def tasks_dir(domain: FileStorageDomain) -> Path:
-    return domain.tasks_dir
-
-
-@pytest.fixture
-def make_manager(repository: StorageRepository) -> Iterator[Callable[..., TaskManager]]:
-    made: list[TaskManager] = []
-
-    def make(**kwargs: Any) -> TaskManager:
-        manager = TaskManager(rollback_steps=STEPS, repository=repository, **kwargs)
-        made.append(manager)
-        return manager
-
-    yield make
-    for manager in made:
-        manager.shutdown(0, stop_timeout=TIMEOUT)
-
-
-@pytest.fixture
-def manager(make_manager: Callable[..., TaskManager]) -> TaskManager:
-    return make_manager()
 
 
 def create_volume_job(

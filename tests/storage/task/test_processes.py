@@ -9,9 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.storage.conftest import alive, new_uuid
-from vdsm.storage import runner, task_processes
+from tests.storage.support import alive, new_uuid
+from vdsm.storage import runner
 from vdsm.storage.runner import Cancellation
+from vdsm.storage.task import processes
 
 
 @pytest.fixture
@@ -52,13 +53,13 @@ def test_kill_tagged_kills_only_that_task(spawn: list[subprocess.Popen[bytes]]) 
     other_task = start_sleep(spawn, new_uuid())
     untagged = start_sleep(spawn, None)
 
-    assert task_processes.kill_tagged(task_id, timeout=5) == sorted(tagged)
+    assert processes.kill_tagged(task_id, timeout=5) == sorted(tagged)
     # kill_tagged returns once they exited; our Popen still has to reap them.
     for proc in spawn[:2]:
         assert proc.wait(5) == -9
     assert alive(other_task) and alive(untagged)
-    assert task_processes.kill_tagged(task_id, timeout=5) == []
+    assert processes.kill_tagged(task_id, timeout=5) == []
 
 
 def test_kill_tagged_with_nothing_to_kill() -> None:
-    assert task_processes.kill_tagged(new_uuid(), timeout=1) == []
+    assert processes.kill_tagged(new_uuid(), timeout=1) == []

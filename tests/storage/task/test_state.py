@@ -1,5 +1,5 @@
 """The Task state machine and its task.json, on real files: checked transitions, what is on
-disk after every change, and the files a loader must refuse."""
+disk after every change, and the files a loader must refuse (vdsm.storage.task.state)."""
 
 from __future__ import annotations
 
@@ -9,27 +9,16 @@ from typing import Any
 
 import pytest
 
-from tests.storage.conftest import new_uuid
-from vdsm.errors import TaskNotFinished, TaskStateError, UnknownTask, VdsmError
-from vdsm.storage import task as task_module
-from vdsm.storage.repository import StorageRepository
-from vdsm.storage.task import Failure, Task, TaskFileError, TaskResult, TaskState
-from vdsm.storage.task_rollback import roll_back
-
-
-def on_disk(task: Task) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(task.path.read_text())
-    return data
-
-
-@pytest.fixture
-def task(tmp_path: Path) -> Task:
-    return Task.create(tmp_path / "tasks", new_uuid(), "createVolume")
+from tests.storage.support import new_uuid
+from tests.storage.task.support import task_json
+from vdsm.errors import TaskNotFinished, TaskStateError, UnknownTask
+from vdsm.storage.task import state
+from vdsm.storage.task.state import Failure, Task, TaskFileError, TaskResult, TaskState
 
 
 def test_new_task_is_persisted_in_init(task: Task, tmp_path: Path) -> None:
     assert task.path == tmp_path / "tasks" / task.task_id / "task.json"
-    data = on_disk(task)
+    data = task_json(task)
     assert data["state"] == "init"
     assert data["result"] == ""
     assert data["code"] == 0
@@ -41,20 +30,20 @@ def test_new_task_is_persisted_in_init(task: Task, tmp_path: Path) -> None:
 
 def test_every_transition_is_on_disk(task: Task) -> None:
     assert task.start()
-    assert on_disk(task)["state"] == "running"
+    assert task_json(task)["state"] == "running"
     task.add_rollback("remove_volume", {"vol": "v1", "n": 1})
-    assert on_disk(task)["rollback"] == [{"name": "remove_volume", "args": {"vol": "v1", "n": 1}}]
+    assert task_json(task)["rollback"] == [{"name": "remove_volume", "args": {"vol": "v1", "n": 1}}]
     assert task.abort(Failure(411, "Task is aborted: test"))
-    data = on_disk(task)
+    data = task_json(task)
     assert (data["state"], data["code"], data["message"]) == (
         "aborting",
         411,
         "Task is aborted: test",
     )
     task.begin_cleaning(None)
-    assert on_disk(task)["state"] == "cleaning"
+    assert task_json(task)["state"] == "cleaning"
     task.finish_cleaning(clean=True, code=411, message="done")
-    data = on_disk(task)
+    data = task_json(task)
     assert (data["state"], data["result"], data["message"]) == ("finished", "cleanSuccess", "done")
 
 
@@ -68,7 +57,7 @@ def test_success(task: Task) -> None:
         0,
         100.0,
     )
-    assert on_disk(task)["result"] == "success"
+    assert task_json(task)["result"] == "success"
 
 
 def test_illegal_transitions_raise(task: Task) -> None:
@@ -88,7 +77,7 @@ def test_illegal_transitions_raise(task: Task) -> None:
         task.start()
     # A refused change leaves memory and disk as they were.
     assert task.state is TaskState.FINISHED
-    assert on_disk(task)["state"] == "finished"
+    assert task_json(task)["state"] == "finished"
 
 
 def test_stop_before_start_wins(task: Task) -> None:
@@ -110,7 +99,7 @@ def test_rollback_args_must_be_json(task: Task, args: Any) -> None:
     task.start()
     with pytest.raises(ValueError):
         task.add_rollback("step", args)
-    assert on_disk(task)["rollback"] == []
+    assert task_json(task)["rollback"] == []
 
 
 def test_rollback_args_are_copied(task: Task) -> None:
@@ -126,10 +115,10 @@ def test_progress_is_throttled_on_disk(task: Task, monkeypatch: pytest.MonkeyPat
     task.set_progress(150, done_bytes=5, total_bytes=10)
     status = task.status()
     assert (status.progress, status.done_bytes, status.total_bytes) == (100.0, 5, 10)
-    assert on_disk(task)["progress"] == 0.0  # the last write was just now
-    monkeypatch.setattr(task_module, "PROGRESS_SAVE_INTERVAL", 0.0)
+    assert task_json(task)["progress"] == 0.0  # the last write was just now
+    monkeypatch.setattr(state, "PROGRESS_SAVE_INTERVAL", 0.0)
     task.set_progress(42.5)
-    assert on_disk(task)["progress"] == 42.5
+    assert task_json(task)["progress"] == 42.5
 
 
 def test_load_round_trip(task: Task) -> None:
@@ -155,7 +144,7 @@ def test_load_round_trip(task: Task) -> None:
     ids=["torn", "bad-state", "other-id", "format", "bad-step", "missing-key", "not-object"],
 )
 def test_load_refuses_bad_files(task: Task, edit: Any) -> None:
-    task.path.write_text(edit(on_disk(task)))
+    task.path.write_text(edit(task_json(task)))
     with pytest.raises(TaskFileError):
         Task.load(task.directory)
 
@@ -175,41 +164,3 @@ def test_failure_of_foreign_exception_names_it() -> None:
     assert failure.code == 100
     assert "KeyError" in failure.message and "vol" in failure.message
     assert Failure.of(TaskNotFinished("t")) == Failure(403, "Task not finished: t")
-
-
-def test_roll_back_newest_first_and_stops_at_failure(task: Task, tmp_path: Path) -> None:
-    ran: list[str] = []
-
-    def record(repository: StorageRepository, args: Any) -> None:
-        ran.append(args["name"])
-
-    def fail(repository: StorageRepository, args: Any) -> None:
-        raise VdsmError("cannot undo")
-
-    task.start()
-    for name in ("a", "b"):
-        task.add_rollback("record", {"name": name})
-    task.add_rollback("fail", {})
-    task.add_rollback("record", {"name": "c"})
-    steps = {"record": record, "fail": fail}
-    repository = StorageRepository(tmp_path / "repo")
-
-    problem = roll_back(task, steps, repository)
-    assert ran == ["c"]
-    assert problem is not None and "'fail'" in problem.message and "cannot undo" in problem.message
-    # The failed step and the older ones stay recorded, on disk too, for a retry.
-    assert [r.name for r in task.rollback_steps()] == ["record", "record", "fail"]
-    assert len(on_disk(task)["rollback"]) == 3
-
-    steps["fail"] = lambda repository, args: ran.append("fixed")
-    assert roll_back(task, steps, repository) is None
-    assert ran == ["c", "fixed", "b", "a"]
-    assert task.rollback_steps() == []
-
-
-def test_roll_back_unknown_step(task: Task, tmp_path: Path) -> None:
-    task.start()
-    task.add_rollback("mystery", {"x": 1})
-    problem = roll_back(task, {}, StorageRepository(tmp_path / "repo"))
-    assert problem is not None
-    assert "'mystery'" in problem.message and "unknown" in problem.message

@@ -2,8 +2,8 @@
 shutdown stopping what runs, and a real daemon crash (a child process killed with SIGKILL)
 recovered by a new manager from the task.json files it left.
 
-A task's life and stopping it: test_task_manager.py. The rollback step table, the fixtures
-and the helpers: task_manager_helpers.py.
+A task's life and stopping it: test_manager.py. The rollback step table and the
+helpers: support.py; the fixtures: conftest.py.
 """
 
 from __future__ import annotations
@@ -17,29 +17,22 @@ from pathlib import Path
 
 import pytest
 
-from tests.storage.conftest import alive, new_uuid
-from tests.storage.task_manager_helpers import (
+from tests.storage.support import alive, new_uuid
+from tests.storage.task.support import (
     TIMEOUT,
     create_volume_job,
-    make_manager,
-    manager,
     on_disk,
     read_pid,
     sleeper,
-    tasks_dir,
 )
 from vdsm.errors import UnknownTask, VdsmError
 from vdsm.storage import fileutil, runner
 from vdsm.storage import volume as volumes
 from vdsm.storage.domain import FileStorageDomain
 from vdsm.storage.repository import StorageRepository
-from vdsm.storage.task import Task, TaskResult, TaskState
-from vdsm.storage.task_context import TaskContext
-from vdsm.storage.task_manager import TaskManager
-
-# Fixtures from task_manager_helpers: pytest finds them here.
-__all__ = ["make_manager", "manager", "tasks_dir"]
-
+from vdsm.storage.task.context import TaskContext
+from vdsm.storage.task.manager import TaskManager
+from vdsm.storage.task.state import Task, TaskResult, TaskState
 
 # --- copy slots -------------------------------------------------------------------------------
 
@@ -144,7 +137,7 @@ import sys, threading
 from pathlib import Path
 from vdsm.storage import runner, volume
 from vdsm.storage.repository import StorageRepository
-from vdsm.storage.task_manager import TaskManager
+from vdsm.storage.task.manager import TaskManager
 
 repo_root, sd, img, vol, made, pid_file, tasks_dir = sys.argv[1:]
 repository = StorageRepository(Path(repo_root))

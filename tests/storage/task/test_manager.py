@@ -2,8 +2,8 @@
 real task.json files read back. A task's life — success, failure and rollback, progress,
 revert and clear — and stopping it.
 
-Copy slots, shutdown and recovery after a real daemon crash: test_task_manager_recovery.py.
-The rollback step table, the fixtures and the helpers: task_manager_helpers.py.
+Copy slots, shutdown and recovery after a real daemon crash: test_manager_recovery.py.
+The rollback step table and the helpers: support.py; the fixtures: conftest.py.
 """
 
 from __future__ import annotations
@@ -15,17 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.storage.conftest import alive, new_uuid
-from tests.storage.task_manager_helpers import (
+from tests.storage.support import alive, new_uuid
+from tests.storage.task.support import (
     TIMEOUT,
     MiB,
     create_volume_job,
-    make_manager,
-    manager,
     on_disk,
     read_pid,
     sleeper,
-    tasks_dir,
 )
 from vdsm.errors import (
     CopyImageError,
@@ -37,13 +34,9 @@ from vdsm.errors import (
 from vdsm.storage import runner
 from vdsm.storage import volume as volumes
 from vdsm.storage.domain import FileStorageDomain
-from vdsm.storage.task import TaskResult, TaskState
-from vdsm.storage.task_context import TaskContext
-from vdsm.storage.task_manager import TaskManager
-
-# Fixtures from task_manager_helpers: pytest finds them here.
-__all__ = ["make_manager", "manager", "tasks_dir"]
-
+from vdsm.storage.task.context import TaskContext
+from vdsm.storage.task.manager import TaskManager
+from vdsm.storage.task.state import TaskResult, TaskState
 
 # --- success, failure, rollback ---------------------------------------------------------------
 
