@@ -1,15 +1,19 @@
-"""Shared by the live storage migration functional tests (test_lsm*.py, test_merge.py, ...).
+"""Shared by the VM and live storage migration functional tests (test_vms.py, test_lsm*.py,
+test_merge.py, test_replication_monitor.py, ...).
 
-The fixtures (the tiny guest image, a vdsmd with a short convergence window, and VMs on it),
+``VmFixture`` (a pool, an image with a 2-volume chain, and the VMs a test starts), the
+fixtures (the tiny guest image, a vdsmd with a short convergence window, and VMs on it),
 ``Migration`` (one disk's migration driven verb by verb, as an engine would), and the small
-helpers around the guest: its boot parameters, waiting for its logged writes, and the files
-its QEMU has open. Not a test module: tests/functional/conftest.py registers it for pytest's
+helpers around libvirt and the guest: virsh, a disk's vmParams device, a drive's chain, the
+QEMU pid, the guest's boot parameters, waiting for its logged writes, and the files its QEMU
+has open. Not a test module: tests/functional/conftest.py registers it for pytest's
 assert rewriting, so a failed check here shows its values.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +22,76 @@ from typing import Any
 import pytest
 
 from tests.functional.conftest import VdsmdProcess, new_uuid, running, wait_task
-from tests.functional.test_storage_api import ok
-from tests.functional.test_vms import VmFixture, chain_of, qemu_pid
+from tests.functional.test_storage_api import Storage, ok
 from vdsm_guest import checker
 from vdsm_guest.build import GuestImage, ensure_guest
+
+
+def virsh(*args: str) -> str:
+    return subprocess.run(
+        ["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True, timeout=60
+    ).stdout
+
+
+def disk(storage: Storage, img: str, vol: str) -> dict[str, Any]:
+    return {
+        "type": "disk",
+        "device": "disk",
+        "domainID": storage.sd,
+        "poolID": storage.sp,
+        "imageID": img,
+        "volumeID": vol,
+        "iface": "virtio",
+        "index": 0,
+    }
+
+
+class VmFixture:
+    """A pool, an image with a 2-volume chain, and the VMs a test starts (destroyed after)."""
+
+    def __init__(self, daemon: VdsmdProcess, root: Path) -> None:
+        self.daemon = daemon
+        self.storage = Storage(daemon, root)
+        self.img, self.base, self.leaf = new_uuid(), new_uuid(), new_uuid()
+        self.storage.create_volume(self.img, self.base, fmt="RAW")
+        self.storage.create_volume(self.img, self.leaf, parent=self.base)
+        self.started: list[str] = []
+
+    def params(self, vm_id: str | None = None, **extra: Any) -> dict[str, Any]:
+        vm_id = vm_id or new_uuid()
+        return {
+            "vmId": vm_id,
+            "vmName": f"test-{vm_id[:8]}",
+            "memSize": 64,
+            "smp": 1,
+            "devices": [disk(self.storage, self.img, self.leaf)],
+            **extra,
+        }
+
+    def start(self, **extra: Any) -> str:
+        params = self.params(**extra)
+        self.started.append(params["vmId"])
+        reply = ok(self.daemon.xmlrpc().create(params))
+        assert reply["vmList"]["status"] == "Up"
+        return str(params["vmId"])
+
+    def stats(self, vm_id: str) -> dict[str, Any]:
+        stats: dict[str, Any] = ok(self.daemon.xmlrpc().getVmStats(vm_id))["statsList"][0]
+        return stats
+
+    def cleanup(self) -> None:
+        for vm_id in self.started:
+            virsh("destroy", vm_id)
+
+
+def chain_of(stats: dict[str, Any], target: str = "vda") -> list[str]:
+    return [v["volumeID"] for v in stats["disks"][target]["volumeChain"]]
+
+
+def qemu_pid(vm_id: str) -> int:
+    """The QEMU process of a domain, from libvirt's pid file."""
+    name = virsh("domname", vm_id).strip()
+    return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip())
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Live storage migration through a real vdsmd and libvirt: the flow (lsm-contract §1–§4).
+"""Live storage migration through a real vdsmd and libvirt: the flow (docs/contract.md §1–§4).
 
 The seed's flow, verb by verb, on a 3-volume chain made by a live snapshot — snapshot;
 cloneImageStructure; wait; diskReplicateStart; syncImageData(INTERNAL); wait;
@@ -22,15 +22,16 @@ import pytest
 from tests.functional.conftest import wait_task
 from tests.functional.lsm_helpers import (
     Migration,
+    VmFixture,
+    chain_of,
     guest,
     guest_params,
     lsm_vdsmd,
+    ok,
     open_files,
     vms,
     wait_writes,
 )
-from tests.functional.test_storage_api import ok
-from tests.functional.test_vms import VmFixture, chain_of
 from vdsm.storage import qemuimg
 from vdsm_guest import checker
 from vdsm_guest.build import GuestImage

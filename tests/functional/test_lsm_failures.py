@@ -20,15 +20,16 @@ import pytest
 from tests.functional.conftest import new_uuid
 from tests.functional.lsm_helpers import (
     Migration,
+    VmFixture,
     guest,
     guest_params,
     lsm_vdsmd,
+    ok,
     open_files,
+    qemu_pid,
     vms,
     wait_writes,
 )
-from tests.functional.test_storage_api import ok
-from tests.functional.test_vms import VmFixture, qemu_pid
 from vdsm.storage import qemuimg
 from vdsm_guest import checker
 from vdsm_guest.build import GuestImage

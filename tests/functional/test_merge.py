@@ -11,9 +11,17 @@ from typing import Any
 import pytest
 
 from tests.functional.conftest import new_uuid, wait_task
-from tests.functional.lsm_helpers import Migration, guest, guest_params, lsm_vdsmd, vms, wait_writes
-from tests.functional.test_storage_api import ok
-from tests.functional.test_vms import VmFixture, chain_of
+from tests.functional.lsm_helpers import (
+    Migration,
+    VmFixture,
+    chain_of,
+    guest,
+    guest_params,
+    lsm_vdsmd,
+    ok,
+    vms,
+    wait_writes,
+)
 from vdsm_guest import checker
 from vdsm_guest.build import GuestImage
 

@@ -8,78 +8,21 @@ with a writing guest are in test_guest_vms.py.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.functional.conftest import VdsmdProcess, new_uuid
-from tests.functional.test_storage_api import Storage, ok
+from tests.functional.lsm_helpers import VmFixture, chain_of, disk, ok, qemu_pid, virsh
 
 pytestmark = pytest.mark.libvirt
 GiB = 1024**3
-
-
-def virsh(*args: str) -> str:
-    return subprocess.run(
-        ["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True, timeout=60
-    ).stdout
-
-
-def disk(storage: Storage, img: str, vol: str) -> dict[str, Any]:
-    return {
-        "type": "disk",
-        "device": "disk",
-        "domainID": storage.sd,
-        "poolID": storage.sp,
-        "imageID": img,
-        "volumeID": vol,
-        "iface": "virtio",
-        "index": 0,
-    }
-
-
-class VmFixture:
-    """A pool, an image with a 2-volume chain, and the VMs a test starts (destroyed after)."""
-
-    def __init__(self, daemon: VdsmdProcess, root: Path) -> None:
-        self.daemon = daemon
-        self.storage = Storage(daemon, root)
-        self.img, self.base, self.leaf = new_uuid(), new_uuid(), new_uuid()
-        self.storage.create_volume(self.img, self.base, fmt="RAW")
-        self.storage.create_volume(self.img, self.leaf, parent=self.base)
-        self.started: list[str] = []
-
-    def params(self, vm_id: str | None = None, **extra: Any) -> dict[str, Any]:
-        vm_id = vm_id or new_uuid()
-        return {
-            "vmId": vm_id,
-            "vmName": f"test-{vm_id[:8]}",
-            "memSize": 64,
-            "smp": 1,
-            "devices": [disk(self.storage, self.img, self.leaf)],
-            **extra,
-        }
-
-    def start(self, **extra: Any) -> str:
-        params = self.params(**extra)
-        self.started.append(params["vmId"])
-        reply = ok(self.daemon.xmlrpc().create(params))
-        assert reply["vmList"]["status"] == "Up"
-        return str(params["vmId"])
-
-    def stats(self, vm_id: str) -> dict[str, Any]:
-        stats: dict[str, Any] = ok(self.daemon.xmlrpc().getVmStats(vm_id))["statsList"][0]
-        return stats
-
-    def cleanup(self) -> None:
-        for vm_id in self.started:
-            virsh("destroy", vm_id)
 
 
 @pytest.fixture
@@ -89,10 +32,6 @@ def vms(vdsmd: VdsmdProcess, tmp_path: Path) -> Iterator[VmFixture]:
         yield fixture
     finally:
         fixture.cleanup()
-
-
-def chain_of(stats: dict[str, Any], target: str = "vda") -> list[str]:
-    return [v["volumeID"] for v in stats["disks"][target]["volumeChain"]]
 
 
 def test_create_stats_snapshot_destroy(vms: VmFixture) -> None:
@@ -261,12 +200,6 @@ def test_qemu_killed_behind_vdsmds_back_is_reported_down(vms: VmFixture) -> None
     ok(vms.daemon.xmlrpc().destroy(other))
 
 
-def qemu_pid(vm_id: str) -> int:
-    """The QEMU process of a domain, from libvirt's pid file."""
-    name = virsh("domname", vm_id).strip()
-    return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip())
-
-
 def test_vdsmd_reconnects_when_libvirtd_restarts(vms: VmFixture) -> None:
     """libvirtd restarted under a running vdsmd: the VMs (QEMU outlives libvirtd) and vdsmd's
     connection, events included, come back."""
@@ -302,3 +235,22 @@ def test_vdsmd_reconnects_when_libvirtd_restarts(vms: VmFixture) -> None:
     while vms.stats(vm_id)["exitMessage"] == "not running":
         assert time.monotonic() < deadline, "no lifecycle event after the reconnection"
         time.sleep(0.1)
+
+
+def test_a_malformed_vm_record_is_reported_by_file_and_key(vms: VmFixture) -> None:
+    """A record vdsmd wrote reads back as it was; one edited behind its back is refused at
+    recovery with the file and the key at fault, and the other VMs still recover."""
+    img2, vol2 = new_uuid(), new_uuid()
+    vms.storage.create_volume(img2, vol2, fmt="RAW")
+    good, bad = vms.start(), vms.start(devices=[disk(vms.storage, img2, vol2)])
+    vms.daemon.kill()
+    path = vms.daemon.state_dir / "vms" / f"{bad}.json"
+    record = json.loads(path.read_text())
+    record["replications"] = {"vda": {"state": "mirroring", "src": {"domainID": "x"}}}
+    path.write_text(json.dumps(record))
+    vms.daemon.restart()
+    log = vms.daemon.log()
+    assert f"ignoring unreadable VM record {path}" in log
+    assert "record.replications.vda" in log and "KeyError" not in log
+    assert vms.stats(good)["status"] == "Up"
+    assert vms.daemon.xmlrpc().getVmStats(bad)["status"]["code"] == 1
