@@ -1,8 +1,11 @@
 """The API layer: thin verbs grouped by namespace, named by the schema's ``call`` fields.
 
 Each method takes the snake_case arguments the RPC binding already checked against the schema,
-calls the model (storage, tasks, later VMs), and returns the payload in VDSM's wire shape. It
-raises vdsm.errors types; only the RPC binding turns them into envelopes.
+calls the model (storage, tasks, VMs), and returns the payload in VDSM's wire shape, built
+here (vm_payloads.py for the VMs'): nothing below the API builds response dicts, and nothing
+here calls libvirt. It raises vdsm.errors types; only the RPC binding turns them into
+envelopes. Legacy parameters the verbs accept but ignore are declared in the schema with
+their defaults ("accepted for compatibility; unused") and named in the signatures.
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from lxml import etree
 
@@ -175,7 +174,3 @@ def read_disks(xml: str) -> dict[str, LiveDisk]:
             mirror=mirror,
         )
     return disks
-
-
-def file_name(path: str) -> str:
-    return Path(path).name
