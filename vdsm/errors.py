@@ -4,7 +4,7 @@ Every failure the daemon can report is a subclass of :class:`VdsmError`. Code be
 raises these; only the RPC boundary turns them into the ``{'status': {'code', 'message'}}``
 envelope, and only the CLI turns them into messages and exit codes.
 
-Each class carries VDSM's ``code`` and ``name`` (the public contract, see lsm-contract §6) and
+Each class carries VDSM's ``code`` and ``name`` (the public contract, see docs/contract.md §6) and
 a ``title``; the instance adds a ``detail`` that names the VM, volume, image, domain, task or
 parameter at fault, so every message is something a person can act on.
 """

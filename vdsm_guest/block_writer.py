@@ -3,7 +3,7 @@
 Never use this on a production VM: it sends raw QMP commands to QEMU behind libvirt's back
 (libvirt marks the domain tainted, "custom-monitor") and overwrites the start of the disk.
 
-How it works (qemu-notes "Host-side test writer"): the VM runs with ``testShareRW: true``, so
+How it works (docs/design.md, "Host-side test writer"): the VM runs with ``testShareRW: true``, so
 its disk device allows another writer. ``start()`` asks QEMU, through
 ``libvirt_qemu.qemuMonitorCommand``, to start an NBD server on a unix socket in a fresh temporary
 directory and to export the disk's active format node (found with ``query-block`` by the qdev
