@@ -25,7 +25,10 @@ from vdsm_guest.local_vdsmd import LocalVdsmd
 # Helper modules full of asserts: pytest rewrites only test files and conftests by itself, and
 # a failed check must show its values there too. Registered before any test module imports it.
 pytest.register_assert_rewrite(
-    "tests.functional.mover", "tests.functional.lsm_helpers", "tests.functional.vdsclient_helpers"
+    "tests.functional.mover",
+    "tests.functional.lsm_helpers",
+    "tests.functional.vdsclient_helpers",
+    "tests.functional.storage_helpers",
 )
 
 REPO = Path(__file__).resolve().parents[2]

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.functional.conftest import VdsmdProcess, new_uuid, running, wait_task
-from tests.functional.test_storage_api import Storage, ok
+from tests.functional.storage_helpers import Storage, ok
 from vdsm_guest import checker
 from vdsm_guest.build import GuestImage, ensure_guest
 

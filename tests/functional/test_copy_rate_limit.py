@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.functional.conftest import VdsmdProcess, new_uuid, running, wait_task
-from tests.functional.test_storage_api import Storage, ok
+from tests.functional.storage_helpers import Storage, ok
 from vdsm.storage import qemuimg
 
 MiB = 1024**2

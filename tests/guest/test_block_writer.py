@@ -19,7 +19,7 @@ from tests.functional.conftest import (
     new_uuid,
     vdsmd,  # noqa: F401 - the fixture, used by ``vms``
 )
-from tests.functional.test_storage_api import ok
+from tests.functional.storage_helpers import ok
 from tests.functional.test_vms import VmFixture, virsh
 from vdsm.storage import qemuimg
 from vdsm.storage.runner import run

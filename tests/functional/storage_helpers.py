@@ -1,0 +1,50 @@
+"""Shared by the functional tests that build storage through a real vdsmd's XML-RPC: a pool of
+two domains (:class:`Storage`), and ``ok``/``code`` to read an envelope."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tests.functional.conftest import VdsmdProcess, new_uuid, wait_task
+
+BLANK = "00000000-0000-0000-0000-000000000000"
+GiB = 1024**3
+
+
+def ok(reply: dict[str, Any]) -> dict[str, Any]:
+    assert reply["status"] == {"code": 0, "message": "Done"}, reply
+    return reply
+
+
+def code(reply: dict[str, Any]) -> int:
+    return int(reply["status"]["code"])
+
+
+class Storage:
+    """A pool of two domains, built through XML-RPC as an engine would."""
+
+    def __init__(self, daemon: VdsmdProcess, root: Path) -> None:
+        self.rpc = daemon.xmlrpc()
+        self.daemon = daemon
+        self.sp, self.sd, self.sd2 = new_uuid(), new_uuid(), new_uuid()
+        for sd, name in ((self.sd, "src"), (self.sd2, "dst")):
+            mount = root / name
+            mount.mkdir()
+            ok(self.rpc.createStorageDomain(4, sd, name, str(mount), 1))
+        ok(self.rpc.createStoragePool(0, self.sp, "dc", self.sd, [self.sd], 1))
+        ok(self.rpc.attachStorageDomain(self.sd2, self.sp))
+
+    def create_volume(
+        self, img: str, vol: str, fmt: Any = "COW", parent: str = BLANK, sd: str | None = None
+    ) -> dict[str, Any]:
+        reply = ok(
+            self.rpc.createVolume(
+                sd or self.sd, self.sp, img, str(GiB), fmt, "SPARSE", "DATA", vol, "d", img, parent
+            )
+        )
+        return wait_task(self.daemon, reply["uuid"])
+
+    def chain(self, img: str, sd: str | None = None) -> list[str]:
+        vols: list[str] = ok(self.rpc.getVolumesList(sd or self.sd, self.sp, img))["uuidlist"]
+        return vols
