@@ -38,6 +38,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy vdsm vdsm_cli vdsm_api vdsm_guest bench
+	$(VENV)/bin/lint-imports
 
 # pytest exits 5 when it collected no test: that must fail loudly, never pass as "green".
 test: $(STAMP)

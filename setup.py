@@ -50,6 +50,7 @@ setup(
     extras_require={
         "test": [
             "pytest",
+            "import-linter",
             "hypothesis",
             "ruff",
             "mypy",

@@ -10,12 +10,27 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
-from typing import NoReturn
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
 
 import pytest
 
+if TYPE_CHECKING:
+    from tests.functional.daemon_helpers import VdsmdProcess
+
 LIBVIRT_URI = "qemu:///system"
+
+# Support modules full of asserts: pytest rewrites only test files and conftests by itself, and
+# a failed check must show its values there too. Registered here, before any conftest or test
+# module imports them.
+pytest.register_assert_rewrite(
+    "tests.functional.daemon_helpers",
+    "tests.functional.mover",
+    "tests.functional.lsm_helpers",
+    "tests.functional.vdsclient_helpers",
+    "tests.functional.storage_helpers",
+)
 
 
 def in_ci() -> bool:
@@ -78,3 +93,14 @@ def _libvirt_marker(request: pytest.FixtureRequest) -> None:
     """Tests marked ``libvirt`` get the libvirt check without asking for the fixture."""
     if request.node.get_closest_marker("libvirt") is not None:
         request.getfixturevalue("libvirt_uri")
+
+
+@pytest.fixture
+def vdsmd(tmp_path: Path) -> Iterator[VdsmdProcess]:
+    """A running vdsmd on its own state; killed at the end, whatever happened."""
+    # Imported here, after the assert-rewrite hook above is registered for the module.
+    from tests.functional.daemon_helpers import VdsmdProcess, running
+
+    require_command("qemu-img")
+    with running(VdsmdProcess(tmp_path / "vdsmd")) as daemon:
+        yield daemon

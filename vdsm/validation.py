@@ -21,8 +21,7 @@ from enum import StrEnum
 from typing import TypeVar
 
 from vdsm.errors import InvalidParameter
-
-BLANK_UUID = "00000000-0000-0000-0000-000000000000"
+from vdsm_api.wire import BLANK_UUID
 
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 

@@ -1,117 +1,50 @@
-"""Functional tests: a real vdsmd process on a free port, driven over real HTTP.
+"""Fixtures of the functional tests: a real vdsmd, the tiny test guest, VMs on a pool.
 
-``VdsmdProcess`` starts the daemon with its own state and run directories under the test's
-temporary directory, waits until it answers ``ping``, and can be killed (SIGKILL, as a crash)
-or stopped (SIGTERM) and started again on the same state, as an operator would. That logic is
-vdsm_guest.local_vdsmd's, shared with the benchmark; the tests add JSON-RPC and raw POSTs.
-``wait_task`` waits for a task through vdsClient's API (vdsm_cli.api), as every client does.
+The plain ``vdsmd`` fixture is in tests/conftest.py (the guest tools' tests use it too). The
+helpers these are built from live in support modules: daemon_helpers (the daemon process,
+``wait_task``), storage_helpers, lsm_helpers (VMs and migrations), mover (moveDisk).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.conftest import missing, require_command
-from vdsm_guest.local_vdsmd import LocalVdsmd
-
-# Helper modules full of asserts: pytest rewrites only test files and conftests by itself, and
-# a failed check must show its values there too. Registered before any test module imports it.
-pytest.register_assert_rewrite(
-    "tests.functional.mover",
-    "tests.functional.lsm_helpers",
-    "tests.functional.vdsclient_helpers",
-    "tests.functional.storage_helpers",
-)
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.functional.daemon_helpers import VdsmdProcess, running
+from tests.functional.lsm_helpers import VmFixture
+from tests.functional.mover import prefill
+from vdsm_guest.build import GuestImage, ensure_guest
 
 
-class VdsmdProcess(LocalVdsmd):
-    """The tests' vdsmd (vdsm_guest.local_vdsmd): DEBUG logs, and JSON-RPC and raw POSTs."""
-
-    # A daemon that does not start fails the test with its whole log: the story is in there.
-    error_log_lines = None
-
-    def __init__(
-        self,
-        root: Path,
-        extra_args: list[str] | None = None,
-        env: dict[str, str] | None = None,
-        **options: Any,
-    ) -> None:
-        """``options``: LocalVdsmd's (tls, pki, storage_roots, boot_dir)."""
-        super().__init__(root, extra_args, env, log_level="DEBUG", **options)
-
-    def start(self) -> None:
-        if self.tls and not self.pki.admin_key.is_file():
-            missing(f"no host PKI at {self.pki.root} for a TLS vdsmd (run `make pki`)")
-        super().start()
-
-    def log(self) -> str:
-        return self.log_text()
-
-    def jsonrpc(
-        self, method: str, params: dict[str, Any] | list[Any] | None = None
-    ) -> dict[str, Any]:
-        """One JSON-RPC call; returns the whole response object (result or error)."""
-        body: dict[str, Any] = {"jsonrpc": "2.0", "id": str(uuid.uuid4()), "method": method}
-        if params is not None:
-            body["params"] = params
-        answer: dict[str, Any] = json.loads(self.post("/jsonrpc", json.dumps(body).encode())[1])
-        return answer
-
-    def post(
-        self, path: str, body: bytes, headers: dict[str, str] | None = None
-    ) -> tuple[int, bytes]:
-        request = urllib.request.Request(
-            f"{self.scheme}://{self.address}{path}",
-            data=body,
-            method="POST",
-            headers={"Content-Type": "application/octet-stream", **(headers or {})},
-        )
-        try:
-            with urllib.request.urlopen(
-                request, timeout=30, context=self.ssl_context()
-            ) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read()
-
-
-@contextlib.contextmanager
-def running(daemon: VdsmdProcess) -> Iterator[VdsmdProcess]:
-    """``daemon`` started, and killed at the end whatever happened (for fixtures)."""
-    daemon.start()
-    try:
-        yield daemon
-    finally:
-        if daemon.running:
-            daemon.kill()
+@pytest.fixture(scope="session")
+def guest() -> GuestImage:
+    return ensure_guest()
 
 
 @pytest.fixture
-def vdsmd(tmp_path: Path) -> Iterator[VdsmdProcess]:
-    """A running vdsmd on its own state; killed at the end, whatever happened."""
-    require_command("qemu-img")
-    with running(VdsmdProcess(tmp_path / "vdsmd")) as daemon:
+def lsm_vdsmd(tmp_path: Path) -> Iterator[VdsmdProcess]:
+    """vdsmd with a short convergence window, so a test sees the switch to sync quickly."""
+    daemon = VdsmdProcess(tmp_path / "vdsmd", ["--replication-convergence-window", "3"])
+    with running(daemon):
         yield daemon
 
 
-TASK_POLL = 0.05  # seconds between two polls of a task
+@pytest.fixture
+def vms(lsm_vdsmd: VdsmdProcess, tmp_path: Path) -> Iterator[VmFixture]:
+    fixture = VmFixture(lsm_vdsmd, tmp_path)
+    try:
+        yield fixture
+    finally:
+        fixture.cleanup()
 
 
-def wait_task(daemon: VdsmdProcess, task_id: str, timeout: float = 120) -> dict[str, Any]:
-    """The task's status once it is finished, whatever its result (vdsClient's wait_task)."""
-    return daemon.api(interval=TASK_POLL).wait_task(task_id, timeout=timeout)
-
-
-def new_uuid() -> str:
-    return str(uuid.uuid4())
+@pytest.fixture
+def moving_vms(lsm_vdsmd: VdsmdProcess, tmp_path: Path) -> Iterator[VmFixture]:
+    fixture = VmFixture(lsm_vdsmd, tmp_path)
+    prefill(fixture, tmp_path)
+    try:
+        yield fixture
+    finally:
+        fixture.cleanup()

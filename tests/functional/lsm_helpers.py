@@ -15,16 +15,13 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.functional.conftest import VdsmdProcess, new_uuid, running, wait_task
+from tests.functional.daemon_helpers import VdsmdProcess, new_uuid, wait_task
 from tests.functional.storage_helpers import Storage, ok
 from vdsm_guest import checker
-from vdsm_guest.build import GuestImage, ensure_guest
+from vdsm_guest.build import GuestImage
 
 
 def virsh(*args: str) -> str:
@@ -92,28 +89,6 @@ def qemu_pid(vm_id: str) -> int:
     """The QEMU process of a domain, from libvirt's pid file."""
     name = virsh("domname", vm_id).strip()
     return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip())
-
-
-@pytest.fixture(scope="session")
-def guest() -> GuestImage:
-    return ensure_guest()
-
-
-@pytest.fixture
-def lsm_vdsmd(tmp_path: Path) -> Iterator[VdsmdProcess]:
-    """vdsmd with a short convergence window, so a test sees the switch to sync quickly."""
-    daemon = VdsmdProcess(tmp_path / "vdsmd", ["--replication-convergence-window", "3"])
-    with running(daemon):
-        yield daemon
-
-
-@pytest.fixture
-def vms(lsm_vdsmd: VdsmdProcess, tmp_path: Path) -> Iterator[VmFixture]:
-    fixture = VmFixture(lsm_vdsmd, tmp_path)
-    try:
-        yield fixture
-    finally:
-        fixture.cleanup()
 
 
 class Migration:

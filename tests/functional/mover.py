@@ -14,31 +14,17 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.functional.conftest import REPO, VdsmdProcess
-from tests.functional.lsm_helpers import open_files
-from tests.functional.test_vms import VmFixture, chain_of, qemu_pid
+from tests.functional.daemon_helpers import REPO
+from tests.functional.lsm_helpers import VmFixture, chain_of, open_files, qemu_pid
 
 MiB = 1024**2
 PREFILL = 24 * MiB  # data in the base, so the sync has something real to copy
 CLI_TIMEOUT = 180
 Done = subprocess.CompletedProcess[str]
-
-
-@pytest.fixture
-def vms(lsm_vdsmd: VdsmdProcess, tmp_path: Path) -> Iterator[VmFixture]:
-    fixture = VmFixture(lsm_vdsmd, tmp_path)
-    prefill(fixture, tmp_path)
-    try:
-        yield fixture
-    finally:
-        fixture.cleanup()
 
 
 def prefill(vms: VmFixture, root: Path) -> None:

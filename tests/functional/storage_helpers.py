@@ -6,9 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.functional.conftest import VdsmdProcess, new_uuid, wait_task
+from tests.functional.daemon_helpers import VdsmdProcess, new_uuid, wait_task
+from vdsm_api.wire import BLANK_UUID
 
-BLANK = "00000000-0000-0000-0000-000000000000"
+BLANK = BLANK_UUID
 GiB = 1024**3
 
 

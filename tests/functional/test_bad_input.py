@@ -18,9 +18,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import require_command
-from tests.functional.conftest import VdsmdProcess, new_uuid, running
+from tests.functional.daemon_helpers import VdsmdProcess, new_uuid, running
+from vdsm_api.wire import BLANK_UUID
 
-BLANK = "00000000-0000-0000-0000-000000000000"
+BLANK = BLANK_UUID
 GiB = 1024**3
 
 

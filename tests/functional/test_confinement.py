@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import require_command
-from tests.functional.conftest import VdsmdProcess, new_uuid, running
+from tests.functional.daemon_helpers import VdsmdProcess, new_uuid, running
 
 
 def code(reply: dict[str, Any]) -> int:

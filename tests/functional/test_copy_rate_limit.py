@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.functional.conftest import VdsmdProcess, new_uuid, running, wait_task
+from tests.functional.daemon_helpers import VdsmdProcess, new_uuid, running, wait_task
 from tests.functional.storage_helpers import Storage, ok
 from vdsm.storage import qemuimg
 

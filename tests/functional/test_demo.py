@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from tests.conftest import require_command
-from tests.functional.conftest import REPO
+from tests.functional.daemon_helpers import REPO
 
 pytestmark = pytest.mark.libvirt
 

@@ -35,16 +35,17 @@ from typing import Any
 import pytest
 
 from tests.conftest import require_command
-from tests.functional.conftest import VdsmdProcess, running
+from tests.functional.daemon_helpers import VdsmdProcess, running
 from vdsm_api import schema
 from vdsm_api.schema import Param, ParamType, Verb
+from vdsm_api.wire import BLANK_UUID
 
 SEEDS = [20240601, 7, 1337]
 REQUESTS_PER_SEED = 3000
 PING_EVERY = 250
 PROTOCOL_ERRORS = {-32700, -32600, -32601, -32602}
 MARKER = f"fuzzmark{uuid.uuid4().hex[:10]}"
-BLANK = "00000000-0000-0000-0000-000000000000"
+BLANK = BLANK_UUID
 # Placeholders the XML-RPC and JSON encoders cannot write; swapped in the encoded body.
 RAW_BIGDECIMAL = f"{MARKER}-bigdecimal"
 RAW_INT = f"{MARKER}-int:"

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from tests.functional.conftest import VdsmdProcess, new_uuid, running
+from tests.functional.daemon_helpers import VdsmdProcess, new_uuid, running
 
 PING = xmlrpc.client.dumps((), "ping").encode()
 # Generous: machines running the suite are noisy; what matters is "well under 60 s".

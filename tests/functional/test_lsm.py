@@ -19,17 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.functional.conftest import wait_task
+from tests.functional.daemon_helpers import wait_task
 from tests.functional.lsm_helpers import (
     Migration,
     VmFixture,
     chain_of,
-    guest,
     guest_params,
-    lsm_vdsmd,
     ok,
     open_files,
-    vms,
     wait_writes,
 )
 from vdsm.storage import qemuimg
@@ -37,7 +34,6 @@ from vdsm_guest import checker
 from vdsm_guest.build import GuestImage
 
 pytestmark = pytest.mark.libvirt
-__all__ = ["guest", "lsm_vdsmd", "vms"]  # fixtures from lsm_helpers: pytest finds them here
 
 
 def test_seed_flow_over_xmlrpc_under_guest_writes(vms: VmFixture, guest: GuestImage) -> None:

@@ -17,17 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.functional.conftest import new_uuid
+from tests.functional.daemon_helpers import new_uuid
 from tests.functional.lsm_helpers import (
     Migration,
     VmFixture,
-    guest,
     guest_params,
-    lsm_vdsmd,
     ok,
     open_files,
     qemu_pid,
-    vms,
     wait_writes,
 )
 from vdsm.storage import qemuimg
@@ -35,7 +32,6 @@ from vdsm_guest import checker
 from vdsm_guest.build import GuestImage
 
 pytestmark = pytest.mark.libvirt
-__all__ = ["guest", "lsm_vdsmd", "vms"]  # fixtures from lsm_helpers: pytest finds them here
 
 
 def test_every_error_code(vms: VmFixture) -> None:

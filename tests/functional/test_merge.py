@@ -10,23 +10,19 @@ from typing import Any
 
 import pytest
 
-from tests.functional.conftest import new_uuid, wait_task
+from tests.functional.daemon_helpers import new_uuid, wait_task
 from tests.functional.lsm_helpers import (
     Migration,
     VmFixture,
     chain_of,
-    guest,
     guest_params,
-    lsm_vdsmd,
     ok,
-    vms,
     wait_writes,
 )
 from vdsm_guest import checker
 from vdsm_guest.build import GuestImage
 
 pytestmark = pytest.mark.libvirt
-__all__ = ["guest", "lsm_vdsmd", "vms"]  # fixtures shared from lsm_helpers
 
 
 def wait_merged(vms: VmFixture, vm_id: str, top: str, timeout: float = 60) -> dict[str, Any]:

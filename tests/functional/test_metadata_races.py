@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from tests.functional.conftest import VdsmdProcess, new_uuid
+from tests.functional.daemon_helpers import VdsmdProcess, new_uuid
 
 ROUNDS = 10
 

@@ -27,17 +27,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import missing
-from tests.functional.conftest import new_uuid
-from tests.functional.lsm_helpers import guest, guest_params, lsm_vdsmd, wait_writes
-from tests.functional.mover import PREFILL, Done, Mover, assert_on_destination, images, vms, world
-from tests.functional.test_vms import VmFixture, chain_of, qemu_pid
+from tests.functional.daemon_helpers import new_uuid
+from tests.functional.lsm_helpers import VmFixture, chain_of, guest_params, qemu_pid, wait_writes
+from tests.functional.mover import PREFILL, Done, Mover, assert_on_destination, images, world
 from vdsm_cli.move.fault import TEST_PAUSE_AT
 from vdsm_cli.move.steps import FORWARD_STEPS
 from vdsm_guest import checker
 from vdsm_guest.build import GuestImage
 
 pytestmark = pytest.mark.libvirt
-__all__ = ["guest", "lsm_vdsmd", "vms"]  # fixtures shared from lsm_helpers and mover
 
 # --- the whole move under guest writes --------------------------------------------------------
 
@@ -46,12 +44,12 @@ __all__ = ["guest", "lsm_vdsmd", "vms"]  # fixtures shared from lsm_helpers and 
     ("keep", "merge"), [(False, True), (True, True), (False, False), (True, False)]
 )
 def test_move_under_guest_writes(
-    vms: VmFixture, guest: GuestImage, tmp_path: Path, keep: bool, merge: bool
+    moving_vms: VmFixture, guest: GuestImage, tmp_path: Path, keep: bool, merge: bool
 ) -> None:
-    vm_id = vms.start(**guest_params(guest, slots=64, pause=0.02))
-    console = Path(vms.stats(vm_id)["consoleLog"])
+    vm_id = moving_vms.start(**guest_params(guest, slots=64, pause=0.02))
+    console = Path(moving_vms.stats(vm_id)["consoleLog"])
     wait_writes(console, 10)
-    m = Mover(vms, vm_id, tmp_path)
+    m = Mover(moving_vms, vm_id, tmp_path)
     extra = [*(["--keep-source"] if keep else []), *([] if merge else ["--no-merge"])]
     before = wait_writes(console, 0)
     proc = m.run(*extra, json_output=True)
@@ -71,13 +69,13 @@ def test_move_under_guest_writes(
 
     wait_writes(console, wait_writes(console, 0) + 20)  # and it keeps writing on the destination
     chain = assert_on_destination(m, merged=merge, kept=keep)
-    leaf = Path(vms.stats(vm_id)["disks"]["vda"]["path"])
+    leaf = Path(moving_vms.stats(vm_id)["disks"]["vda"]["path"])
     result = checker.check(leaf, "qcow2", console)
     assert result.ok, result.failures
     assert result.slots_verified == min(64, result.writes_logged)
     if keep:
         # The kept source is the disk as it was at the pivot: it missed what came after.
-        src_leaf = tmp_path / "src" / vms.storage.sd / "images" / vms.img / chain[-1]
+        src_leaf = tmp_path / "src" / moving_vms.storage.sd / "images" / moving_vms.img / chain[-1]
         if not merge:
             assert checker.check(src_leaf, "qcow2", console).failures
 
@@ -86,17 +84,17 @@ def test_move_under_guest_writes(
     assert again.returncode == 0 and "already in domain" in again.stdout, again.stderr
     resumed = m.resume()
     assert resumed.returncode == 0 and "nothing to resume" in resumed.stdout
-    assert world(vms, vm_id)["chain"] == chain
+    assert world(moving_vms, vm_id)["chain"] == chain
 
 
-def test_human_output_dry_run_and_the_source_back(vms: VmFixture, tmp_path: Path) -> None:
-    vm_id = vms.start()
-    m = Mover(vms, vm_id, tmp_path)
-    before = world(vms, vm_id)
+def test_human_output_dry_run_and_the_source_back(moving_vms: VmFixture, tmp_path: Path) -> None:
+    vm_id = moving_vms.start()
+    m = Mover(moving_vms, vm_id, tmp_path)
+    before = world(moving_vms, vm_id)
     plan = m.run("--dry-run")
     assert plan.returncode == 0, plan.stderr
     assert "data to copy: 24." in plan.stdout and "estimate: about" in plan.stdout
-    assert world(vms, vm_id) == before and m.leftover_state() == []
+    assert world(moving_vms, vm_id) == before and m.leftover_state() == []
 
     done = m.run("--bandwidth", "100", "--sync-writes")
     assert done.returncode == 0, done.stderr
@@ -104,11 +102,11 @@ def test_human_output_dry_run_and_the_source_back(vms: VmFixture, tmp_path: Path
         assert text in done.stdout
     assert_on_destination(m)
     # And back again: the same command towards the first domain.
-    back = m.run(dst=vms.storage.sd)
+    back = m.run(dst=moving_vms.storage.sd)
     assert back.returncode == 0, back.stderr
-    assert world(vms, vm_id)["domain"] == vms.storage.sd
-    assert chain_of(vms.stats(vm_id)) == m.chain and qemu_pid(vm_id) == m.pid
-    plan = m.run("--dry-run", dst=vms.storage.sd2)
+    assert world(moving_vms, vm_id)["domain"] == moving_vms.storage.sd
+    assert chain_of(moving_vms.stats(vm_id)) == m.chain and qemu_pid(vm_id) == m.pid
+    plan = m.run("--dry-run", dst=moving_vms.storage.sd2)
     assert "measured moves" in plan.stdout  # the estimate now uses the measured rate
 
 
@@ -134,24 +132,24 @@ def small_mount(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_preflight_refusals_change_nothing(
-    vms: VmFixture, tmp_path: Path, small_mount: Path
+    moving_vms: VmFixture, tmp_path: Path, small_mount: Path
 ) -> None:
-    api, st = vms.daemon.api(), vms.storage
+    api, st = moving_vms.daemon.api(), moving_vms.storage
     small, foreign = new_uuid(), new_uuid()
     api.create_domain(small, "small", str(small_mount))
     api.attach_domain(small, st.sp)
     (tmp_path / "foreign").mkdir()
     api.create_domain(foreign, "foreign", str(tmp_path / "foreign"))
-    vm_id = vms.start()
-    m = Mover(vms, vm_id, tmp_path)
-    before = world(vms, vm_id)
+    vm_id = moving_vms.start()
+    m = Mover(moving_vms, vm_id, tmp_path)
+    before = world(moving_vms, vm_id)
 
     def refused(proc: Done, *words: str) -> None:
         assert proc.returncode == 1, proc.stderr + proc.stdout
         for word in words:
             assert word in proc.stderr, proc.stderr
-        assert world(vms, vm_id) == before
-        assert images(vms, small) == [] and m.leftover_state() == []
+        assert world(moving_vms, vm_id) == before
+        assert images(moving_vms, small) == [] and m.leftover_state() == []
 
     refused(m.run(dst=small), "not enough room", small, "× 1.1 + 64.0 MiB")
     refused(m.run(dst=foreign), f"{foreign} is not in pool {st.sp}")
@@ -159,29 +157,34 @@ def test_preflight_refusals_change_nothing(
     refused(m.run(image=new_uuid()), "is not attached to VM")
 
     # Busy: a replication already runs on the disk.
-    api.wait_success(api.clone_structure(st.sp, st.sd, vms.img, st.sd2))
-    src = {"domainID": st.sd, "poolID": st.sp, "imageID": vms.img, "volumeID": vms.leaf}
+    api.wait_success(api.clone_structure(st.sp, st.sd, moving_vms.img, st.sd2))
+    src = {
+        "domainID": st.sd,
+        "poolID": st.sp,
+        "imageID": moving_vms.img,
+        "volumeID": moving_vms.leaf,
+    }
     api.replicate_start(vm_id, src, {**src, "domainID": st.sd2}, "background", 1)
-    before = world(vms, vm_id)
+    before = world(moving_vms, vm_id)
     refused(m.run(), "is busy: a replication")
     api.replicate_finish(vm_id, src, src)
-    api.wait_success(api.delete_image(st.sd2, st.sp, vms.img))
+    api.wait_success(api.delete_image(st.sd2, st.sp, moving_vms.img))
 
     # Down: QEMU is gone.
     os.kill(qemu_pid(vm_id), signal.SIGKILL)
     deadline = time.monotonic() + 30
-    while vms.stats(vm_id)["status"] != "Down":
+    while moving_vms.stats(vm_id)["status"] != "Down":
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    before = world(vms, vm_id)
+    before = world(moving_vms, vm_id)
     refused(m.run(), "is Down: a live move needs a running VM")
     proc = m.run(vm=new_uuid())
     assert proc.returncode == 1 and "is not running on" in proc.stderr
 
 
-def test_a_second_client_on_the_same_disk_is_refused(vms: VmFixture, tmp_path: Path) -> None:
-    vm_id = vms.start()
-    m = Mover(vms, vm_id, tmp_path)
+def test_a_second_client_on_the_same_disk_is_refused(moving_vms: VmFixture, tmp_path: Path) -> None:
+    vm_id = moving_vms.start()
+    m = Mover(moving_vms, vm_id, tmp_path)
     proc = m.start(**{TEST_PAUSE_AT: "clone"})
     proc.wait_paused()
     second = m.run()
@@ -195,8 +198,8 @@ def test_a_second_client_on_the_same_disk_is_refused(vms: VmFixture, tmp_path: P
 # --- every disk of a VM ---------------------------------------------------------------------------
 
 
-def test_all_disks_one_after_another(vms: VmFixture, tmp_path: Path) -> None:
-    st = vms.storage
+def test_all_disks_one_after_another(moving_vms: VmFixture, tmp_path: Path) -> None:
+    st = moving_vms.storage
     img2, vol2 = new_uuid(), new_uuid()
     st.create_volume(img2, vol2, fmt="RAW")
     first = {
@@ -204,22 +207,24 @@ def test_all_disks_one_after_another(vms: VmFixture, tmp_path: Path) -> None:
         "device": "disk",
         "domainID": st.sd,
         "poolID": st.sp,
-        "imageID": vms.img,
-        "volumeID": vms.leaf,
+        "imageID": moving_vms.img,
+        "volumeID": moving_vms.leaf,
         "iface": "virtio",
         "index": 0,
     }
     second = {**first, "imageID": img2, "volumeID": vol2, "index": 1}
-    vm_id = vms.start(devices=[first, second])
-    m = Mover(vms, vm_id, tmp_path)
+    vm_id = moving_vms.start(devices=[first, second])
+    m = Mover(moving_vms, vm_id, tmp_path)
     proc = m.run(all_disks=True, json_output=True)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     notes = [e["message"] for e in events if e["event"] == "note"]
     assert "moving 2 disks one after another: vda, vdb" in notes
-    assert [e["imageID"] for e in events if e["event"] == "start"] == [vms.img, img2]
-    stats = vms.stats(vm_id)
+    assert [e["imageID"] for e in events if e["event"] == "start"] == [moving_vms.img, img2]
+    stats = moving_vms.stats(vm_id)
     assert {d["domainID"] for d in stats["disks"].values()} == {st.sd2}
     assert chain_of(stats, "vda") == m.chain and chain_of(stats, "vdb") == [vol2]
-    assert images(vms, st.sd) == [] and sorted(images(vms, st.sd2)) == sorted([vms.img, img2])
+    assert images(moving_vms, st.sd) == [] and sorted(images(moving_vms, st.sd2)) == sorted(
+        [moving_vms.img, img2]
+    )
     assert m.leftover_state() == []

@@ -24,16 +24,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.functional.lsm_helpers import guest, guest_params, lsm_vdsmd, wait_writes
-from tests.functional.mover import Mover, assert_on_destination, assert_on_source, images, vms
-from tests.functional.test_vms import VmFixture
+from tests.functional.lsm_helpers import VmFixture, guest_params, wait_writes
+from tests.functional.mover import Mover, assert_on_destination, assert_on_source, images
 from vdsm_cli.move.fault import TEST_PAUSE_AT, TEST_STOP_AT
 from vdsm_cli.move.steps import FORWARD_STEPS, ROLLBACK_STEPS
 from vdsm_guest import checker
 from vdsm_guest.build import GuestImage
 
 pytestmark = pytest.mark.libvirt
-__all__ = ["guest", "lsm_vdsmd", "vms"]  # fixtures shared from lsm_helpers and mover
 
 
 # --- the client killed at each step, then --resume ----------------------------------------------
@@ -57,9 +55,9 @@ def expected_side(point: str) -> str:
 
 
 @pytest.mark.parametrize("point", KILL_POINTS)
-def test_client_killed_then_resume(vms: VmFixture, tmp_path: Path, point: str) -> None:
-    vm_id = vms.start()
-    m = Mover(vms, vm_id, tmp_path)
+def test_client_killed_then_resume(moving_vms: VmFixture, tmp_path: Path, point: str) -> None:
+    vm_id = moving_vms.start()
+    m = Mover(moving_vms, vm_id, tmp_path)
     killed = m.run(hooks={TEST_STOP_AT: point})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     journal = m.journal()
@@ -81,14 +79,14 @@ def test_client_killed_then_resume(vms: VmFixture, tmp_path: Path, point: str) -
 
 
 def test_a_pivot_that_completed_after_all_is_finished_not_undone(
-    vms: VmFixture, tmp_path: Path
+    moving_vms: VmFixture, tmp_path: Path
 ) -> None:
     """A Ctrl-C inside the pivot call: the client turned to rolling back, but vdsmd finished
     the pivot. The journal of that moment is made from a real one; --resume must finish."""
-    vm_id = vms.start()
-    m = Mover(vms, vm_id, tmp_path)
+    vm_id = moving_vms.start()
+    m = Mover(moving_vms, vm_id, tmp_path)
     assert m.run(hooks={TEST_STOP_AT: "pivot+"}).returncode == -signal.SIGKILL
-    path = m.state_dir / f"{vm_id}--{vms.img}.json"
+    path = m.state_dir / f"{vm_id}--{moving_vms.img}.json"
     journal = json.loads(path.read_text())
     assert journal["step"] == "pivot" and "pivot" not in journal["done"]
     journal.update(direction="rollback", step="abort_replication", stoppedAt="pivot")
@@ -112,15 +110,15 @@ def test_a_pivot_that_completed_after_all_is_finished_not_undone(
     ],
 )
 def test_vdsmd_killed_under_the_client(
-    vms: VmFixture, tmp_path: Path, point: str, restart_before_continue: bool, side: str
+    moving_vms: VmFixture, tmp_path: Path, point: str, restart_before_continue: bool, side: str
 ) -> None:
-    vm_id = vms.start()
-    m = Mover(vms, vm_id, tmp_path)
+    vm_id = moving_vms.start()
+    m = Mover(moving_vms, vm_id, tmp_path)
     proc = m.start(**{TEST_PAUSE_AT: point})
     proc.wait_paused()
-    vms.daemon.kill()
+    moving_vms.daemon.kill()
     if restart_before_continue:
-        vms.daemon.restart()
+        moving_vms.daemon.restart()
     proc.signal(signal.SIGCONT)
     code, text = proc.finish()
     if restart_before_continue:
@@ -128,7 +126,7 @@ def test_vdsmd_killed_under_the_client(
     else:
         assert code == 4, text
         assert "connection refused" in text and "--resume" in text and "Left:" in text
-        vms.daemon.restart()
+        moving_vms.daemon.restart()
         resumed = m.resume()
         assert resumed.returncode == (1 if side == "source" else 0), resumed.stderr
     if side == "source":
@@ -144,10 +142,10 @@ def test_vdsmd_killed_under_the_client(
     ("point", "side"), [("wait_ready", "source"), ("delete_source", "destination")]
 )
 def test_ctrl_c_rolls_back_or_after_the_pivot_finishes(
-    vms: VmFixture, tmp_path: Path, point: str, side: str
+    moving_vms: VmFixture, tmp_path: Path, point: str, side: str
 ) -> None:
-    vm_id = vms.start()
-    m = Mover(vms, vm_id, tmp_path)
+    vm_id = moving_vms.start()
+    m = Mover(moving_vms, vm_id, tmp_path)
     proc = m.start(**{TEST_PAUSE_AT: point})
     proc.wait_paused()
     proc.signal(signal.SIGINT, signal.SIGCONT)  # SIGINT is delivered when it goes on
@@ -162,15 +160,15 @@ def test_ctrl_c_rolls_back_or_after_the_pivot_finishes(
 
 
 def test_a_failure_under_writes_rolls_back_with_its_cause(
-    vms: VmFixture, guest: GuestImage, tmp_path: Path
+    moving_vms: VmFixture, guest: GuestImage, tmp_path: Path
 ) -> None:
     """A guest writing ~6 MB/s against a mirror capped at 1 MiB/s cannot be READY within 1 s:
     the real cause is reported, the mirror aborted, the destination deleted, and the source
     has every write."""
-    vm_id = vms.start(**guest_params(guest, slots=64, pause=0))
-    console = Path(vms.stats(vm_id)["consoleLog"])
+    vm_id = moving_vms.start(**guest_params(guest, slots=64, pause=0))
+    console = Path(moving_vms.stats(vm_id)["consoleLog"])
     wait_writes(console, 20)
-    m = Mover(vms, vm_id, tmp_path)
+    m = Mover(moving_vms, vm_id, tmp_path)
     proc = m.start("--bandwidth", "1", "--ready-timeout", "1", **{TEST_PAUSE_AT: "replicate"})
     proc.wait_paused()
     wait_writes(console, wait_writes(console, 0) + 40)  # 2.5 MiB in the auto-snapshot first
@@ -181,13 +179,13 @@ def test_a_failure_under_writes_rolls_back_with_its_cause(
     assert "rolled back" in text and "--sync-writes" in text
     wait_writes(console, wait_writes(console, 0) + 20)
     assert_on_source(m)
-    result = checker.check(Path(vms.stats(vm_id)["disks"]["vda"]["path"]), "qcow2", console)
+    result = checker.check(Path(moving_vms.stats(vm_id)["disks"]["vda"]["path"]), "qcow2", console)
     assert result.ok, result.failures
 
 
-def test_second_ctrl_c_stops_where_it_is(vms: VmFixture, tmp_path: Path) -> None:
-    vm_id = vms.start()
-    m = Mover(vms, vm_id, tmp_path)
+def test_second_ctrl_c_stops_where_it_is(moving_vms: VmFixture, tmp_path: Path) -> None:
+    vm_id = moving_vms.start()
+    m = Mover(moving_vms, vm_id, tmp_path)
     proc = m.start(**{TEST_PAUSE_AT: "sync+,delete_destination"})
     proc.wait_paused()
     proc.signal(signal.SIGINT, signal.SIGCONT)  # the first Ctrl-C: roll back...
@@ -197,7 +195,9 @@ def test_second_ctrl_c_stops_where_it_is(vms: VmFixture, tmp_path: Path) -> None
     assert code == 4 and "interrupted again" in text and "--resume" in text, text
     journal = m.journal()
     assert journal is not None and journal["direction"] == "rollback"
-    assert vms.img in images(vms, vms.storage.sd2)  # nothing was deleted on the way out
+    assert moving_vms.img in images(
+        moving_vms, moving_vms.storage.sd2
+    )  # nothing was deleted on the way out
     resumed = m.resume()
     assert resumed.returncode == 1 and "interrupted" in resumed.stderr, resumed.stderr
     assert_on_source(m)
@@ -205,10 +205,10 @@ def test_second_ctrl_c_stops_where_it_is(vms: VmFixture, tmp_path: Path) -> None
 
 @pytest.mark.parametrize("point", ROLLBACK_KILL_POINTS)  # abort_replication+ ~ delete_destination
 def test_client_killed_during_rollback_then_resume(
-    vms: VmFixture, tmp_path: Path, point: str
+    moving_vms: VmFixture, tmp_path: Path, point: str
 ) -> None:
-    vm_id = vms.start()
-    m = Mover(vms, vm_id, tmp_path)
+    vm_id = moving_vms.start()
+    m = Mover(moving_vms, vm_id, tmp_path)
     proc = m.start(**{TEST_PAUSE_AT: "sync+", TEST_STOP_AT: point})
     proc.wait_paused()
     proc.signal(signal.SIGINT, signal.SIGCONT)  # Ctrl-C: the rollback starts

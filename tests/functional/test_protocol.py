@@ -9,7 +9,7 @@ import xmlrpc.client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.functional.conftest import VdsmdProcess, new_uuid
+from tests.functional.daemon_helpers import VdsmdProcess, new_uuid
 
 
 def fault_of(body: bytes) -> xmlrpc.client.Fault:

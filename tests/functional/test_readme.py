@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_command
-from tests.functional.conftest import REPO
+from tests.functional.daemon_helpers import REPO
 
 pytestmark = pytest.mark.libvirt
 

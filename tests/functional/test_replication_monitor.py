@@ -20,18 +20,14 @@ import pytest
 from tests.functional.lsm_helpers import (
     Migration,
     VmFixture,
-    guest,
     guest_params,
-    lsm_vdsmd,
     ok,
     qemu_pid,
-    vms,
     wait_writes,
 )
 from vdsm_guest.build import GuestImage
 
 pytestmark = pytest.mark.libvirt
-__all__ = ["guest", "lsm_vdsmd", "vms"]  # fixtures from lsm_helpers: pytest finds them here
 
 
 def wait_for(predicate: Any, what: str, timeout: float = 30) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.functional.conftest import VdsmdProcess, new_uuid, wait_task
+from tests.functional.daemon_helpers import VdsmdProcess, new_uuid, wait_task
 from tests.functional.storage_helpers import BLANK, GiB, Storage, code, ok
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_command
-from tests.functional.conftest import REPO, VdsmdProcess, running
+from tests.functional.daemon_helpers import REPO, VdsmdProcess, running
 from tests.functional.vdsclient_helpers import ok, vdsclient
 from vdsm import pki
 from vdsm_api.pki import PkiLayout

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.functional.conftest import VdsmdProcess, new_uuid
+from tests.functional.daemon_helpers import VdsmdProcess, new_uuid
 from tests.functional.vdsclient_helpers import ok, vdsclient
 
 

@@ -24,7 +24,7 @@ from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
 
 import pytest
 
-from tests.functional.conftest import REPO, VdsmdProcess, new_uuid, running
+from tests.functional.daemon_helpers import REPO, VdsmdProcess, new_uuid, running
 from tests.functional.vdsclient_helpers import ok, vdsclient
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.functional.conftest import VdsmdProcess, new_uuid
+from tests.functional.daemon_helpers import VdsmdProcess, new_uuid
 from tests.functional.lsm_helpers import VmFixture, chain_of, disk, ok, qemu_pid, virsh
 
 pytestmark = pytest.mark.libvirt

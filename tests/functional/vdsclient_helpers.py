@@ -10,7 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.functional.conftest import REPO
+from tests.functional.daemon_helpers import REPO
 
 CLI_TIMEOUT = 120
 

@@ -14,13 +14,9 @@ from typing import Any
 
 import pytest
 
-from tests.functional.conftest import (
-    VdsmdProcess,
-    new_uuid,
-    vdsmd,  # noqa: F401 - the fixture, used by ``vms``
-)
+from tests.functional.daemon_helpers import VdsmdProcess, new_uuid
+from tests.functional.lsm_helpers import VmFixture, virsh
 from tests.functional.storage_helpers import ok
-from tests.functional.test_vms import VmFixture, virsh
 from vdsm.storage import qemuimg
 from vdsm.storage.runner import run
 from vdsm_guest import checker
@@ -34,7 +30,7 @@ NBD_SERVER_STOP = '{"execute": "nbd-server-stop"}'
 
 
 @pytest.fixture
-def vms(vdsmd: VdsmdProcess, tmp_path: Path) -> Iterator[VmFixture]:  # noqa: F811
+def vms(vdsmd: VdsmdProcess, tmp_path: Path) -> Iterator[VmFixture]:
     fixture = VmFixture(vdsmd, tmp_path)
     try:
         yield fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from vdsm.validation import BLANK_UUID as BLANK_UUID  # metadata's "no parent"
+from vdsm_api.wire import BLANK_UUID as BLANK_UUID  # metadata's "no parent"
 
 
 class VolumeFormat(StrEnum):
