@@ -38,8 +38,6 @@ from types import TracebackType
 
 from vdsm_guest import checker, write_records
 from vdsm_guest.qemu_channels import (
-    ALIAS_PREFIX,
-    IO_TIMEOUT,
     TFLAG_READ_ONLY,
     TFLAG_SEND_FLUSH,
     TFLAG_SEND_FUA,
@@ -50,19 +48,6 @@ from vdsm_guest.qemu_channels import (
     find_node,
 )
 from vdsm_guest.write_records import Write, WriteFailure
-
-# The names other code imports from here, wherever they are defined.
-__all__ = [
-    "ALIAS_PREFIX",
-    "DEFAULT_URI",
-    "DRAIN_TIMEOUT",
-    "IO_TIMEOUT",
-    "BlockWriter",
-    "BlockWriterError",
-    "Write",
-    "WriteFailure",
-    "find_node",
-]
 
 log = logging.getLogger("vdsm_guest.block_writer")
 

@@ -223,7 +223,7 @@ def check(image: Path, fmt: str, serial_log: Path) -> CheckResult:
     last_seq = max((seq for seq, _, _ in log.writes), default=0)
 
     with tempfile.TemporaryDirectory(prefix="vdsm-guest-check-") as scratch:
-        first = _read_slots(image, fmt, log.slots, Path(scratch) / "first.raw")
+        first = read_slots(image, fmt, log.slots, Path(scratch) / "first.raw")
         verdicts = {
             slot: _judge(_block(first, slot), slot, log, expected.get(slot), last_seq)
             for slot in range(log.slots)
@@ -235,7 +235,7 @@ def check(image: Path, fmt: str, serial_log: Path) -> CheckResult:
                 break
             # A read that raced a guest write settles once the write is done.
             time.sleep(delay)
-            again = _read_slots(image, fmt, log.slots, Path(scratch) / f"again{attempt}.raw")
+            again = read_slots(image, fmt, log.slots, Path(scratch) / f"again{attempt}.raw")
             unsettled = []
             for slot in suspicious:
                 before = verdicts[slot]
@@ -275,7 +275,7 @@ def check(image: Path, fmt: str, serial_log: Path) -> CheckResult:
     return result
 
 
-def _read_slots(image: Path, fmt: str, slots: int, copy: Path) -> Path:
+def read_slots(image: Path, fmt: str, slots: int, copy: Path) -> Path:
     """Copy the first ``slots`` blocks of the image, read through its backing chain, to ``copy``.
 
     ``-U``: the image may be open by a running QEMU; qemu-img must not wait for its lock.

@@ -7,7 +7,8 @@ from typing import Any
 
 from bench.context import r
 from bench.stats import median, percentile
-from vdsm_guest.block_writer import BlockWriter, Write
+from vdsm_guest.block_writer import BlockWriter
+from vdsm_guest.write_records import Write
 
 
 def acked_between(writer: BlockWriter, start: float, end: float) -> list[Write]:

@@ -20,7 +20,8 @@ from tests.functional.storage_helpers import ok
 from vdsm.storage import qemuimg
 from vdsm.storage.runner import run
 from vdsm_guest import checker
-from vdsm_guest.block_writer import BlockWriter, BlockWriterError
+from vdsm_guest.block_writer import BlockWriter
+from vdsm_guest.qemu_channels import BlockWriterError
 
 pytestmark = pytest.mark.libvirt
 

@@ -164,7 +164,7 @@ def test_one_half_written_newer_block_is_in_flight(disk: Disk) -> None:
 def between_reads(monkeypatch: pytest.MonkeyPatch, change: Callable[[], None]) -> None:
     """Run ``change`` on the image after the checker's first read and before its second,
     as QEMU finishing the cluster it was allocating would (the reads stay real qemu-img)."""
-    read = checker._read_slots
+    read = checker.read_slots
     calls = []
 
     def read_then_change(*args: Any) -> Path:
@@ -174,7 +174,7 @@ def between_reads(monkeypatch: pytest.MonkeyPatch, change: Callable[[], None]) -
             change()
         return copy
 
-    monkeypatch.setattr(checker, "_read_slots", read_then_change)
+    monkeypatch.setattr(checker, "read_slots", read_then_change)
 
 
 def test_slots_read_empty_while_being_rewritten_pass(
