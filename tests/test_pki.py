@@ -105,3 +105,14 @@ def test_an_unwritable_directory_is_an_error_not_a_traceback(
     assert tool.main(["configure", "--pki-dir", str(blocker / "pki")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("vdsm-tool configure: ") and "Traceback" not in err
+
+
+def test_the_config_files_pki_dir_is_used_without_pki_dir(tmp_path: Path) -> None:
+    """The unit and the RPM run `vdsm-tool configure` bare: it must make the files vdsmd reads."""
+    require_command("openssl")
+    conf = tmp_path / "vdsm.conf"
+    conf.write_text(f"[vdsm]\npki_dir = {tmp_path / 'elsewhere'}\n")
+    assert tool.main(["configure", "--config", str(conf)]) == 0
+    assert PkiLayout(tmp_path / "elsewhere").admin_key.is_file()
+    conf.write_text("[vdsm]\nno_such_setting = 1\n")
+    assert tool.main(["configure", "--config", str(conf)]) == 1

@@ -1,6 +1,6 @@
 """vdsm-tool: set up a host for vdsmd. ``configure`` creates this host's certificates.
 
-    vdsm-tool configure [--pki-dir DIR] [--force] [--san NAME]...
+    vdsm-tool configure [--config FILE] [--pki-dir DIR] [--force] [--san NAME]...
 
 Run once as root after installing (the RPM and `make host` do); running it again keeps what
 exists. Exit codes: 0 done, 1 it failed (the message says why), 2 a usage error.
@@ -12,7 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from vdsm import pki
+from vdsm import config, pki
 from vdsm.errors import VdsmError
 from vdsm_api.pki import DEFAULT_PKI_DIR, PkiLayout
 
@@ -28,10 +28,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "client certificate vdsClient presents. Existing files are kept.",
     )
     configure.add_argument(
+        "--config",
+        type=Path,
+        default=config.DEFAULT_CONFIG_FILE,
+        help="vdsmd's config file, whose pki_dir is used unless --pki-dir is given "
+        f"(default {config.DEFAULT_CONFIG_FILE})",
+    )
+    configure.add_argument(
         "--pki-dir",
         type=Path,
-        default=DEFAULT_PKI_DIR,
-        help=f"where the certificates live (default {DEFAULT_PKI_DIR})",
+        default=None,
+        help=f"where the certificates live (default: the config's pki_dir, {DEFAULT_PKI_DIR})",
     )
     configure.add_argument(
         "--force", action="store_true", help="make a new CA and new certificates"
@@ -49,7 +56,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    layout = PkiLayout(args.pki_dir)
+    pki_dir = args.pki_dir
+    if pki_dir is None:
+        # Where vdsmd will look: the unit and the RPM run this with no flags.
+        try:
+            pki_dir = config.load(args.config, {}).pki_dir
+        except config.ConfigError as e:
+            print(f"vdsm-tool configure: {e}", file=sys.stderr)
+            return 1
+    layout = PkiLayout(pki_dir)
     try:
         created = pki.configure(layout, force=args.force, extra_names=args.san)
     except (OSError, VdsmError) as e:

@@ -266,12 +266,13 @@ def text(value: object, param: str, *, max_length: int) -> str:
     """Return ``value`` as single-line text of at most ``max_length`` characters.
 
     Control characters are refused: metadata files are ``KEY=VALUE`` lines, and a newline in a
-    description would forge a key.
+    description would forge a key. So is anything else not printable (C1 controls, U+2028 and
+    U+2029, which split lines too): names reach logs and terminals.
     """
     if not isinstance(value, str):
         raise InvalidParameter(param, value, "expected a string")
     if len(value) > max_length:
         raise InvalidParameter(param, value, f"longer than {max_length} characters")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+    if not value.isprintable():
         raise InvalidParameter(param, value, "control characters are not allowed")
     return value

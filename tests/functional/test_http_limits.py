@@ -285,6 +285,30 @@ def test_other_http_versions_are_505(daemon: VdsmdProcess) -> None:
 
 
 @pytest.mark.parametrize(
+    ("request_bytes", "expected"),
+    [
+        (b"POST /" + b"x" * (9 * 1024) + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414),
+        (
+            b"POST /RPC2 HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n",
+            431,
+        ),
+        (
+            b"POST /RPC2 HTTP/1.1\r\n"
+            + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 8000) for i in range(9))
+            + b"\r\n",
+            431,
+        ),
+    ],
+    ids=["request line over 8 KiB", "101 headers", "headers over 64 KiB"],
+)
+def test_request_line_and_headers_are_bounded(
+    daemon: VdsmdProcess, request_bytes: bytes, expected: int
+) -> None:
+    assert status(exchange(daemon, request_bytes)) == expected
+    assert served(daemon)
+
+
+@pytest.mark.parametrize(
     "head",
     [
         b"Content-Length: +%d\r\n" % len(PING),

@@ -119,6 +119,9 @@ def make_ssl_context(cert: Path, key: Path, ca: Path) -> ssl.SSLContext:
 
 class RPCServer(ThreadingHTTPServer):
     daemon_threads = True
+    # server_close() must not wait for idle keep-alive clients (up to CONNECTION_TIMEOUT):
+    # stopping has tasks to roll back within the unit's stop timeout.
+    block_on_close = False
     request_queue_size = 64
 
     def __init__(
@@ -140,8 +143,9 @@ class RPCServer(ThreadingHTTPServer):
         self._active = 0  # connections counted against max_connections
         self._full = False  # whether the last connection was refused: log once per episode
         self._accept_failures = _AcceptBackoff()
-        self._rejecter = _Rejecter(ssl_context)
         super().__init__(address, _Handler)
+        # Its thread starts only once the address is bound: a failed bind leaks nothing.
+        self._rejecter = _Rejecter(ssl_context)
 
     @property
     def port(self) -> int:
@@ -220,7 +224,9 @@ class RPCServer(ThreadingHTTPServer):
 
     def server_close(self) -> None:
         super().server_close()
-        self._rejecter.close()
+        rejecter: _Rejecter | None = getattr(self, "_rejecter", None)  # None: the bind failed
+        if rejecter is not None:
+            rejecter.close()
 
 
 class _AcceptBackoff:

@@ -77,20 +77,6 @@ class StorageRepository:
         fileutil.fsync_dir(self.links_dir)
         log.info("domain %s is at %s", domain.sd_uuid, domain.path)
 
-    def connect(self, path: Path) -> FileStorageDomain:
-        """Make an existing domain directory (``<root>/<sdUUID>``) known to this host."""
-        domain = FileStorageDomain.open(path)
-        self.register(domain)
-        return domain
-
-    def register(self, domain: FileStorageDomain) -> None:
-        link = self._link(domain.sd_uuid)
-        tmp = fileutil.temp_path_for(link)
-        os.symlink(domain.path, tmp)
-        os.replace(tmp, link)
-        fileutil.fsync_dir(self.links_dir)
-        log.info("domain %s is at %s", domain.sd_uuid, domain.path)
-
     def domain(self, sd_uuid: str) -> FileStorageDomain:
         """Open a known domain; 358 if this host knows no such domain or it is gone."""
         sd_uuid = validation.uuid(sd_uuid, "sdUUID")

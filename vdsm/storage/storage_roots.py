@@ -29,20 +29,24 @@ class StorageRoots:
         if not isinstance(directory, str) or not directory.startswith("/") or "\0" in directory:
             raise InvalidParameter(param, directory, "must be an absolute directory path")
         try:
-            real = Path(directory).resolve(strict=True)
-        except FileNotFoundError:
-            raise StorageDomainCreationError(f"{directory} is not an existing directory") from None
-        except (OSError, RuntimeError) as e:  # a symlink loop, a component not a directory...
+            # Containment first, on the path resolved as far as it exists, so that a caller
+            # cannot learn whether a path outside the roots exists from the answer.
+            real = Path(directory).resolve()
+        except (OSError, RuntimeError) as e:  # a symlink loop
             raise InvalidParameter(param, directory, f"cannot be resolved: {e}") from None
+        if not any(real.is_relative_to(root) for root in self._real_roots()):
+            raise InvalidParameter(
+                param, directory, f"not inside a storage root ({self}; vdsmd's storage_roots)"
+            )
+        if not real.is_dir():
+            raise StorageDomainCreationError(f"{directory} is not an existing directory")
+        return real
+
+    def _real_roots(self) -> list[Path]:
+        found = []
         for root in self.roots:
             try:
-                real_root = root.resolve(strict=True)
+                found.append(root.resolve(strict=True))
             except (OSError, RuntimeError):
                 continue  # a root not mounted (yet) holds nothing
-            if real.is_relative_to(real_root):
-                if not real.is_dir():
-                    raise StorageDomainCreationError(f"{directory} is not a directory")
-                return real
-        raise InvalidParameter(
-            param, directory, f"not inside a storage root ({self}; vdsmd's storage_roots)"
-        )
+        return found

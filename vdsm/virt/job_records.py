@@ -154,7 +154,9 @@ class MergeState(StrEnum):
 # The end of a merge is its record's removal (done or failed), from either state.
 _MERGE_ALLOWED: Mapping[MergeState, frozenset[MergeState]] = {
     MergeState.COMMITTING: frozenset({MergeState.PIVOTING}),
-    MergeState.PIVOTING: frozenset({MergeState.COMMITTING}),  # the pivot was refused: retry
+    # The pivot was refused (retry), or the daemon died between persisting PIVOTING and the
+    # pivot's answer: the recovered watcher pivots again.
+    MergeState.PIVOTING: frozenset({MergeState.COMMITTING, MergeState.PIVOTING}),
 }
 
 

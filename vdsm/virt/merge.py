@@ -143,8 +143,9 @@ class Merges:
                     dom = vm.domain()
                     job = dom.blockJobInfo(target, 0)
                     live = vm.live_disks().get(target)
-                except VdsmError as e:
-                    log.warning("VM %s drive %s: merge abandoned: %s", vm.vm_id, target, e)
+                except (VdsmError, libvirt.libvirtError) as e:
+                    why = error_message(e) if isinstance(e, libvirt.libvirtError) else e.detail
+                    log.warning("VM %s drive %s: merge abandoned: %s", vm.vm_id, target, why)
                     self._forget(vm, target)
                     return
                 drive = vm.drive_by_target(target)

@@ -95,6 +95,10 @@ class Replications:
                     f"VM {vm.vm_id} drive {drive.target} is already replicating to "
                     f"{record.dst.domain_id}"
                 )
+            if drive.target in vm.record.merges:
+                # Refused before anything starts: a failed start cancels the drive's block job,
+                # which would then be the merge's.
+                raise ReplicationError(f"VM {vm.vm_id} drive {drive.target} is being merged")
             record = ReplicationRecord(
                 src=_disk_ref(src, drive.pool_id),
                 dst=_disk_ref(dst, drive.pool_id),
@@ -105,14 +109,16 @@ class Replications:
             # The intent is durable before the destination is touched.
             vm.record.replications[drive.target] = record
             vm.save()
+            copy_started = False
             try:
                 record.dst_chain = self._prepare_destination(drive, record)
                 vm.save()  # the chain a pivot switches to is durable before the copy starts
+                copy_started = True  # from here a job may exist, even if blockCopy then fails
                 self._start_copy(vm, drive.target, record)
                 record.advance(ReplicaState.MIRRORING)
                 vm.save()
             except Exception as e:
-                self._abandon(vm, drive.target, started_job=True)
+                self._abandon(vm, drive.target, started_job=copy_started)
                 cause = e.message if isinstance(e, VdsmError) else str(e)
                 raise ReplicationError(
                     f"VM {vm.vm_id} drive {drive.target}: cannot start replication: {cause}"
@@ -150,7 +156,11 @@ class Replications:
     def _start_copy(self, vm: Vm, target: str, record: ReplicationRecord) -> None:
         dom = vm.domain()
         flags = libvirt.VIR_DOMAIN_BLOCK_COPY_SHALLOW | libvirt.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT
-        if dom.isPersistent():
+        try:
+            persistent = dom.isPersistent()
+        except libvirt.libvirtError as e:
+            raise ReplicationError(f"libvirt: {error_message(e)}") from None
+        if persistent:
             flags |= libvirt.VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB
         if record.copy_mode is CopyMode.SYNC:
             flags |= libvirt.VIR_DOMAIN_BLOCK_COPY_SYNCHRONOUS_WRITES
@@ -423,8 +433,8 @@ class Replications:
                 record.copy_mode = CopyMode.SYNC
                 vm.save()
                 self._start_copy(vm, target, record)
-            except VdsmError as e:
-                return self._switch_failed(vm, target, record, e.detail)
+            except (VdsmError, libvirt.libvirtError) as e:
+                return self._switch_failed(vm, target, record, _cause(e))
             record.advance(ReplicaState.MIRRORING)
             vm.save()
         return "the mirror now runs with synchronous writes"

@@ -167,12 +167,16 @@ def _boot_file(value: object, key: str, boot_dir: Path) -> Path | None:
     if not isinstance(value, str) or "\0" in value:
         raise InvalidParameter(key, value, f"expected a file name in {boot_dir}")
     try:
-        real_dir = boot_dir.resolve(strict=True)
-        real = (boot_dir / value).resolve(strict=True)
-    except (OSError, RuntimeError):
-        raise InvalidParameter(key, value, f"no such file in {boot_dir}") from None
+        # Containment first, on the path resolved as far as it exists: the answer for a path
+        # outside the boot directory never tells whether it exists.
+        real_dir = boot_dir.resolve()
+        real = (boot_dir / value).resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        raise InvalidParameter(key, value, f"not a file in the boot directory {boot_dir}") from None
     if not real.is_relative_to(real_dir) or real == real_dir:
         raise InvalidParameter(key, value, f"not a file in the boot directory {boot_dir}")
+    if not real.exists():
+        raise InvalidParameter(key, value, f"no such file in {boot_dir}")
     if not real.is_file():
         raise InvalidParameter(key, value, f"not a regular file in {boot_dir}")
     return real
