@@ -15,7 +15,7 @@ RPM_TOP := $(CURDIR)/build/rpm
 TARBALL := $(RPM_TOP)/SOURCES/vdsm-$(VERSION).tar.gz
 PYTEST_ARGS ?=
 
-.PHONY: all venv host pki lint test check demo rpm docs bench clean
+.PHONY: all venv host pki sanlock-binding lint test check demo rpm docs bench clean
 
 all: check
 
@@ -28,6 +28,15 @@ $(STAMP): setup.py
 
 host:
 	bash scripts/setup-host.sh
+
+# sanlock's Python binding is Debian's python3-sanlock (it is not on PyPI): link its module into
+# the venv, whose interpreter has the same ABI (cpython-311). Keeps a link that works.
+SANLOCK_SO = $(firstword $(wildcard /usr/lib/python3/dist-packages/sanlock.cpython-311-*.so))
+sanlock-binding: $(STAMP)
+	@$(VPY) -c 'import sanlock' 2>/dev/null || { \
+		test -n "$(SANLOCK_SO)" || { echo "make: no python3-sanlock module (run make host)" >&2; exit 1; }; \
+		ln -sf "$(SANLOCK_SO)" "$$($(VPY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/"; }
+	@$(VPY) -c 'import sanlock; print("sanlock binding:", sanlock.__file__)'
 
 # This host's certificates (vdsmd serves TLS with client certificates by default); keeps
 # those that exist.
@@ -46,17 +55,17 @@ test: $(STAMP)
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; exit 1; fi; \
 	exit $$rc
 
-check: host venv pki lint test
+check: host venv sanlock-binding pki lint test
 
 # docs/api.md is generated from the schema; a test fails while it is stale.
 docs: $(STAMP)
 	$(VPY) -m vdsm_api.docs > docs/api.md
 
 # The benchmark suite (not a test; CI runs only its smoke run): docs/benchmarks.md.
-bench: host venv pki
+bench: host venv sanlock-binding pki
 	$(VPY) -m bench
 
-demo: host venv pki
+demo: host venv sanlock-binding pki
 	$(VPY) scripts/demo.py
 
 # The RPM is built from a tarball of the working tree: tracked and untracked files that git does

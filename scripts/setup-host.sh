@@ -30,6 +30,7 @@ PACKAGES=(
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
     libvirt-dev pkg-config gcc
     rpm procps passwd openssl
+    sanlock python3-sanlock libvirt-sanlock
 )
 
 # The settings the QEMU driver needs in a container without systemd (see the README).
@@ -225,10 +226,61 @@ setup_libvirt() {
     wait_for_libvirt
 }
 
+# ---------------------------------------------------------------------------------------------
+# 3. sanlock
+
+SANLOCK_WAIT_SECONDS=10
+SHIM_SOURCE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/sanlock-rlimit-shim.c"
+SHIM="/usr/local/lib/vdsm/sanlock-rlimit-shim.so"
+# No watchdog (-w 0: a container has no wdmd), run as root (-U/-G: the sanlock user need not
+# exist), no memory locking (-l 0), no log file shared by every daemon of the machine (-L -1).
+SANLOCK_ARGS=(daemon -w 0 -U root -G root -l 0 -L -1)
+
+sanlock_answers() {
+    timeout 5 sanlock client status >/dev/null 2>&1
+}
+
+wait_for_sanlock() {
+    local deadline=$((SECONDS + SANLOCK_WAIT_SECONDS))
+    until sanlock_answers; do
+        [ "$SECONDS" -lt "$deadline" ] || return 1
+        sleep 0.2
+    done
+}
+
+setup_sanlock() {
+    if sanlock_answers; then
+        say "sanlock: the daemon answers, nothing to do"
+        return
+    fi
+    if have_systemd; then
+        say "sanlock: systemd is running, starting sanlock.service"
+        systemctl start sanlock
+        wait_for_sanlock || die "sanlock.service started but \`sanlock client status\` does not answer"
+        return
+    fi
+    say "sanlock: no systemd, starting \`sanlock ${SANLOCK_ARGS[*]}\` (test machines: no watchdog)"
+    sanlock "${SANLOCK_ARGS[@]}" || true
+    if wait_for_sanlock; then
+        return
+    fi
+    # It exits at once when it cannot raise RLIMIT_MEMLOCK (no CAP_SYS_RESOURCE): retry with
+    # the shim that lets that setrlimit() fail quietly.
+    say "sanlock: the daemon did not start (no CAP_SYS_RESOURCE?); building $SHIM and" \
+        "preloading it into the daemon"
+    mkdir -p "$(dirname "$SHIM")"
+    gcc -shared -fPIC -O2 -o "$SHIM.tmp" "$SHIM_SOURCE" -ldl
+    mv -f "$SHIM.tmp" "$SHIM"
+    LD_PRELOAD="$SHIM" sanlock "${SANLOCK_ARGS[@]}" || true
+    wait_for_sanlock || die "the sanlock daemon does not answer \`sanlock client status\`," \
+        "even with $SHIM"
+}
+
 main() {
-    [ "$(id -u)" -eq 0 ] || die "must run as root (it installs packages and starts libvirtd)"
+    [ "$(id -u)" -eq 0 ] || die "must run as root (it installs packages, starts libvirtd and sanlock)"
     install_packages
     setup_libvirt
+    setup_sanlock
     say "ready: $(virsh -c "$URI" version 2>/dev/null | grep -i 'running hypervisor' || true)"
 }
 

@@ -46,6 +46,7 @@ def host_state() -> dict[str, object]:
     }
     state["libvirtd pids"] = pids("libvirtd")
     state["virtlogd pids"] = pids("virtlogd")
+    state["sanlock pids"] = pids("sanlock")
     return state
 
 
