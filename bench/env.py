@@ -24,6 +24,7 @@ from bench.daemon import TASK_TIMEOUT, Vdsmd
 from bench.disks import Chain, Layout, build_chain, make_pattern
 from vdsm_cli.api import Vdsm, disk_spec
 from vdsm_cli.errors import CliError
+from vdsm_guest.local_vdsmd import leave_lockspaces
 
 log = logging.getLogger("bench")
 
@@ -44,7 +45,9 @@ class Env:
         self.root = Path(tempfile.mkdtemp(prefix="vdsm-bench-", dir=parent))
         self._cleanups = contextlib.ExitStack()
         self._cleanups.callback(shutil.rmtree, self.root, ignore_errors=True)
-        self._daemon_args: list[str] = []
+        self._cleanups.callback(leave_lockspaces, [self.root])  # after vdsmd stops
+        # sanlock io_timeout 1, a test machine's: joining the pool takes 3 s rather than 21 s.
+        self._daemon_args: list[str] = ["--sanlock-io-timeout", "1"]
         if convergence_window is not None:
             self._daemon_args += ["--replication-convergence-window", str(convergence_window)]
         self._daemon_env = daemon_env
@@ -65,6 +68,8 @@ class Env:
                 mount.mkdir()
                 self.client.create_domain(sd, name, str(mount))
             self.client.create_pool(self.sp, "bench", self.sd)
+            self.client.connect_pool(self.sp, 1, self.sd)
+            self.client.start_spm(self.sp)
             self.client.attach_domain(self.sd2, self.sp)
             self.pattern = make_pattern(self.root / "pattern.bin")
         except BaseException:
@@ -84,6 +89,8 @@ class Env:
         )
         self.daemon.start()
         self.client = self.new_client()
+        # The restarted daemon rejoined the pool but holds no lease: the SPM is started again.
+        self.client.start_spm(self.sp)
 
     def close(self) -> None:
         self._cleanups.close()

@@ -86,6 +86,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "libvirt: the test needs a running libvirtd answering on qemu:///system "
         "(skipped without one, failed under CI)",
     )
+    config.addinivalue_line(
+        "markers",
+        "slow: a test that waits on purpose for a minute or more (sanlock's dead-host delay); "
+        "it runs in `make check`, and `-m 'not slow'` leaves it out",
+    )
 
 
 @pytest.fixture(autouse=True)

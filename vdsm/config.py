@@ -84,6 +84,21 @@ class Config:
     # runs (bench: a guest saturating the disk kept 0.2-0.3x of its throughput); a cap
     # trades a longer copy for the guests' share.
     copy_rate_limit: int = 0
+    # sanlock's io_timeout (seconds) written into each new domain's lockspace; every host then
+    # joins with the value stored there. VDSM's production value: a host that stops renewing
+    # is declared dead (its leases free) after 8 x io_timeout + 60 s, 140 s at 10. Test
+    # machines use 1 (72 s), never production hosts: storage that stalls longer than it
+    # makes sanlock kill the lease holders.
+    sanlock_io_timeout: int = 10
+    # Seconds spmStart waits for this host to join the master domain's lockspace before it
+    # fails with 661 (VDSM's ACQUIRE_HOST_ID_TIMEOUT).
+    host_id_timeout: float = 180.0
+    # Seconds between two checks that the SPM still holds its lease; one that lost it stops
+    # being SPM at once (vdsmd exits, killing its copies, as VDSM's SPM watchdog panics).
+    spm_watchdog_interval: float = 5.0
+    # Seconds between two checks of each connected domain (metadata read, lockspace joined),
+    # reported by repoStats (VDSM's domain monitor interval).
+    domain_monitor_interval: float = 10.0
     # An API request is a few KiB; anything much larger is an error or an attack.
     max_request_bytes: int = 4 * 1024 * 1024
     # Connections served at once; one more is answered 503 and closed. Each holds a thread and
@@ -122,6 +137,11 @@ class Config:
             raise ConfigError("max_concurrent_copies: must be at least 1")
         if self.copy_rate_limit < 0:
             raise ConfigError("copy_rate_limit: must be 0 (no limit) or a rate in MiB/s")
+        if not 1 <= self.sanlock_io_timeout <= 60:
+            raise ConfigError("sanlock_io_timeout: must be 1 to 60 seconds")
+        for name in ("host_id_timeout", "spm_watchdog_interval", "domain_monitor_interval"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name}: must be more than 0 seconds")
         if self.max_request_bytes < 1024:
             raise ConfigError("max_request_bytes: must be at least 1024")
         if self.tls:
@@ -187,6 +207,11 @@ HELP = {
     "max_concurrent_copies": "qemu-img copy tasks run at once; more wait their turn",
     "copy_rate_limit": "MiB/s each syncImageData copy may read (qemu-img convert -r), "
     "leaving guests on the same storage their share; 0: no limit",
+    "sanlock_io_timeout": "sanlock io_timeout (seconds) of new domains' lockspaces; a dead "
+    "host's leases free after 8 x this + 60 s",
+    "host_id_timeout": "seconds spmStart waits for this host to join the master's lockspace",
+    "spm_watchdog_interval": "seconds between checks that the SPM still holds its lease",
+    "domain_monitor_interval": "seconds between checks of each connected domain (repoStats)",
     "max_request_bytes": "largest API request body accepted",
     "max_connections": "connections served at once (one more is answered 503)",
     "request_timeout": "seconds a client has to send a whole request",

@@ -224,6 +224,24 @@ class StoragePoolAlreadyExists(VdsmError):
     title = "Error creating a storage pool - pool already exists"
 
 
+class StoragePoolNotConnected(VdsmError):
+    code = 313
+    name = "StoragePoolNotConnected"
+    title = "Storage pool not connected"
+
+
+class StoragePoolWrongMaster(VdsmError):
+    code = 324
+    name = "StoragePoolWrongMaster"
+    title = "Wrong Master domain or its version"
+
+
+class StoragePoolConnected(VdsmError):
+    code = 325
+    name = "StoragePoolConnected"
+    title = "Cannot perform action while storage pool is connected"
+
+
 class StorageDomainCreationError(VdsmError):
     code = 351
     name = "StorageDomainCreationError"
@@ -272,6 +290,45 @@ class NoSpaceLeftOnDomain(VdsmError):
     title = "No space left on domain"
 
 
+# --- storage server connections (connectStorageServer, disconnectStorageServer) ---------------
+
+
+class StorageServerActionError(VdsmError):
+    code = 450
+    name = "StorageServerActionError"
+    title = "Error storage server action"
+
+
+class StorageServerConnectionError(VdsmError):
+    code = 451
+    name = "StorageServerConnectionError"
+    title = "Error storage server connection"
+
+
+class StorageServerDisconnectionError(VdsmError):
+    code = 452
+    name = "StorageServerDisconnectionError"
+    title = "Error storage server disconnection"
+
+
+class StorageServerValidationError(VdsmError):
+    code = 453
+    name = "StorageServerValidationError"
+    title = "The specified path does not exist or cannot be reached"
+
+
+class StorageTypeError(VdsmError):
+    code = 468
+    name = "StorageTypeError"
+    title = "Storage type error"
+
+
+class MountError(VdsmError):
+    code = 477
+    name = "MountError"
+    title = "Problem while trying to mount target"
+
+
 # --- tasks ------------------------------------------------------------------------------------
 
 
@@ -302,10 +359,72 @@ class TaskAborted(VdsmError):
 # --- SPM, parameters, misc --------------------------------------------------------------------
 
 
+class SpmStartError(VdsmError):
+    code = 650
+    name = "SpmStartError"
+    title = "Error starting SPM"
+
+
+class AcquireLockFailure(VdsmError):
+    code = 651
+    name = "AcquireLockFailure"
+    title = "Cannot obtain lock"
+
+
+class SpmParamsMismatch(VdsmError):
+    code = 652
+    name = "SpmParamsMismatch"
+    title = "Pool previous lver/id don't match request"
+
+
+class SpmStopError(VdsmError):
+    code = 653
+    name = "SpmStopError"
+    title = "Error stopping SPM, SPM has unfinished task(s)"
+
+
 class SpmStatusError(VdsmError):
     code = 654
     name = "SpmStatusError"
     title = "Not SPM"
+
+
+class SpmFenceError(VdsmError):
+    code = 655
+    name = "SpmFenceError"
+    title = "Error fencing SPM"
+
+
+class IsSpm(VdsmError):
+    code = 656
+    name = "IsSpm"
+    title = "Operation not allowed while SPM is active"
+
+
+class ReleaseLockFailure(VdsmError):
+    code = 660
+    name = "ReleaseLockFailure"
+    title = "Cannot release lock"
+
+
+class AcquireHostIdFailure(VdsmError):
+    code = 661
+    name = "AcquireHostIdFailure"
+    title = "Cannot acquire host id"
+
+
+class ReleaseHostIdFailure(VdsmError):
+    code = 662
+    name = "ReleaseHostIdFailure"
+    title = "Cannot release host id"
+
+
+class ClusterLockInitError(VdsmError):
+    """The sanlock daemon does not answer, or a lease area cannot be formatted or read."""
+
+    code = 701
+    name = "ClusterLockInitError"
+    title = "Could not initialize cluster lock"
 
 
 class InvalidParameter(VdsmError):
@@ -420,6 +539,9 @@ ERROR_TYPES: tuple[type[VdsmError], ...] = (
     StoragePoolCreationError,
     StoragePoolUnknown,
     StoragePoolAlreadyExists,
+    StoragePoolNotConnected,
+    StoragePoolWrongMaster,
+    StoragePoolConnected,
     StorageDomainCreationError,
     StorageDomainNotInPool,
     StorageDomainDoesNotExist,
@@ -428,11 +550,27 @@ ERROR_TYPES: tuple[type[VdsmError], ...] = (
     StorageDomainLayoutError,
     StorageDomainAlreadyAttached,
     NoSpaceLeftOnDomain,
+    StorageServerActionError,
+    StorageServerConnectionError,
+    StorageServerDisconnectionError,
+    StorageServerValidationError,
+    StorageTypeError,
+    MountError,
     UnknownTask,
     TaskNotFinished,
     TaskStateError,
     TaskAborted,
+    SpmStartError,
+    AcquireLockFailure,
+    SpmParamsMismatch,
+    SpmStopError,
     SpmStatusError,
+    SpmFenceError,
+    IsSpm,
+    ReleaseLockFailure,
+    AcquireHostIdFailure,
+    ReleaseHostIdFailure,
+    ClusterLockInitError,
     InvalidParameter,
     NotImplementedVerb,
     ResourceTimeout,

@@ -1,10 +1,16 @@
 """vdsmd: the host agent daemon. Reads its config, recovers, serves the API until SIGTERM.
 
-Start-up order matters for crash safety: the storage repository is opened and every task
-left unfinished by a previous daemon is rolled back *before* the API answers, so no caller
-ever sees a half-done task as running. On SIGTERM or SIGINT the server stops accepting
+Start-up order matters for crash safety: the storage repository is opened, this host's own
+tasks (spmStart) left unfinished by a previous daemon are rolled back, and the persisted pool
+connections are rejoined (in the background) *before* the API answers. A pool's SPM tasks are
+loaded and rolled back only by spmStart, on the host that holds the pool's lease: two hosts
+never both recover the master's tasks. On SIGTERM or SIGINT the server stops accepting
 requests, running tasks get ``shutdown_grace`` seconds to finish and are then stopped and
-rolled back, and the daemon exits 0. VMs are libvirt's, never touched by a stop.
+rolled back, and the daemon exits 0 (its sanlock leases die with it; its lockspaces stay
+joined for the next start). VMs are libvirt's, never touched by a stop.
+
+An SPM that loses its lease (fenced by another host, the lockspace lost) exits at once with
+:data:`EXIT_LEASE_LOST`, its copies killed: nothing it still runs may write without the lease.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ from vdsm.rpc.dispatcher import Dispatcher
 from vdsm.rpc.http_server import RPCServer, make_ssl_context
 from vdsm.storage import fileutil, rollback_steps
 from vdsm.storage.host_storage import HostStorage
+from vdsm.storage.pool_connection import PoolConnections
 from vdsm.storage.repository import StorageRepository
+from vdsm.storage.spm import SpmRoles
 from vdsm.storage.storage_roots import StorageRoots
 from vdsm.storage.task.manager import TaskManager
 from vdsm.virt.connection import Connection
@@ -38,6 +46,8 @@ log = logging.getLogger("vdsm.vdsmd")
 
 PID_FILE = "vdsmd.pid"
 PORT_FILE = "vdsmd.port"
+# The exit status of a vdsmd that lost an SPM lease (a service manager restarts it).
+EXIT_LEASE_LOST = 3
 
 
 class Daemon:
@@ -46,17 +56,35 @@ class Daemon:
     def __init__(self, cfg: config.Config) -> None:
         self.cfg = cfg
         repository = StorageRepository(cfg.state_dir / "storage")
-        self.storage = HostStorage(repository, storage_roots=StorageRoots(cfg.storage_roots))
         self.tasks = TaskManager(
             rollback_steps=rollback_steps.table(),
             repository=repository,
             max_concurrent_copies=cfg.max_concurrent_copies,
         )
-        recovered = self.tasks.recover(
-            master.tasks_dir for _, master in self.storage.master_tasks_dirs()
+        self.connections = PoolConnections(
+            repository,
+            io_timeout=cfg.sanlock_io_timeout,
+            monitor_interval=cfg.domain_monitor_interval,
         )
+        self.spm = SpmRoles(
+            repository,
+            self.connections,
+            self.tasks,
+            host_id_timeout=cfg.host_id_timeout,
+            watchdog_interval=cfg.spm_watchdog_interval,
+            on_lease_lost=lease_lost,
+        )
+        self.storage = HostStorage(
+            repository,
+            self.connections,
+            self.spm,
+            storage_roots=StorageRoots(cfg.storage_roots),
+            io_timeout=cfg.sanlock_io_timeout,
+        )
+        recovered = self.tasks.recover([self.storage.hsm_tasks_dir])
         if recovered:
-            log.info("rolled back %d task(s) left unfinished: %s", len(recovered), recovered)
+            log.info("rolled back %d host task(s) left unfinished: %s", len(recovered), recovered)
+        log.info("pools rejoined: %s", self.connections.reconnect_all())
         self.connection = Connection(cfg.libvirt_uri)
         self.vms = VmManager(
             self.connection,
@@ -123,6 +151,8 @@ class Daemon:
         thread.join()
         self.server.server_close()
         self.tasks.shutdown(self.cfg.shutdown_grace)
+        self.spm.shutdown()
+        self.connections.shutdown()
         self._remove_run_files()
         self.connection.close()
         log.info("vdsmd stopped (VMs keep running)")
@@ -135,6 +165,33 @@ class Daemon:
     def _remove_run_files(self) -> None:
         for name in (PID_FILE, PORT_FILE):
             fileutil.remove_file(self.cfg.run_dir / name)
+
+
+def lease_lost(sp_uuid: str, why: str) -> None:
+    """An SPM lease is gone: stop every SPM action now. The process ends without rolling
+    anything back (that would write metadata without the lease); its copies die with it
+    (each child is started with PR_SET_PDEATHSIG), and are killed first all the same."""
+    log.critical("exiting: the SPM lease of pool %s is lost (%s)", sp_uuid, why)
+    _kill_children()
+    logging.shutdown()
+    os._exit(EXIT_LEASE_LOST)
+
+
+def _kill_children() -> None:
+    own = str(os.getpid())
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1].decode() == own:  # field 4, the parent pid
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def setup_logging(cfg: config.Config) -> None:

@@ -229,6 +229,23 @@ class Vdsm:
     def attach_domain(self, domain_id: str, pool_id: str) -> None:
         self.call("attachStorageDomain", domain_id, pool_id)
 
+    def connect_pool(
+        self, pool_id: str, host_id: int, master: str, master_version: int = 1
+    ) -> None:
+        """connectStoragePool: join every domain's lockspace as ``host_id`` (in the background)."""
+        self.call("connectStoragePool", pool_id, host_id, "", master, master_version)
+
+    def start_spm(self, pool_id: str, *, timeout: float | None = None) -> dict[str, Any]:
+        """spmStart, waited for: this host holds the pool's lease when it returns (TaskFailed,
+        with sanlock's reason, when another host holds it)."""
+        task_id = self.call("spmStart", pool_id, -1, -1, -1, "false", 250, 5)["uuid"]
+        self.wait_success(task_id, "spmStart", timeout=timeout)
+        return self.spm_status(pool_id)
+
+    def spm_status(self, pool_id: str) -> dict[str, Any]:
+        """{spmStatus, spmId, spmLver}: this host's role; the SPM's id and lver from sanlock."""
+        return dict(self.call("getSpmStatus", pool_id)["spm_st"])
+
     def pool_domains(self, pool_id: str) -> set[str]:
         return set(self.call("getStoragePoolInfo", pool_id).get("dominfo") or {})
 

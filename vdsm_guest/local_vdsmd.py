@@ -10,6 +10,11 @@ picks a free port), writes the port it got to ``<run>/vdsmd.port``, and is ready
 answers ``ping``. It can be stopped (SIGTERM, then SIGKILL if it hangs), killed (SIGKILL, as
 a crash) and started again on the same port and state, as an operator would.
 
+It listens on ``host`` (127.0.0.1 by default): the multi-host harness (vdsm_guest/cluster.py)
+gives each of its hosts a loopback address of its own, and a certificate that names it.
+:meth:`LocalVdsmd.pids` lists the daemon and every process it started, so that a harness can
+kill a whole host, as the watchdog a test machine lacks would.
+
 :meth:`LocalVdsmd.api` is a client of its API, the one vdsClient uses
 (:class:`vdsm_cli.api.Vdsm`); :meth:`LocalVdsmd.xmlrpc` a raw XML-RPC proxy, for the tests
 that look at the wire itself. It needs neither pytest nor the test tree, so the benchmark
@@ -68,8 +73,10 @@ class LocalVdsmd:
         pki: PkiLayout | None = None,
         storage_roots: Sequence[Path] | None = None,
         boot_dir: Path | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.root = root
+        self.host = host
         self.tls = tls
         self.pki = PkiLayout() if pki is None else pki
         self.storage_roots = [root.parent] if storage_roots is None else list(storage_roots)
@@ -91,7 +98,7 @@ class LocalVdsmd:
             "--config",
             "/dev/null",
             "--host",
-            "127.0.0.1",
+            self.host,
             "--port",
             str(self.port),  # 0 the first time: the kernel picks a free port
             "--state-dir",
@@ -123,12 +130,12 @@ class LocalVdsmd:
 
     def connect(self, timeout: float = 30.0) -> socket.socket:
         """A raw connection to the API (TLS-wrapped, with the admin certificate, under TLS)."""
-        sock = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        sock = socket.create_connection((self.host, self.port), timeout=timeout)
         context = self.ssl_context()
         if context is None:
             return sock
         try:
-            return context.wrap_socket(sock, server_hostname="127.0.0.1")
+            return context.wrap_socket(sock, server_hostname=self.host)
         except BaseException:
             sock.close()
             raise
@@ -204,9 +211,19 @@ class LocalVdsmd:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    def pids(self) -> list[int]:
+        """The daemon and every live process descended from it (qemu-img runs in a session
+        of its own, so its process group is not the daemon's); [] when it does not run. A
+        child left behind by a crash belongs to init and is no longer listed."""
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return []
+        return descendants(proc.pid)
+
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
     def xmlrpc(self) -> Any:
         """A new XML-RPC proxy (one per thread: a proxy keeps one HTTP connection)."""
@@ -220,9 +237,9 @@ class LocalVdsmd:
         """Where and how vdsClient's client reaches it: the admin certificate and the host's
         CA under TLS."""
         if not self.tls:
-            return Endpoint("127.0.0.1", self.port)
+            return Endpoint(self.host, self.port)
         pki = self.pki
-        return Endpoint("127.0.0.1", self.port, True, pki.admin_cert, pki.admin_key, pki.ca_cert)
+        return Endpoint(self.host, self.port, True, pki.admin_cert, pki.admin_key, pki.ca_cert)
 
     def api(self, *, flow_id: str | None = None, interval: float | None = None) -> Vdsm:
         """A new client of its API (one per thread: a client keeps one HTTP connection);
@@ -247,3 +264,52 @@ def _read_port(port_file: Path) -> int:
         return int(port_file.read_text().strip() or 0)
     except (OSError, ValueError):
         return 0
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every live (not zombie) process descended from it, parents first; [] if
+    ``pid`` is gone. From one scan of /proc (this kernel may lack /proc/PID/task/*/children)."""
+    children: dict[int, list[int]] = {}
+    alive = set()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # gone meanwhile
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses.
+        state, ppid = stat[stat.rindex(b")") + 2 :].split()[:2]
+        if state not in (b"Z", b"X"):
+            alive.add(int(entry.name))
+            children.setdefault(int(ppid), []).append(int(entry.name))
+    if pid not in alive:
+        return []
+    found = [pid]
+    for parent in found:  # grows while it is walked: breadth first
+        found.extend(children.get(parent, []))
+    return found
+
+
+def leave_lockspaces(roots: Sequence[Path]) -> None:
+    """Leave the sanlock lockspaces of the domains under ``roots`` (this process's sanlock
+    daemon: $SANLOCK_RUN_DIR): a test, the demo or the bench calls it once its vdsmd is gone
+    and before it removes its directories, or the daemon would go on renewing them for as
+    long as it runs. A vdsmd that stops keeps its lockspaces on purpose: it rejoins them."""
+    import sanlock  # Debian's binding, linked into the venv by `make sanlock-binding`
+
+    prefixes = [str(root).rstrip("/") + "/" for root in roots]
+    try:
+        joined = sanlock.get_lockspaces()
+    except sanlock.SanlockException:
+        return  # no daemon answers: nothing is joined
+    for lockspace in joined:
+        path = str(lockspace["path"])
+        if any(path.startswith(prefix) for prefix in prefixes):
+            try:
+                sanlock.rem_lockspace(
+                    lockspace["lockspace"], lockspace["host_id"], path, wait=False
+                )
+            except sanlock.SanlockException:
+                continue  # left meanwhile

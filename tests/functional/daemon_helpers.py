@@ -5,6 +5,8 @@ temporary directory, waits until it answers ``ping``, and can be killed (SIGKILL
 or stopped (SIGTERM) and started again on the same state, as an operator would. That logic is
 vdsm_guest.local_vdsmd's, shared with the benchmark; the tests add JSON-RPC and raw POSTs.
 ``wait_task`` waits for a task through vdsClient's API (vdsm_cli.api), as every client does.
+Test daemons run with the test machine's sanlock settings (:data:`TEST_SANLOCK_ARGS`), and
+``running`` leaves the lockspaces of a test's domains once its daemon is gone.
 """
 
 from __future__ import annotations
@@ -18,9 +20,20 @@ from pathlib import Path
 from typing import Any
 
 from tests.conftest import missing
-from vdsm_guest.local_vdsmd import LocalVdsmd
+from vdsm_guest.local_vdsmd import LocalVdsmd, leave_lockspaces
 
 REPO = Path(__file__).resolve().parents[2]
+
+# io_timeout 1 (a join takes 3 s, not 21 s; a dead host's leases free after 72 s, not 140 s),
+# and the watchdog and the domain monitors checking every second.
+TEST_SANLOCK_ARGS = [
+    "--sanlock-io-timeout",
+    "1",
+    "--spm-watchdog-interval",
+    "1",
+    "--domain-monitor-interval",
+    "1",
+]
 
 
 class VdsmdProcess(LocalVdsmd):
@@ -37,7 +50,16 @@ class VdsmdProcess(LocalVdsmd):
         **options: Any,
     ) -> None:
         """``options``: LocalVdsmd's (tls, pki, storage_roots, boot_dir)."""
-        super().__init__(root, extra_args, env, log_level="DEBUG", **options)
+        args = [*TEST_SANLOCK_ARGS, *(extra_args or [])]
+        super().__init__(root, args, env, log_level="DEBUG", **options)
+        # Pools this daemon was made SPM of (storage_helpers.Storage): a restart starts the
+        # SPM again, as the engine would, since the restarted daemon holds no lease.
+        self.spm_pools: list[str] = []
+
+    def restart(self) -> None:
+        super().restart()
+        for sp_uuid in self.spm_pools:
+            start_spm(self, sp_uuid)
 
     def start(self) -> None:
         if self.tls and not self.pki.admin_key.is_file():
@@ -84,6 +106,16 @@ def running(daemon: VdsmdProcess) -> Iterator[VdsmdProcess]:
     finally:
         if daemon.running:
             daemon.kill()
+        leave_lockspaces(daemon.storage_roots)
+
+
+def start_spm(daemon: VdsmdProcess, sp_uuid: str, timeout: float = 60) -> dict[str, Any]:
+    """spmStart on ``daemon`` and its task's end (the pool must be connected)."""
+    reply = daemon.xmlrpc().spmStart(sp_uuid, -1, -1, -1, "false", 250, 5)
+    assert reply["status"]["code"] == 0, reply
+    status = wait_task(daemon, reply["uuid"], timeout=timeout)
+    assert status["taskResult"] == "success", status
+    return status
 
 
 TASK_POLL = 0.05  # seconds between two polls of a task

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.functional.daemon_helpers import VdsmdProcess, new_uuid, wait_task
+from tests.functional.daemon_helpers import VdsmdProcess, new_uuid, start_spm, wait_task
 from vdsm_api.wire import BLANK_UUID
 
 BLANK = BLANK_UUID
@@ -22,8 +22,12 @@ def code(reply: dict[str, Any]) -> int:
     return int(reply["status"]["code"])
 
 
+HOST_ID = 1
+
+
 class Storage:
-    """A pool of two domains, built through XML-RPC as an engine would."""
+    """A pool of two domains, built through XML-RPC as an engine would: domains, the pool,
+    connectStoragePool with host id 1, spmStart (the lease), then the second domain attached."""
 
     def __init__(self, daemon: VdsmdProcess, root: Path) -> None:
         self.rpc = daemon.xmlrpc()
@@ -34,7 +38,16 @@ class Storage:
             mount.mkdir()
             ok(self.rpc.createStorageDomain(4, sd, name, str(mount), 1))
         ok(self.rpc.createStoragePool(0, self.sp, "dc", self.sd, [self.sd], 1))
+        ok(self.rpc.connectStoragePool(self.sp, HOST_ID, "", self.sd, 1))
+        self.become_spm()
+        daemon.spm_pools.append(self.sp)
         ok(self.rpc.attachStorageDomain(self.sd2, self.sp))
+
+    def become_spm(self) -> None:
+        """spmStart and wait for it: after a restart of vdsmd, the engine starts the SPM again
+        (the restarted daemon has rejoined the pool, but holds no lease)."""
+        self.rpc = self.daemon.xmlrpc()
+        start_spm(self.daemon, self.sp)
 
     def create_volume(
         self, img: str, vol: str, fmt: Any = "COW", parent: str = BLANK, sd: str | None = None

@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import require_command
-from tests.functional.daemon_helpers import VdsmdProcess, running
+from tests.functional.daemon_helpers import VdsmdProcess, running, start_spm
 from vdsm_api import schema
 from vdsm_api.schema import Param, ParamType, Verb
 from vdsm_api.wire import BLANK_UUID
@@ -82,6 +82,9 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         sd, sp = str(uuid.uuid4()), str(uuid.uuid4())
         assert rpc.createStorageDomain(4, sd, "fuzz", str(roots / "good"), 1)["status"]["code"] == 0
         assert rpc.createStoragePool(0, sp, "dc", sd, [sd], 1)["status"]["code"] == 0
+        # The SPM, so the SPM verbs' own checks are fuzzed, not only the refusal 654.
+        assert rpc.connectStoragePool(sp, 1, "", sd, 1)["status"]["code"] == 0
+        start_spm(vdsmd, sp)
         yield Target(vdsmd, root, roots, outside, sd, sp, roots / "spare", [sd, sp])
         for vm in rpc.list().get("vmList", []):  # a request that happened to be good
             rpc.destroy(vm["vmId"] if isinstance(vm, dict) else vm)

@@ -144,7 +144,7 @@ def test_errors_over_xmlrpc(storage: Storage) -> None:
     reply = rpc.createVolume(storage.sd, storage.sp, unknown, str(GiB), "COW", 2, "DATA", unknown)
     assert code(reply) == 654
     assert code(rpc.cloneImageStructure(storage.sp, storage.sd, unknown, storage.sd2)) == 654
-    ok(rpc.spmStart(storage.sp))
+    storage.become_spm()
     # Too many arguments for a legacy verb.
     assert code(rpc.getStorageDomainInfo(storage.sd, "extra")) == 1000
 

@@ -42,7 +42,8 @@ class Chain:
 
 @pytest.fixture
 def chain(vdsmd: VdsmdProcess, tmp_path: Path) -> Chain:
-    """Two LOCALFS domains in a pool, and an image base (RAW) → snap1 → snap2 (COW)."""
+    """Two LOCALFS domains in a pool this host is the SPM of, and an image base (RAW) → snap1
+    → snap2 (COW)."""
     address = vdsmd.address
     domains = (new_uuid(), new_uuid())
     for index, sd in enumerate(domains):
@@ -51,6 +52,9 @@ def chain(vdsmd: VdsmdProcess, tmp_path: Path) -> Chain:
         assert ok(address, "createStorageDomain", "4", sd, f"dom{index}", str(directory), "1") == ""
     pool = new_uuid()
     assert ok(address, "createStoragePool", "0", pool, "pool", domains[0], ",".join(domains)) == ""
+    # As an engine does: join the pool as host 1, then become its SPM (the sanlock lease).
+    assert ok(address, "connectStoragePool", pool, "1", "", domains[0], "1") == ""
+    run_task(address, "spmStart", pool)
     image = new_uuid()
     base, snap1, snap2 = new_uuid(), new_uuid(), new_uuid()
     sd = domains[0]

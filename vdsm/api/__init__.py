@@ -10,6 +10,7 @@ their defaults ("accepted for compatibility; unused") and named in the signature
 
 from __future__ import annotations
 
+from vdsm.api.connections import ConnectionsAPI
 from vdsm.api.host import HostAPI
 from vdsm.api.images import ImagesAPI
 from vdsm.api.pools import DomainsAPI, PoolsAPI
@@ -40,8 +41,9 @@ def build(
         "capabilities": CapabilitiesAPI(connection, vms),
         "vms": VmsAPI(vms, storage, replications, merges),
         "tasks": TasksAPI(tasks),
-        "pools": PoolsAPI(storage),
+        "pools": PoolsAPI(storage, tasks),
         "domains": DomainsAPI(storage),
+        "connections": ConnectionsAPI(storage),
         "volumes": VolumesAPI(storage, tasks),
         "images": ImagesAPI(storage, tasks, copy_rate_limit=copy_rate_limit),
     }

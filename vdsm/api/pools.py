@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from vdsm import validation
-from vdsm.errors import StorageDomainDoesNotExist, VdsmError
+from vdsm.errors import IsSpm, StorageDomainDoesNotExist, VdsmError
 from vdsm.storage import image
 from vdsm.storage import volume as volumes
+from vdsm.storage.clusterlock import JoinState
 from vdsm.storage.constants import BLANK_UUID, DomainClass, DomainType
 from vdsm.storage.domain import FileStorageDomain
 from vdsm.storage.host_storage import HostStorage
 from vdsm.storage.pool import StoragePool
+from vdsm.storage.task.context import TaskContext
+from vdsm.storage.task.manager import TaskManager
 
 
 class PoolsAPI:
-    def __init__(self, storage: HostStorage) -> None:
+    def __init__(self, storage: HostStorage, tasks: TaskManager) -> None:
         self._storage = storage
+        self._tasks = tasks
 
     def create(
         self,
@@ -33,7 +38,7 @@ class PoolsAPI:
         pool_type: int = 0,
     ) -> None:
         with self._storage.metadata_lock():
-            StoragePool.create(
+            pool = StoragePool.create(
                 self._storage.repository,
                 sp_uuid,
                 name,
@@ -41,7 +46,23 @@ class PoolsAPI:
                 domain_uuids,
                 master_version,
             )
-        self._storage.spm_start(sp_uuid)
+            for sd_uuid in pool.member_uuids():
+                self._storage.repository.domain(sd_uuid).ensure_leases(self._storage.io_timeout)
+
+    def connect(
+        self,
+        sp_uuid: str,
+        host_id: int,
+        scsi_key: str,
+        master_sd_uuid: str,
+        master_version: int,
+    ) -> None:
+        self._storage.connections.connect(sp_uuid, host_id, master_sd_uuid, master_version)
+
+    def disconnect(self, sp_uuid: str, host_id: int, scsi_key: str, remove: bool = False) -> None:
+        if self._storage.is_spm(sp_uuid):
+            raise IsSpm(f"this host is the SPM of pool {sp_uuid}: spmStop first")
+        self._storage.connections.disconnect(sp_uuid, host_id)
 
     def get_info(self, sp_uuid: str) -> dict[str, Any]:
         pool = self._storage.pool(sp_uuid)
@@ -57,28 +78,73 @@ class PoolsAPI:
                 entry["disktotal"] = str(stats.total_bytes)
                 entry["diskfree"] = str(stats.free_bytes)
             dominfo[sd_uuid] = entry
+        spm = self._storage.spm.status(sp_uuid)
         return {
             "info": {
                 "name": info.name,
                 "master_uuid": info.master_uuid,
                 "master_ver": info.master_version,
                 "domains": ",".join(f"{sd}:{st}" for sd, st in sorted(info.domains.items())),
-                "pool_status": "connected",
-                "spm_id": 1 if self._storage.is_spm(sp_uuid) else -1,
+                "pool_status": (
+                    "connected"
+                    if self._storage.connections.is_connected(sp_uuid)
+                    else "disconnected"
+                ),
+                "spm_id": spm.spm_id,
+                "lver": spm.lver,
             },
             "dominfo": dominfo,
         }
 
-    def spm_start(self, sp_uuid: str) -> None:
-        self._storage.spm_start(sp_uuid)
+    def spm_start(
+        self,
+        sp_uuid: str,
+        prev_id: int = -1,
+        prev_lver: int = -1,
+        # Accepted for compatibility; unused (the schema says so):
+        recovery_mode: object = None,
+        scsi_fencing: object = False,
+        max_host_id: int = 250,
+        dom_version: object = None,
+    ) -> str:
+        self._storage.pool(sp_uuid)  # 309 now for an unknown pool
+        self._storage.connections.connection(sp_uuid)  # 313 now when not connected
+        spm = self._storage.spm
+
+        def job(ctx: TaskContext) -> None:
+            spm.start(sp_uuid, prev_id, prev_lver)
+            ctx.set_progress(100)
+
+        return self._tasks.submit("spmStart", job, tasks_dir=self._storage.hsm_tasks_dir)
 
     def spm_stop(self, sp_uuid: str) -> None:
-        self._storage.spm_stop(sp_uuid)
+        self._storage.pool(sp_uuid)
+        self._storage.spm.stop(sp_uuid)
 
     def spm_status(self, sp_uuid: str) -> dict[str, Any]:
         self._storage.pool(sp_uuid)  # 309 for an unknown pool
-        spm = self._storage.is_spm(sp_uuid)
-        return {"spmStatus": "SPM" if spm else "Free", "spmId": 1 if spm else -1, "spmLver": 0}
+        status = self._storage.spm.status(sp_uuid)
+        return {"spmStatus": status.state.value, "spmId": status.spm_id, "spmLver": status.lver}
+
+    def fence_spm_storage(self, sp_uuid: str, last_owner: int, last_lver: int) -> dict[str, Any]:
+        self._storage.spm.fence(sp_uuid)
+        return self.spm_status(sp_uuid)
+
+    def repo_stats(self) -> dict[str, Any]:
+        now = time.monotonic()
+        stats: dict[str, Any] = {}
+        for sd_uuid, st in sorted(self._storage.connections.statuses().items()):
+            stats[sd_uuid] = {
+                "code": st.code,
+                "lastCheck": f"{now - st.checked_at:.1f}" if st.checked else "",
+                "delay": f"{st.delay:.6f}",
+                "valid": st.valid,
+                "version": st.version,
+                "acquired": st.join is JoinState.JOINED,
+                "actual": st.checked,
+                "error": st.error,
+            }
+        return stats
 
 
 def domain_payload(domain: FileStorageDomain) -> dict[str, Any]:
@@ -124,11 +190,13 @@ class DomainsAPI:
                 domain_class=DomainClass(domain_class),
                 block_size=block_size,
                 version=version,
+                io_timeout=self._storage.io_timeout,
             )
 
     def attach(self, sd_uuid: str, sp_uuid: str) -> None:
         with self._storage.metadata_lock():
-            self._storage.pool(sp_uuid).attach(sd_uuid)
+            self._storage.spm_pool(sp_uuid).attach(sd_uuid)
+        self._storage.connections.add_member(sp_uuid, sd_uuid)
 
     def get_info(self, sd_uuid: str) -> dict[str, Any]:
         return domain_payload(self._storage.repository.domain(sd_uuid))

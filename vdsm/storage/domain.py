@@ -4,21 +4,29 @@ A file domain is the directory ``<root>/<sdUUID>`` on any POSIX file system (loc
 mount, ...)::
 
     dom_md/metadata                     KEY=VALUE domain (and, on the master, pool) metadata
-    dom_md/{ids,leases,inbox,outbox}    reserved for leases and messaging
-    images/<imgUUID>/<volUUID>[.meta|.lease]
+    dom_md/ids                          the domain's sanlock lockspace: one delta lease per host id
+    dom_md/leases                       sanlock resources; SDM (the SPM lease) at 1 MiB
+    dom_md/{inbox,outbox}               reserved for messaging
+    images/<imgUUID>/<volUUID>[.meta|.lease]   data, metadata, the volume's sanlock lease
     master/tasks/<taskID>/              persisted SPM tasks (used on the master domain)
 
 Every path is built from validated UUIDs only. Creation assembles the domain in a hidden
-temporary directory and renames it into place, so a failed or interrupted create never leaves
-a half-made domain under its real name.
+temporary directory, lease areas formatted, and renames it into place, so a failed or
+interrupted create never leaves a half-made domain under its real name. A domain made before
+leases existed (empty ``ids``/``leases``) is upgraded by :meth:`FileStorageDomain.ensure_leases`
+before any host joins it; a lease area that belongs to another domain is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
+import logging
 import os
 import secrets
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +38,7 @@ from vdsm.errors import (
     StorageDomainLayoutError,
     StorageDomainMetadataNotFound,
 )
-from vdsm.storage import fileutil, kvfile, os_errors
+from vdsm.storage import clusterlock, fileutil, kvfile, os_errors
 from vdsm.storage.constants import (
     DOMAIN_VERSION,
     NAME_MAX_LENGTH,
@@ -40,12 +48,20 @@ from vdsm.storage.constants import (
     DomainType,
 )
 
+log = logging.getLogger("vdsm.storage.domain")
+
 DOM_MD = "dom_md"
 IMAGES = "images"
 MASTER = "master"
 TASKS = "tasks"
-RESERVED_DOM_MD_FILES = ("ids", "leases", "inbox", "outbox")
+IDS_FILE = "ids"
+LEASES_FILE = "leases"
+RESERVED_DOM_MD_FILES = ("inbox", "outbox")
 METADATA_FILE = "metadata"
+VOLUME_LEASE_SUFFIX = ".lease"  # volume.LEASE_SUFFIX (volume imports this module)
+# sanlock's io_timeout written into a new lockspace: VDSM's production value. Every host that
+# joins uses the value stored in the lockspace, so one domain has one timeout.
+DEFAULT_IO_TIMEOUT = 10
 
 
 @dataclass(frozen=True)
@@ -140,6 +156,14 @@ class FileStorageDomain:
         return self.path / IMAGES
 
     @property
+    def ids_path(self) -> Path:
+        return self.path / DOM_MD / IDS_FILE
+
+    @property
+    def leases_path(self) -> Path:
+        return self.path / DOM_MD / LEASES_FILE
+
+    @property
     def tasks_dir(self) -> Path:
         return self.path / MASTER / TASKS
 
@@ -173,6 +197,86 @@ class FileStorageDomain:
     def write_metadata(self, metadata: DomainMetadata) -> None:
         fileutil.atomic_write(self.metadata_path, metadata.to_text().encode("utf-8"))
         self.metadata = metadata
+
+    def reload(self) -> FileStorageDomain:
+        """The domain as stored now: another host (the SPM) may have changed its metadata."""
+        return FileStorageDomain.open(self.path)
+
+    # --- leases -----------------------------------------------------------------------------
+
+    def lockspace_io_timeout(self) -> int:
+        """The io_timeout stored in this domain's lockspace (hosts join with it)."""
+        found = clusterlock.read_lockspace(self.ids_path, block_size=self.metadata.block_size)
+        if found is None:
+            raise StorageDomainLayoutError(
+                f"domain {self.sd_uuid}: {self.ids_path} holds no sanlock lockspace"
+            )
+        return found[1]
+
+    def ensure_leases(self, io_timeout: int = DEFAULT_IO_TIMEOUT) -> list[str]:
+        """Make sure the lockspace, the SDM lease and every volume lease exist, formatting
+        those never formatted (a domain made before leases). Returns what it formatted.
+
+        Held under flock on ``ids``, so two hosts upgrading at once format each area once;
+        an area already formatted is never rewritten (hosts may have joined it). A lockspace
+        or lease that names another domain is a layout error."""
+        block_size = self.metadata.block_size
+        formatted: list[str] = []
+        with _locked(self.ids_path):
+            # An empty file was never formatted (sanlock cannot even read it).
+            found = (
+                clusterlock.read_lockspace(self.ids_path, block_size=block_size)
+                if os.stat(self.ids_path).st_size
+                else None
+            )
+            if found is None:
+                os.truncate(self.ids_path, clusterlock.IDS_SIZE)
+                clusterlock.format_lockspace(
+                    self.sd_uuid, self.ids_path, io_timeout=io_timeout, block_size=block_size
+                )
+                formatted.append(IDS_FILE)
+            elif found[0] != self.sd_uuid:
+                raise StorageDomainLayoutError(
+                    f"{self.ids_path} holds the lockspace of domain {found[0]}"
+                )
+            if self._ensure_resource(
+                clusterlock.SDM_RESOURCE,
+                self.leases_path,
+                clusterlock.SDM_OFFSET,
+                clusterlock.LEASES_SIZE,
+            ):
+                formatted.append(f"{LEASES_FILE}:{clusterlock.SDM_RESOURCE}")
+            for img_uuid in self.image_uuids():
+                for lease in sorted(self.image_dir(img_uuid).glob(f"*{VOLUME_LEASE_SUFFIX}")):
+                    vol_uuid = lease.name[: -len(VOLUME_LEASE_SUFFIX)]
+                    try:
+                        validation.uuid(vol_uuid, "volUUID")
+                    except InvalidParameter:
+                        continue  # not a volume's lease
+                    if self._ensure_resource(vol_uuid, lease, 0, clusterlock.VOLUME_LEASE_SIZE):
+                        formatted.append(f"{img_uuid}/{lease.name}")
+        if formatted:
+            log.info("domain %s: formatted lease areas %s", self.sd_uuid, formatted)
+        return formatted
+
+    def _ensure_resource(self, resource: str, path: Path, offset: int, size: int) -> bool:
+        block_size = self.metadata.block_size
+        found = (
+            clusterlock.read_resource(path, offset, block_size=block_size)
+            if os.stat(path).st_size > offset
+            else None
+        )
+        if found is not None:
+            if found[:2] != (self.sd_uuid, resource):
+                raise StorageDomainLayoutError(
+                    f"{path}:{offset} holds lease {found[1]} of domain {found[0]}, "
+                    f"not {resource} of {self.sd_uuid}"
+                )
+            return False
+        if os.stat(path).st_size < size:
+            os.truncate(path, size)
+        clusterlock.format_resource(self.sd_uuid, resource, path, offset, block_size=block_size)
+        return True
 
     # --- life cycle -------------------------------------------------------------------------
 
@@ -211,8 +315,10 @@ class FileStorageDomain:
         domain_class: DomainClass = DomainClass.DATA,
         version: int = DOMAIN_VERSION,
         block_size: int = 512,
+        io_timeout: int = DEFAULT_IO_TIMEOUT,
     ) -> FileStorageDomain:
-        """Create a domain in the existing directory ``root``."""
+        """Create a domain in the existing directory ``root``, its lockspace and SDM lease
+        formatted with sanlock's ``io_timeout`` (seconds)."""
         sd_uuid = validation.uuid(sd_uuid, "sdUUID")
         name = validation.text(name, "domainName", max_length=NAME_MAX_LENGTH)
         if version != DOMAIN_VERSION:
@@ -243,6 +349,7 @@ class FileStorageDomain:
             (staging / MASTER / TASKS).mkdir(parents=True)
             for reserved in RESERVED_DOM_MD_FILES:
                 fileutil.create_empty(staging / DOM_MD / reserved)
+            _format_lease_areas(staging / DOM_MD, sd_uuid, io_timeout, block_size)
             fileutil.atomic_write(staging / DOM_MD / METADATA_FILE, metadata.to_text().encode())
             if final.exists():
                 raise StorageDomainAlreadyExists(f"domain {sd_uuid} already exists in {root}")
@@ -254,3 +361,27 @@ class FileStorageDomain:
                 raise StorageDomainCreationError(f"domain {sd_uuid} in {root}: {e}") from None
             raise
         return cls(final, metadata)
+
+
+def _format_lease_areas(dom_md: Path, sd_uuid: str, io_timeout: int, block_size: int) -> None:
+    """A new domain's ``ids`` (its empty lockspace) and ``leases`` (a free SDM lease)."""
+    ids, leases = dom_md / IDS_FILE, dom_md / LEASES_FILE
+    for path, size in ((ids, clusterlock.IDS_SIZE), (leases, clusterlock.LEASES_SIZE)):
+        fileutil.create_empty(path)
+        os.truncate(path, size)  # sparse: sanlock writes only the sectors it uses
+    clusterlock.format_lockspace(sd_uuid, ids, io_timeout=io_timeout, block_size=block_size)
+    clusterlock.format_resource(
+        sd_uuid, clusterlock.SDM_RESOURCE, leases, clusterlock.SDM_OFFSET, block_size=block_size
+    )
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """flock(LOCK_EX) on a file for a with-block: other processes (other hosts' vdsmd on this
+    machine, or NFS clients through its lock manager) wait."""
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the flock

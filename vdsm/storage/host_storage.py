@@ -1,9 +1,9 @@
-"""This host's storage: the repository of domains, the image locks, and its SPM roles.
+"""This host's storage: the repository of domains, the image locks, its pool connections and
+its SPM roles.
 
-In a pool one host, the SPM, alone changes metadata (creates, deletes, copies volumes). vdsm
-runs one host per pool today: creating a pool makes this host its SPM, and after a restart it
-takes the role again for every pool whose master domain it can reach (``auto_spm``).
-``spmStop`` gives the role up, and SPM verbs then answer 654, as on a host that is not the SPM.
+In a pool one host, the SPM, alone changes metadata (creates, deletes, copies volumes), and
+only while it holds the pool's sanlock lease (vdsm.storage.spm). Every SPM verb asks
+:meth:`HostStorage.spm_pool` first: 654 on any host that does not hold the lease now.
 """
 
 from __future__ import annotations
@@ -15,40 +15,44 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from vdsm import validation
-from vdsm.errors import SpmStatusError, StorageDomainDoesNotExist
 from vdsm.storage.constants import DomainRole
 from vdsm.storage.domain import FileStorageDomain
 from vdsm.storage.pool import StoragePool
+from vdsm.storage.pool_connection import PoolConnections
 from vdsm.storage.repository import StorageRepository
 from vdsm.storage.resource_locks import ResourceLocks
+from vdsm.storage.spm import SpmRoles
 from vdsm.storage.storage_roots import StorageRoots
 
 log = logging.getLogger("vdsm.storage.host_storage")
 
 
 METADATA_LOCK_FILE = "metadata.lock"
+HSM_TASKS_DIR = "tasks"
 
 
 class HostStorage:
     def __init__(
         self,
         repository: StorageRepository,
+        connections: PoolConnections,
+        spm: SpmRoles,
         *,
         storage_roots: StorageRoots | None = None,
-        auto_spm: bool = True,
+        io_timeout: int = 10,
     ) -> None:
         self.repository = repository
+        self.connections = connections
+        self.spm = spm
         # None: anywhere (the storage unit tests); vdsmd always passes its configured roots.
         self.roots = storage_roots
+        # sanlock io_timeout of the lockspaces of domains this host creates.
+        self.io_timeout = io_timeout
         self.locks = ResourceLocks()
+        # This host's own tasks (spmStart), apart from any pool's: they are not SPM tasks,
+        # and no other host may recover them.
+        self.hsm_tasks_dir = repository.root / HSM_TASKS_DIR
         self._metadata_mutex = threading.Lock()
-        self._spm_lock = threading.Lock()
-        self._spm_pools: set[str] = set()
-        if auto_spm:
-            for sp_uuid in self.pool_uuids():
-                self._spm_pools.add(sp_uuid)
-                log.info("this host is SPM of pool %s", sp_uuid)
 
     @contextmanager
     def metadata_lock(self) -> Iterator[None]:
@@ -86,35 +90,10 @@ class HostStorage:
         return pool.domain(sd_uuid)
 
     def spm_pool(self, sp_uuid: str) -> StoragePool:
-        """The pool, if this host is its SPM; 654 otherwise."""
+        """The pool, if this host is its SPM (holds its lease) now; 654 otherwise."""
         pool = self.pool(sp_uuid)
-        with self._spm_lock:
-            if pool.sp_uuid not in self._spm_pools:
-                raise SpmStatusError(f"this host is not the SPM of pool {pool.sp_uuid}")
+        self.spm.check(pool.sp_uuid)
         return pool
 
     def is_spm(self, sp_uuid: str) -> bool:
-        with self._spm_lock:
-            return validation.uuid(sp_uuid, "spUUID") in self._spm_pools
-
-    def spm_start(self, sp_uuid: str) -> None:
-        pool = self.pool(sp_uuid)
-        with self._spm_lock:
-            self._spm_pools.add(pool.sp_uuid)
-        log.info("this host is SPM of pool %s", pool.sp_uuid)
-
-    def spm_stop(self, sp_uuid: str) -> None:
-        pool = self.pool(sp_uuid)
-        with self._spm_lock:
-            self._spm_pools.discard(pool.sp_uuid)
-        log.info("this host is no longer SPM of pool %s", pool.sp_uuid)
-
-    def master_tasks_dirs(self) -> list[tuple[str, FileStorageDomain]]:
-        """(pool, master domain) for every reachable pool: where its tasks are persisted."""
-        found = []
-        for sp_uuid in self.pool_uuids():
-            try:
-                found.append((sp_uuid, self.pool(sp_uuid).master))
-            except StorageDomainDoesNotExist:
-                continue
-        return found
+        return self.spm.is_spm(sp_uuid)

@@ -14,10 +14,15 @@ import shutil
 from pathlib import Path
 
 from vdsm import validation
-from vdsm.errors import StorageDomainAlreadyExists, StorageDomainDoesNotExist, VdsmError
+from vdsm.errors import (
+    InvalidParameter,
+    StorageDomainAlreadyExists,
+    StorageDomainDoesNotExist,
+    VdsmError,
+)
 from vdsm.storage import fileutil
 from vdsm.storage.constants import DOMAIN_VERSION, DomainClass, DomainType
-from vdsm.storage.domain import FileStorageDomain
+from vdsm.storage.domain import DEFAULT_IO_TIMEOUT, FileStorageDomain
 
 log = logging.getLogger("vdsm.storage.repository")
 
@@ -40,6 +45,7 @@ class StorageRepository:
         domain_class: DomainClass = DomainClass.DATA,
         block_size: int = 512,
         version: int = DOMAIN_VERSION,
+        io_timeout: int = DEFAULT_IO_TIMEOUT,
     ) -> FileStorageDomain:
         """Create a domain under ``root`` and make it known to this host."""
         sd_uuid = validation.uuid(sd_uuid, "sdUUID")
@@ -56,6 +62,7 @@ class StorageRepository:
             domain_class=domain_class,
             block_size=block_size,
             version=version,
+            io_timeout=io_timeout,
         )
         try:
             self._link_new(domain)
@@ -76,6 +83,55 @@ class StorageRepository:
             ) from None
         fileutil.fsync_dir(self.links_dir)
         log.info("domain %s is at %s", domain.sd_uuid, domain.path)
+
+    def adopt_domain(self, path: Path) -> FileStorageDomain:
+        """Make the existing domain at ``path`` (``<dir>/<sdUUID>``, made by this host or by
+        another one sharing the storage) known to this host: its link is created, never
+        replacing one. Already known at ``path``: nothing to do. Known at another path: 365,
+        since one UUID is one domain."""
+        sd_uuid = validation.uuid(path.name, "sdUUID")
+        if sd_uuid != path.name:
+            raise InvalidParameter("sdUUID", path.name, "a domain directory is named in lower case")
+        domain = FileStorageDomain.open(path)
+        link = self._link(sd_uuid)
+        try:
+            os.symlink(domain.path, link)
+        except FileExistsError:
+            known = Path(os.readlink(link))
+            if known == domain.path or known.resolve() == domain.path.resolve():
+                return domain
+            raise StorageDomainAlreadyExists(
+                f"domain {sd_uuid} is already known at {known}, not at {domain.path}"
+            ) from None
+        fileutil.fsync_dir(self.links_dir)
+        log.info("domain %s is at %s (adopted)", sd_uuid, domain.path)
+        return domain
+
+    def forget_domain(self, sd_uuid: str, path: Path) -> bool:
+        """Remove the link of ``sd_uuid`` if it leads to ``path``; the domain itself is left
+        alone. Returns whether a link was removed."""
+        sd_uuid = validation.uuid(sd_uuid, "sdUUID")
+        link = self._link(sd_uuid)
+        try:
+            if Path(os.readlink(link)) != path:
+                return False
+            link.unlink()
+        except FileNotFoundError:
+            return False
+        fileutil.fsync_dir(self.links_dir)
+        log.info("domain %s at %s is no longer known here", sd_uuid, path)
+        return True
+
+    def domain_links(self) -> dict[str, Path]:
+        """sdUUID → the directory its link leads to, for every known domain (reachable or
+        not)."""
+        found = {}
+        for sd_uuid in self.domain_uuids():
+            try:
+                found[sd_uuid] = Path(os.readlink(self._link(sd_uuid)))
+            except OSError:
+                continue  # removed meanwhile, or not a link
+        return found
 
     def domain(self, sd_uuid: str) -> FileStorageDomain:
         """Open a known domain; 358 if this host knows no such domain or it is gone."""

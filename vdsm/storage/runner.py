@@ -2,17 +2,22 @@
 
 A command is an argv list, never a shell line. The child gets its own session, so on a timeout
 or a cancellation the runner can signal the whole process group and no grandchild survives.
+It also dies with vdsmd (``PR_SET_PDEATHSIG``, see :func:`_die_with_parent`): a ``kill -9`` of
+the daemon, as sanlock does to a fenced SPM, leaves no qemu-img writing behind it.
 stdout and stderr are read by threads, so a chatty command never blocks on a full pipe, and
 stdout can be parsed as it arrives for ``qemu-img -p`` progress. A failure is raised as a
 :class:`~vdsm.errors.CommandError` that carries the argv, the exit code and stderr.
 
 Threads: each run() uses three short-lived helper threads (stdout reader, stderr reader,
 waiter) that report to one condition; the calling thread waits on it for "finished",
-"cancelled" or the deadline, and alone decides how the command ends.
+"cancelled" or the deadline, and alone decides how the command ends. It forked the child and
+stays in run() until the child is gone or SIGKILLed: the child's death signal is tied to it.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
 import os
 import re
@@ -46,6 +51,61 @@ _READ_SIZE = 64 * 1024
 _MAX_RECORD = 256
 
 ProgressCallback = Callable[[float], None]
+
+# Dying with vdsmd. sanlock fences an SPM that lost its lease by SIGKILLing vdsmd's pid, and
+# only that: a qemu-img in a session of its own would go on writing into volumes the next SPM
+# (maybe on another host, before our restart) is about to roll back. So every child asks the
+# kernel for SIGKILL when its parent dies: prctl(PR_SET_PDEATHSIG, SIGKILL) between fork and
+# exec; the setting survives the exec (of anything but a set-user-ID or file-capability
+# program, and vdsm runs none: no sudo).
+#
+# Python 3.11 has no subprocess option for it, so it is a preexec_fn, which the subprocess
+# docs call unsafe with threads (and vdsmd has many): the child of a fork holds only the
+# forking thread, and Python code that takes a lock another thread held at the fork (a
+# logging handler, the import machinery, the dynamic loader looking a symbol up) deadlocks.
+# _die_with_parent takes none: prctl is looked up (dlsym) and typed here, at import, so the
+# child only makes three system calls through already resolved pointers (prctl, getppid,
+# _exit) on small ints; CPython itself takes the import lock around the fork and
+# re-initialises its own state in the child. The alternative without Python in the child, a
+# trampoline exec'd first (util-linux ``setpriv --pdeathsig KILL -- argv``), costs an exec
+# per command, a dependency, and has no getppid check: a daemon that dies before the
+# trampoline's prctl would leave an orphan. The price paid here: with a preexec_fn CPython
+# uses fork() instead of vfork(), which copies the daemon's page tables (about a millisecond).
+#
+# The traps of PDEATHSIG, and why they do not bite:
+# - The race: a parent that dies between fork and prctl leaves a child already orphaned, that
+#   no signal will ever reach. After prctl the child compares getppid() with the pid run()
+#   captured before the fork, and _exits if it has been re-parented.
+# - The signal fires when the *thread* that forked the child exits, not the process. run()
+#   forks in its calling thread and does not return before the child exited, or was sent
+#   SIGKILL (Command.stop(): on a timeout, a cancellation or an interruption), so no caller's
+#   thread can end under a live child. Every caller (qemuimg's functions in task threads and
+#   RPC request threads, pki's openssl calls) calls run() synchronously.
+# - It is not inherited across fork: a grandchild has none. qemu-img forks nothing (its
+#   workers are threads); the process group kill covers grandchildren on a timeout or a
+#   cancellation, and after a crash the restarted daemon kills whatever still carries the
+#   task's VDSM_TASK_ID tag (vdsm.storage.task.processes), the second line of defence.
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
+_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_prctl.restype = ctypes.c_int
+_SIGKILL = int(signal.SIGKILL)
+# The exit code of a child that found its parent gone before exec; nobody is left to read it.
+_ORPHANED = 1
+
+
+def _die_with_parent(parent: int) -> None:
+    """The preexec_fn of every child (in the child, between fork and exec): SIGKILL when
+    ``parent`` (vdsmd's pid, captured before the fork) dies, or exit now if it already did.
+
+    Nothing else may go here: see the comment above on what a child of a threaded process
+    may safely do before exec."""
+    if _prctl(_PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0) != 0:
+        # Cannot happen with a valid signal; CPython reports it to run() as a SubprocessError.
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:
+        os._exit(_ORPHANED)
+
 
 # The environment variable that tags a child with the label of its Cancellation (a task id).
 TASK_ID_ENV = "VDSM_TASK_ID"
@@ -227,7 +287,8 @@ def run(
 
     ``timeout`` (seconds) covers the whole run, until the child exited and closed its output.
     ``on_progress(percent)`` is called from a reader thread for every ``(N/100%)`` record on
-    stdout (``qemu-img -p``). The child gets stdin from /dev/null and its own session.
+    stdout (``qemu-img -p``). The child gets stdin from /dev/null and its own session, and
+    is SIGKILLed by the kernel if this process dies first.
 
     Raises CommandError (cannot start, or an exit code not in ``ok_codes``; the message
     carries stderr), CommandTimeout, or CommandAborted (``cancellation`` was cancelled before
@@ -254,12 +315,17 @@ def run(
             stderr=subprocess.PIPE,
             cwd=cwd,
             env=child_env,
+            # Its own session: a timeout or a cancellation kills the whole group.
             start_new_session=True,
+            # And it dies with this process; our pid is taken here, before the fork.
+            preexec_fn=functools.partial(_die_with_parent, os.getpid()),
         )
     except OSError as e:
         raise CommandError(
             args, None, "", reason=f"cannot start: {e.strerror}: {e.filename}"
         ) from e
+    except subprocess.SubprocessError as e:  # _die_with_parent failed in the child
+        raise CommandError(args, None, "", reason=f"cannot start: {e}") from e
 
     command = _Command(proc, on_progress)
     timed_out = False

@@ -38,7 +38,7 @@ from vdsm.errors import (
     VolumeImageHasChildren,
     VolumeMetadataWriteError,
 )
-from vdsm.storage import fileutil, qemuimg, volume_metadata
+from vdsm.storage import clusterlock, fileutil, qemuimg, volume_metadata
 from vdsm.storage.constants import (
     BLANK_UUID,
     DESCRIPTION_MAX_LENGTH,
@@ -49,14 +49,14 @@ from vdsm.storage.constants import (
     VolumeRole,
     VolumeStatus,
 )
-from vdsm.storage.domain import FileStorageDomain
+from vdsm.storage.domain import VOLUME_LEASE_SUFFIX, FileStorageDomain
 from vdsm.storage.runner import Cancellation
 from vdsm.storage.volume_metadata import VolumeMetadata
 
 log = logging.getLogger("vdsm.storage.volume")
 
 META_SUFFIX = ".meta"
-LEASE_SUFFIX = ".lease"
+LEASE_SUFFIX = VOLUME_LEASE_SUFFIX
 
 
 class Volume:
@@ -240,6 +240,20 @@ def plan_create(
     return VolumePlan(volume=vol, metadata=metadata, parent=parent)
 
 
+def _create_lease(vol: Volume) -> None:
+    """The volume's sanlock lease: resource volUUID in the domain's lockspace, at offset 0 of
+    ``<vol>.lease`` (sparse, 1 MiB), free until a writer acquires it."""
+    fileutil.create_empty(vol.lease_path)
+    os.truncate(vol.lease_path, clusterlock.VOLUME_LEASE_SIZE)
+    clusterlock.format_resource(
+        vol.domain.sd_uuid,
+        vol.vol_uuid,
+        vol.lease_path,
+        0,
+        block_size=vol.domain.metadata.block_size,
+    )
+
+
 def create(
     domain: FileStorageDomain,
     img_uuid: object,
@@ -281,7 +295,7 @@ def create(
         made_files.append(vol.meta_path)
         vol.write_metadata(metadata)
         made_files.append(vol.lease_path)
-        fileutil.create_empty(vol.lease_path)
+        _create_lease(vol)
         made_files.append(vol.path)
         _create_data(vol, metadata, parent, cancellation)
         if parent is not None:

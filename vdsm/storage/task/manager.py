@@ -222,6 +222,28 @@ class TaskManager:
                 log.info("task %s: %s found in state %s", task.task_id, task.verb, state)
         return loaded
 
+    def unfinished_in(self, tasks_dir: Path) -> list[str]:
+        """Ids of the tasks persisted under ``tasks_dir`` that are not finished yet."""
+        with self._lock:
+            return sorted(
+                e.task.task_id
+                for e in self._entries.values()
+                if e.task.directory.parent == tasks_dir and e.task.state is not TaskState.FINISHED
+            )
+
+    def forget(self, tasks_dir: Path) -> list[str]:
+        """Drop from memory the finished tasks of ``tasks_dir``, keeping their files: an SPM
+        that stepped down no longer answers for the master's tasks; the next SPM loads them.
+        Refuses (ValueError) while one of them is not finished."""
+        with self._lock:
+            mine = [e for e in self._entries.values() if e.task.directory.parent == tasks_dir]
+            running = [e.task.task_id for e in mine if e.task.state is not TaskState.FINISHED]
+            if running:
+                raise ValueError(f"tasks still running in {tasks_dir}: {running}")
+            for entry in mine:
+                del self._entries[entry.task.task_id]
+        return sorted(e.task.task_id for e in mine)
+
     def shutdown(self, grace: float, *, stop_timeout: float = 30.0) -> bool:
         """Refuse new tasks, let running ones finish for ``grace`` seconds, then stop (and roll
         back) the rest; wait up to ``stop_timeout`` s for them. False if some thread outlived

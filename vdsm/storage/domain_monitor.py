@@ -1,0 +1,148 @@
+"""Domain monitors: one thread per domain of a connected pool, as VDSM's domain monitor.
+
+Each monitor joins the domain's lockspace with the pool's host id (sanlock's add_lockspace,
+without waiting: a join takes 2-3 io_timeouts), joins again if the daemon lost it, and checks
+every ``interval`` seconds that the domain answers (its metadata is read back). ``repoStats``
+reports the last check from memory, so it answers at once even while a check is slow; a check
+that is late shows as a growing ``lastCheck``. Stopping a monitor leaves the lockspace
+(rem_lockspace), unless the daemon is only shutting down: a restarted vdsmd rejoins, and
+sanlock keeps this host's id meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+from vdsm.errors import AcquireHostIdFailure, StorageDomainDoesNotExist, VdsmError
+from vdsm.storage import clusterlock
+from vdsm.storage.clusterlock import JoinState
+from vdsm.storage.repository import StorageRepository
+
+log = logging.getLogger("vdsm.storage.domain_monitor")
+
+
+@dataclass(frozen=True)
+class DomainStatus:
+    """The last check of one domain, as repoStats reports it."""
+
+    sd_uuid: str
+    host_id: int
+    checked: bool  # at least one check has finished
+    valid: bool  # the last check read the metadata
+    error: str  # why not, when not valid
+    code: int  # the error's code (0 when valid)
+    checked_at: float  # monotonic time of the last finished check
+    delay: float  # seconds the last check's read took
+    join: JoinState
+    version: int
+
+
+class DomainMonitor:
+    """Joins and checks one domain until stopped."""
+
+    def __init__(
+        self, repository: StorageRepository, sd_uuid: str, host_id: int, interval: float
+    ) -> None:
+        self.sd_uuid = sd_uuid
+        self.host_id = host_id
+        self._repository = repository
+        self._interval = interval
+        self._stop = threading.Event()
+        self._checked = threading.Event()
+        self._lock = threading.Lock()
+        self._status = DomainStatus(
+            sd_uuid, host_id, False, False, "not checked yet", 0, 0.0, 0.0, JoinState.FREE, 0
+        )
+        self._thread = threading.Thread(
+            target=self._run, name=f"monitor-{sd_uuid[:8]}", daemon=True
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def status(self) -> DomainStatus:
+        with self._lock:
+            return self._status
+
+    def wait_checked(self, timeout: float) -> bool:
+        return self._checked.wait(timeout)
+
+    def stop(self, *, leave: bool) -> None:
+        """Stop checking; ``leave``: also leave the lockspace (this host gives its id up)."""
+        self._stop.set()
+        self._thread.join(timeout=60)
+        if leave:
+            try:
+                domain = self._repository.domain(self.sd_uuid)
+            except VdsmError as e:
+                log.warning("domain %s: cannot leave its lockspace: %s", self.sd_uuid, e)
+                return
+            clusterlock.leave(self.sd_uuid, self.host_id, domain.ids_path)
+            log.info("domain %s: left its lockspace (host id %d)", self.sd_uuid, self.host_id)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._check()
+            self._checked.set()
+            self._stop.wait(self._interval)
+
+    def _check(self) -> None:
+        started = time.monotonic()
+        join = JoinState.FREE
+        version = 0
+        try:
+            domain = self._repository.domain(self.sd_uuid).reload()
+            delay = time.monotonic() - started
+            version = domain.metadata.version
+            join = clusterlock.join_state(self.sd_uuid, self.host_id, domain.ids_path)
+            if join is JoinState.FREE:
+                io_timeout = domain.lockspace_io_timeout()
+                join = clusterlock.join(
+                    self.sd_uuid, self.host_id, domain.ids_path, io_timeout=io_timeout
+                )
+                log.info(
+                    "domain %s: joining its lockspace as host id %d (io_timeout %d)",
+                    self.sd_uuid,
+                    self.host_id,
+                    io_timeout,
+                )
+        except VdsmError as e:
+            delay = time.monotonic() - started
+            if not isinstance(e, (AcquireHostIdFailure, StorageDomainDoesNotExist)):
+                log.warning("domain %s: check failed: %s", self.sd_uuid, e)
+            status = DomainStatus(
+                self.sd_uuid, self.host_id, True, False, e.message, e.code,
+                time.monotonic(), delay, join, version,
+            )  # fmt: skip
+        except OSError as e:
+            delay = time.monotonic() - started
+            status = DomainStatus(
+                self.sd_uuid, self.host_id, True, False, str(e), 100,
+                time.monotonic(), delay, join, version,
+            )  # fmt: skip
+        else:
+            status = DomainStatus(
+                self.sd_uuid, self.host_id, True, True, "", 0,
+                time.monotonic(), delay, join, version,
+            )  # fmt: skip
+        with self._lock:
+            self._status = status
+
+    def wait_joined(self, timeout: float) -> None:
+        """Wait until this host has joined the lockspace; 661 after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        domain = self._repository.domain(self.sd_uuid)
+        while True:
+            state = clusterlock.join_state(self.sd_uuid, self.host_id, domain.ids_path)
+            if state is JoinState.JOINED:
+                return
+            if time.monotonic() >= deadline or self._stop.is_set():
+                raise AcquireHostIdFailure(
+                    f"host id {self.host_id} in domain {self.sd_uuid}: not joined after "
+                    f"{timeout:.0f} s (state {state.value}; last check: "
+                    f"{self.status().error or 'ok'})"
+                )
+            time.sleep(0.1)
