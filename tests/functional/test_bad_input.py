@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import require_command
-from tests.functional.daemon_helpers import VdsmdProcess, new_uuid, running
+from tests.functional.daemon_helpers import VdsmdProcess, new_uuid, running, start_spm
 from vdsm_api.wire import BLANK_UUID
 
 BLANK = BLANK_UUID
@@ -37,6 +37,9 @@ class Daemon:
         assert self.rpc.createStorageDomain(4, self.sd, "bad", str(mount), 1)["status"]["code"] == 0
         reply = self.rpc.createStoragePool(0, self.sp, "dc", self.sd, [self.sd], 1)
         assert reply["status"]["code"] == 0, reply
+        # The SPM, so SPM verbs get past 654 to their own checks of the input.
+        assert self.rpc.connectStoragePool(self.sp, 1, "", self.sd, 1)["status"]["code"] == 0
+        start_spm(daemon, self.sp)
 
     def post_json(self, doc: Any) -> Any:
         return self.post_raw(json.dumps(doc).encode())

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from tests.functional.daemon_helpers import VdsmdProcess, new_uuid
+from tests.functional.daemon_helpers import VdsmdProcess, new_uuid, start_spm
 
 ROUNDS = 10
 
@@ -87,6 +87,11 @@ def test_one_sp_uuid_created_twice(vdsmd: VdsmdProcess, tmp_path: Path) -> None:
         assert sorted(roles) == ["Master", "Regular"], (n, roles)
 
 
+def become_spm(vdsmd: VdsmdProcess, sp: str, master: str) -> None:
+    assert vdsmd.xmlrpc().connectStoragePool(sp, 1, "", master, 1)["status"]["code"] == 0
+    start_spm(vdsmd, sp)
+
+
 def test_two_domains_attached_to_one_pool_at_once(vdsmd: VdsmdProcess, tmp_path: Path) -> None:
     for n in range(ROUNDS):
         sp, master = new_uuid(), domain(vdsmd, tmp_path / f"r{n}" / "master")
@@ -94,6 +99,7 @@ def test_two_domains_attached_to_one_pool_at_once(vdsmd: VdsmdProcess, tmp_path:
             vdsmd.xmlrpc().createStoragePool(0, sp, "dc", master, [master], 1)["status"]["code"]
             == 0
         )
+        become_spm(vdsmd, sp, master)  # attaching is an SPM verb
         members = [domain(vdsmd, tmp_path / f"r{n}" / name) for name in ("a", "b", "c")]
         codes = together(
             vdsmd,
@@ -111,6 +117,7 @@ def test_one_domain_attached_to_two_pools_at_once(vdsmd: VdsmdProcess, tmp_path:
             sp, master = new_uuid(), domain(vdsmd, tmp_path / f"r{n}" / name)
             reply = vdsmd.xmlrpc().createStoragePool(0, sp, name, master, [master], 1)
             assert reply["status"]["code"] == 0, reply
+            become_spm(vdsmd, sp, master)
             pools.append(sp)
         sd = domain(vdsmd, tmp_path / f"r{n}" / "shared")
         codes = together(
