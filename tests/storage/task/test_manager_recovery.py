@@ -24,6 +24,7 @@ from tests.storage.task.support import (
     on_disk,
     read_pid,
     sleeper,
+    wait_for,
 )
 from vdsm.errors import UnknownTask, VdsmError
 from vdsm.storage import fileutil, runner
@@ -186,7 +187,8 @@ def test_recover_after_a_crash_kills_orphans_and_rolls_back(
         daemon.wait(TIMEOUT)
         if daemon.stdout is not None:
             daemon.stdout.close()
-    assert alive(orphan), "the copy outlives the daemon: it has its own session"
+    # The copy dies with the daemon (PR_SET_PDEATHSIG), though it has a session of its own.
+    assert wait_for(lambda: not alive(orphan)), "the copy outlived the daemon"
     assert volumes.Volume(domain, img, vol).exists() and made.exists()
     assert on_disk(tasks_dir, task_id)["state"] == "running"
 
