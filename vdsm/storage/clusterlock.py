@@ -224,15 +224,6 @@ def leave(sd_uuid: str, host_id: int, ids_path: Path) -> None:
         ) from None
 
 
-def joined_lockspaces() -> dict[str, int]:
-    """sdUUID → host id of every lockspace this host's daemon has joined."""
-    try:
-        found = sanlock.get_lockspaces()
-    except sanlock.SanlockException as e:
-        raise _daemon_error("cannot list lockspaces", e) from None
-    return {ls["lockspace"].decode(): int(ls["host_id"]) for ls in found}
-
-
 def host_info(sd_uuid: str, host_id: int) -> HostInfo | None:
     """How this host's daemon sees ``host_id`` in ``sd_uuid`` (None: not joined here)."""
     for attempt in range(_GET_HOSTS_RETRIES):

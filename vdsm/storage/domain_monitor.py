@@ -51,7 +51,6 @@ class DomainMonitor:
         self._repository = repository
         self._interval = interval
         self._stop = threading.Event()
-        self._checked = threading.Event()
         self._lock = threading.Lock()
         self._status = DomainStatus(
             sd_uuid, host_id, False, False, "not checked yet", 0, 0.0, 0.0, JoinState.FREE, 0
@@ -66,9 +65,6 @@ class DomainMonitor:
     def status(self) -> DomainStatus:
         with self._lock:
             return self._status
-
-    def wait_checked(self, timeout: float) -> bool:
-        return self._checked.wait(timeout)
 
     def stop(self, *, leave: bool) -> None:
         """Stop checking; ``leave``: also leave the lockspace (this host gives its id up)."""
@@ -86,7 +82,6 @@ class DomainMonitor:
     def _run(self) -> None:
         while not self._stop.is_set():
             self._check()
-            self._checked.set()
             self._stop.wait(self._interval)
 
     def _check(self) -> None:
