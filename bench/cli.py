@@ -33,6 +33,7 @@ from bench.measures import (
     pivot,
     scale,
     sparse,
+    spm,
     throughput,
     tuning,
 )
@@ -48,6 +49,7 @@ MEASURES: dict[str, Callable[[Context], dict[str, Any]]] = {
     "overhead": overhead.run,
     "scale": scale.run,
     "tuning": tuning.run,
+    "spm": spm.run,
 }
 DEFAULT_OUT = REPO / "bench" / "results"
 DOCS = REPO / "docs" / "benchmarks.md"
@@ -56,7 +58,8 @@ DOCS = REPO / "docs" / "benchmarks.md"
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmark vdsm's live storage migration against qemu-img/dd, side by side.",
+        description="Benchmark vdsm's live storage migration against qemu-img/dd, side by side, "
+        "and its SPM lease and failover on two hosts.",
     )
     parser.add_argument(
         "--data-gib",

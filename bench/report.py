@@ -150,6 +150,78 @@ def machine(results: dict[str, Any]) -> list[str]:
     ]
 
 
+def provenance(results: dict[str, Any], shown: Path) -> list[str]:
+    """Which run measured what: one run, or (``composed``) sections measured in later runs
+    put together with the sections of an earlier results file."""
+    composed = results.get("composed")
+    if not composed:
+        return [f"This run: `{results.get('command')}` — results in `{shown}`."]
+    base = composed["base"]
+    lines = [
+        f"This page puts together sections measured in separate runs — results in `{shown}`:",
+        "",
+    ]
+    for run in composed["runs"]:
+        lines.append(
+            f"- {_section_list(results, run['sections'])}: measured by "
+            f"`{run['command']}`, started {run['started']}, took {run['seconds']} s, at vdsm "
+            f"commit {run['commit']}" + (f" ({run['tree']})" if run.get("tree") else "") + "."
+        )
+    lines.append(
+        f"- {_section_list(results, base['sections'])}: from the earlier run in "
+        f"`{base['file']}` (`{base['command']}`, started {base['started']}, at vdsm commit "
+        f"{base['commit']}), not measured again."
+    )
+    if composed.get("note"):
+        lines += ["", composed["note"]]
+    return lines
+
+
+def _section_list(results: dict[str, Any], names: list[str]) -> str:
+    """``names`` with the numbers the targets table gives them: "sections 1–8 (…)"."""
+    order = list(results["sections"])
+    numbers = [order.index(name) + 1 for name in names if name in order]
+    label = ", ".join(names)
+    if not numbers:
+        return label
+    if len(numbers) == 1:
+        return f"section {numbers[0]} ({label})"
+    if numbers == list(range(numbers[0], numbers[-1] + 1)):
+        return f"sections {numbers[0]}–{numbers[-1]} ({label})"
+    return f"sections {', '.join(map(str, numbers))} ({label})"
+
+
+def machine_intro(results: dict[str, Any]) -> list[str]:
+    composed = results.get("composed")
+    if not composed:
+        return []
+    return [f"{_section_list(results, composed['base']['sections']).capitalize()}:", ""]
+
+
+def other_machines(results: dict[str, Any]) -> list[str]:
+    """The machine of each composed run whose machine is not the page's."""
+    own = results.get("machine", {})
+    lines = []
+    for run in (results.get("composed") or {}).get("runs", []):
+        m = run.get("machine", {})
+        if not m or all(m.get(k) == own.get(k) for k in ("cpu", "cores", "kernel", "memory_gib")):
+            continue
+        fs = m.get("filesystem", {})
+        lines += [
+            "",
+            f"{_section_list(results, run['sections']).capitalize()}, on another machine:",
+            "",
+            f"- CPU: {m.get('cpu')} — {m.get('cores')} cores; memory {m.get('memory_gib')} GiB",
+            f"- Disk: one local disk `{fs.get('device')}`, {fs.get('fstype')} on "
+            f"`{fs.get('mount')}` ({fs.get('size_gib')} GiB, {fs.get('free_gib')} GiB free at "
+            "the start)",
+            f"- Kernel {m.get('kernel')}; {m.get('qemu_img')}; libvirt {m.get('libvirt')}; "
+            f"Python {m.get('python')}",
+            f"- vdsm commit {run['commit']}; run started {run['started']}, took {run['seconds']} s",
+        ]
+    return lines
+
+
 def fill(text: str, results: dict[str, Any]) -> str:
     """Replace ``{{section.key.key}}`` with that value of this run's results."""
 
@@ -183,11 +255,13 @@ def render(results: dict[str, Any], results_path: Path) -> str:
         "",
         "    .venv/bin/python -m bench",
         "",
-        f"This run: `{results.get('command')}` — results in `{shown}`.",
+        *provenance(results, shown),
         "",
         "## Machine",
         "",
+        *machine_intro(results),
         *machine(results),
+        *other_machines(results),
         "",
         "## Targets",
         "",

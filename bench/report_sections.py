@@ -1,7 +1,7 @@
 """The "Figures" part of docs/benchmarks.md: one section of tables per measure (throughput,
-sparse disks, pivot stall, convergence, guest impact, overhead, scale, tuning), each from that
-measure's results, plus the number formatting the whole report shares. bench/report.py
-assembles the page around it."""
+sparse disks, pivot stall, convergence, guest impact, overhead, scale, tuning, SPM failover),
+each from that measure's results, plus the number formatting the whole report shares.
+bench/report.py assembles the page around it."""
 
 from __future__ import annotations
 
@@ -269,4 +269,111 @@ def sections(results: dict[str, Any]) -> list[str]:
                     f"{v['allocated_bytes'] / MiB:.0f} MiB |"
                 )
             out.append("")
+    sp_ = s.get("spm")
+    if sp_ and "error" not in sp_:
+        out += spm_section(sp_)
+    return out
+
+
+# The rows of the SPM table: label, the figure, sanlock's figure for it, the runs it sums up
+# (a failover's runs also show the lease version before and after).
+SPM_ROWS = (
+    ("lockspace join: connectStoragePool → repoStats shows the host id acquired", "join", "join",
+     "joins"),
+    ("… the host's sanlock daemon lists the lockspace joined", "join_sanlock", "join", "joins"),
+    ("spmStart, the lease free: task start → getSpmStatus says SPM", "spm_start", "spm_start",
+     "clean"),
+    ("(a) clean handoff: spmStop on the SPM → the other host's spmStart → SPM", "clean", "clean",
+     "clean"),
+    ("(b) the SPM's vdsmd SIGKILLed → the other host's spmStart → SPM", "crash", "crash",
+     "crash"),
+    ("(c) hung SPM (vdsmd SIGSTOPped) → fenceSpmStorage → spmStart → SPM", "fence", "fence",
+     "fence"),
+    ("… of which: until the holder was killed by its sanlock daemon and the lease free",
+     "fence_lease_free_s", "fence", "fence"),
+    ("(d) the whole SPM host dies → spmStart retried → SPM", "dead_host", "dead_host",
+     "dead_host"),
+)  # fmt: skip
+FAILOVERS = ("clean", "crash", "fence", "dead_host")
+
+
+def _spm_spread(spread: dict[str, float], runs: int) -> str:
+    """Seconds to 3 significant figures, and tenths from 100 s up (sanlock's dead-host delays
+    are whole seconds: 140 s and 140.8 s differ); one run has no range."""
+
+    def sec(v: float) -> str:
+        return f"{v:.3g}" if v < 100 else f"{v:.1f}"
+
+    if runs == 1:
+        return f"{sec(spread['median'])} s"
+    return f"{sec(spread['median'])} s ({sec(spread['min'])}–{sec(spread['max'])})"
+
+
+def spm_section(sp: dict[str, Any]) -> list[str]:
+    """Section 9: one row per figure and io_timeout, with sanlock's own figure beside it."""
+    profiles = sp["profiles"]
+    out = [
+        "### 9. SPM: lockspace join, spmStart and failover",
+        "",
+        "Two hosts on this machine (vdsm_guest/cluster.py: each its own sanlock daemon, host id "
+        "and vdsmd on an address of its own) sharing two file domains of the local disk; the "
+        "domains made with sanlock io_timeout "
+        + " or ".join(str(n) for n in sp["io_timeouts"])
+        + " (1: the test machines'; 10: VDSM's production default, vdsmd's too). vdsmd's domain "
+        f"monitor checks every {sp['monitor_interval_s']} s (its default is 10 s). Failover "
+        "time: from the fault (or the spmStop call) until the new SPM's getSpmStatus says SPM, "
+        "as the client sees it (tasks polled every 20 ms); the hosts ran no VM and no SPM "
+        "task, and the bench acts on a fault at once, as an engine that had already decided "
+        f"would. Median (min–max) of {sp['repeat']} runs, "
+        "alternating the SPM between the hosts; the dead host "
+        + (
+            f"once per io_timeout (it waits out sanlock's dead-host delay), spmStart retried "
+            f"every {sp['retry_s']} s after each refusal."
+            if sp.get("dead_host_runs")
+            else "not in this run (smoke)."
+        ),
+        "",
+        "| what | io_timeout | runs | measured | sanlock's own figure | lease version (lver) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, key, exp, source in SPM_ROWS:
+        for n, p in profiles.items():
+            spread = p["figures"].get(key)
+            if not spread:
+                continue
+            runs = p["joins"] if source == "joins" else p["runs"].get(source, [])
+            lo, hi = p["expected"][exp]["range_s"]
+            lver = ""
+            if key in FAILOVERS:
+                growth = "/".join(sorted({str(x["lver_growth"]) for x in runs}))
+                each = ", ".join(f"{x['lver_before']}→{x['lver_after']}" for x in runs)
+                lver = f"+{growth} ({each})"
+            out.append(
+                f"| {label} | {n} | {len(runs)} | {_spm_spread(spread, len(runs))} | "
+                f"{lo}–{hi} s | {lver} |"
+            )
+    out.append("")
+    out += [
+        "sanlock's figures (its src/timeouts.h, N = io_timeout): joining with a free host id "
+        "takes delta_short_delay = 2N plus up to 3 I/Os of N each (2N–5N); a free paxos lease "
+        "(spmStart, and (a), (b), where the lease is free at once) takes 6 I/Os of up to N "
+        "(0–6N); a forced request (c) is published in the fencing host's next delta-lease "
+        "renewal and read in the holder's (each every 2N), whose daemon then SIGKILLs the "
+        "holder (0–4N); a dead host's leases are free host_dead_seconds = 8N + 60 after its "
+        "last renewal, which came up to 2N before the kill.",
+        "",
+    ]
+    for n, p in profiles.items():
+        for x in p["runs"].get("dead_host", []):
+            out += [
+                f"(d) at io_timeout {n}: {x['attempts']} spmStart attempts; sanlock refused "
+                f"(651) for the first {x['refused_until_s']:.3g} s, while host {x['from']} "
+                f"still looked alive, then the last attempt waited {x['last_attempt_s']:.3g} s "
+                "in sanlock until the lease was free.",
+                "",
+            ]
+    firsts = ", ".join(
+        f"{p['first_spm_start_s']:.3g} s at io_timeout {n}" for n, p in profiles.items()
+    )
+    out += [f"The first spmStart of the new pool (host 1, just joined) took {firsts}.", ""]
     return out

@@ -17,7 +17,17 @@ from tests.conftest import require_command
 pytestmark = pytest.mark.libvirt
 
 REPO = Path(__file__).resolve().parents[1]
-SECTIONS = {"throughput", "sparse", "pivot", "convergence", "guest", "overhead", "scale", "tuning"}
+SECTIONS = {
+    "throughput",
+    "sparse",
+    "pivot",
+    "convergence",
+    "guest",
+    "overhead",
+    "scale",
+    "tuning",
+    "spm",
+}
 
 
 def test_smoke_run_produces_every_section(tmp_path: Path) -> None:
