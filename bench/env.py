@@ -157,10 +157,13 @@ class Env:
         if vm_id in self.vms:
             self.vms.remove(vm_id)
 
-    def _destroy_vms(self) -> None:
+    def _wait_destroyed(self) -> None:
         for thread in self._destroying:
             thread.join()
         self._destroying.clear()
+
+    def _destroy_vms(self) -> None:
+        self._wait_destroyed()
         for vm_id in list(self.vms):
             try:
                 self.client.destroy_vm(vm_id)
@@ -174,7 +177,10 @@ class Env:
         self.vms.clear()
 
     def remove_image(self, img: str) -> None:
-        """Delete an image from both domains (whichever hold it)."""
+        """Delete an image from both domains (whichever hold it), once the VMs being destroyed
+        are gone: a VM's QEMU holds its top volume's lease until it exits, and deleteImage
+        refuses a volume whose lease is held."""
+        self._wait_destroyed()
         for sd in (self.sd, self.sd2):
             if img in self.client.images(sd):
                 self.delete_image(sd, img)

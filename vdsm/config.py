@@ -99,6 +99,12 @@ class Config:
     # Seconds between two checks of each connected domain (metadata read, lockspace joined),
     # reported by repoStats (VDSM's domain monitor interval).
     domain_monitor_interval: float = 10.0
+    # Volume leases in pools whose domains have sanlock lockspaces: a running VM's top volume
+    # lease is held by its QEMU process (libvirt's sanlock lock manager must be configured:
+    # lock_manager = "sanlock" in qemu.conf), and vdsmd holds the lease of every volume a task
+    # writes. Off only for a host whose libvirt cannot hold leases; then nothing stops two hosts
+    # from writing one disk.
+    volume_leases: bool = True
     # An API request is a few KiB; anything much larger is an error or an attack.
     max_request_bytes: int = 4 * 1024 * 1024
     # Connections served at once; one more is answered 503 and closed. Each holds a thread and
@@ -212,6 +218,8 @@ HELP = {
     "host_id_timeout": "seconds spmStart waits for this host to join the master's lockspace",
     "spm_watchdog_interval": "seconds between checks that the SPM still holds its lease",
     "domain_monitor_interval": "seconds between checks of each connected domain (repoStats)",
+    "volume_leases": "hold volume leases (VMs through libvirt's sanlock lock manager, tasks "
+    "in vdsmd) in pools with sanlock",
     "max_request_bytes": "largest API request body accepted",
     "max_connections": "connections served at once (one more is answered 503)",
     "request_timeout": "seconds a client has to send a whole request",

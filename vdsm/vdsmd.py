@@ -29,12 +29,14 @@ from vdsm import __version__, api, config
 from vdsm.rpc.dispatcher import Dispatcher
 from vdsm.rpc.http_server import RPCServer, make_ssl_context
 from vdsm.storage import fileutil, rollback_steps
+from vdsm.storage.clusterlock import LeaseHolder
 from vdsm.storage.host_storage import HostStorage
 from vdsm.storage.pool_connection import PoolConnections
 from vdsm.storage.repository import StorageRepository
 from vdsm.storage.spm import SpmRoles
 from vdsm.storage.storage_roots import StorageRoots
 from vdsm.storage.task.manager import TaskManager
+from vdsm.storage.volume_lease import VolumeLeases
 from vdsm.virt.connection import Connection
 from vdsm.virt.merge import Merges
 from vdsm.virt.replication import Replications
@@ -66,10 +68,13 @@ class Daemon:
             io_timeout=cfg.sanlock_io_timeout,
             monitor_interval=cfg.domain_monitor_interval,
         )
+        # One sanlock registration for vdsmd: the SPM lease and the volume leases of tasks.
+        lease_holder = LeaseHolder()
         self.spm = SpmRoles(
             repository,
             self.connections,
             self.tasks,
+            holder=lease_holder,
             host_id_timeout=cfg.host_id_timeout,
             watchdog_interval=cfg.spm_watchdog_interval,
             on_lease_lost=lease_lost,
@@ -80,6 +85,7 @@ class Daemon:
             self.spm,
             storage_roots=StorageRoots(cfg.storage_roots),
             io_timeout=cfg.sanlock_io_timeout,
+            leases=VolumeLeases(lease_holder, self.connections, enabled=cfg.volume_leases),
         )
         recovered = self.tasks.recover([self.storage.hsm_tasks_dir])
         if recovered:
@@ -145,7 +151,12 @@ class Daemon:
             self.cfg.host,
             self.server.port,
         )
-        stop.wait()
+        # Python runs signal handlers only in the main thread, between bytecodes; a main thread
+        # parked in a bare Event.wait() can miss a SIGTERM that the kernel delivered to another
+        # thread (seen after SIGSTOP/SIGCONT: vdsmd ignored SIGTERM until SIGKILL). Waking up
+        # every second lets the handler run.
+        while not stop.wait(1.0):
+            pass
         log.info("stopping: no new requests; tasks get %.0fs to finish", self.cfg.shutdown_grace)
         self.server.shutdown()
         thread.join()

@@ -2,14 +2,19 @@
 
 A host is a set of processes: its own sanlock daemon (vdsm_guest/sanlock_daemon.py), so its own
 host identity in every lockspace, and its own vdsmd (vdsm_guest/local_vdsmd.py) on a loopback
-address of its own, with its own state and run directories. Every host sees the same storage
-directories at the same paths, as hosts of one data center see their shared storage:
+address of its own, with its own state and run directories. A host that runs VMs (``vm_hosts``)
+also has its own libvirtd (vdsm_guest/libvirt_daemon.py), in a mount namespace of its own and
+talking to the host's sanlock daemon, so that its QEMUs hold their volume leases as this host;
+its vdsmd gets ``--libvirt-uri`` of it. Other hosts' vdsmds use the machine's libvirtd, as
+before. Every host sees the same storage directories at the same paths, as hosts of one data
+center see their shared storage:
 
     ROOT/pki/               the cluster's certificates: vdsmd's names every host's address
     ROOT/storage/           the shared storage roots (unless ``storage_roots`` says otherwise)
     ROOT/host<k>/           host k's vdsmd: state/, run/, vdsmd.log
     ROOT/host<k>/sanlock/   its sanlock daemon's run directory (SANLOCK_RUN_DIR)
     ROOT/host<k>/sanlock.log
+    ROOT/host<k>/libvirt/   a VM host's libvirtd: etc/, run/libvirt-sock, libvirtd.log, log/qemu/
 
 Host k (from 1) is named ``host<k>`` (its sanlock name, so a reboot rejoins at once), listens
 on 127.0.0.<k+1> and is meant to join lockspaces as host id k. Its vdsmd finds its sanlock
@@ -18,18 +23,18 @@ daemon through SANLOCK_RUN_DIR, as every client must.
 "A host dies" is :meth:`ClusterHost.kill`: SIGKILL to every process of the host at once. sanlock
 runs without a watchdog here (-w 0), so nothing else would stop a host whose leases another
 host may now take; the harness must be that watchdog, and leave nothing of the host running.
-The host's processes are its sanlock daemon's, vdsmd and its descendants, and any process whose
-environment carries the host's mark (VDSM_CLUSTER_HOST): a qemu-img that outlived a vdsmd crash
-belongs to init, not to vdsmd, but it still has the mark. They are all frozen (SIGSTOP) first,
-sanlock first, so none renews a lease, forks or reaches the storage while the others die.
+The host's processes are its sanlock daemon's, its libvirtd and every process of that
+libvirtd's mount namespace (its QEMUs, which libvirt re-parents to init and starts with an
+environment of its own), vdsmd and its descendants, and any process whose environment carries
+the host's mark (VDSM_CLUSTER_HOST): a qemu-img that outlived a vdsmd crash belongs to init, not
+to vdsmd, but it still has the mark. They are all frozen (SIGSTOP) first, sanlock first, so none
+renews a lease, forks or reaches the storage while the others die.
 """
 
 from __future__ import annotations
 
 import os
-import select
 import signal
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -40,6 +45,7 @@ from vdsm import pki as vdsm_pki
 from vdsm_api.pki import PkiLayout
 from vdsm_cli.api import Vdsm
 from vdsm_cli.client import Endpoint
+from vdsm_guest.libvirt_daemon import LibvirtDaemon, ProcessError, kill_all
 from vdsm_guest.local_vdsmd import DaemonError, LocalVdsmd
 from vdsm_guest.sanlock_daemon import SanlockDaemon
 
@@ -52,12 +58,13 @@ KILL_TIMEOUT = 30.0
 SANLOCK_IO_TIMEOUT = 1
 
 
-class ClusterError(RuntimeError):
-    """A host's processes did not die."""
+# A host's processes did not die (kill_all's error, under the name this module's callers know).
+ClusterError = ProcessError
 
 
 class ClusterHost:
-    """Host ``index`` (from 1) of a :class:`Cluster`: its sanlock daemon and its vdsmd."""
+    """Host ``index`` (from 1) of a :class:`Cluster`: its sanlock daemon, its libvirtd if it is
+    a ``vm_host``, and its vdsmd."""
 
     def __init__(
         self,
@@ -72,6 +79,8 @@ class ClusterHost:
         boot_dir: Path | None = None,
         log_level: str | None = None,
         vdsmd_class: type[LocalVdsmd] = LocalVdsmd,
+        vm_host: bool = False,
+        libvirt_cache_dir: Path | None = None,
     ) -> None:
         self.index = index
         self.host_id = index
@@ -81,6 +90,19 @@ class ClusterHost:
         # The mark every process of this host inherits: how kill() finds the orphans.
         self.mark = {HOST_ENV: str(self.root)}
         self.sanlock = SanlockDaemon(self.root / "sanlock", self.name, extra_env=self.mark)
+        self.libvirt = (
+            LibvirtDaemon(
+                self.root / "libvirt",
+                sanlock_env=self.sanlock.env,
+                extra_env=self.mark,
+                cache_dir=libvirt_cache_dir,
+            )
+            if vm_host
+            else None
+        )
+        vdsmd_args = list(extra_args)
+        if self.libvirt is not None:
+            vdsmd_args += ["--libvirt-uri", self.libvirt.uri]
         options: dict[str, Any] = {
             "tls": tls,
             "pki": pki,
@@ -92,7 +114,7 @@ class ClusterHost:
             options["log_level"] = log_level
         self.vdsmd = vdsmd_class(
             self.root,
-            list(extra_args),
+            vdsmd_args,
             {**(env or {}), **self.mark, **self.sanlock.env},
             **options,
         )
@@ -106,15 +128,34 @@ class ClusterHost:
         """What a client of this host's sanlock daemon adds to its environment."""
         return self.sanlock.env
 
+    @property
+    def vm_host(self) -> bool:
+        """Whether it runs VMs on a libvirtd of its own."""
+        return self.libvirt is not None
+
+    @property
+    def libvirt_uri(self) -> str | None:
+        """The URI of its libvirtd, which its vdsmd uses; None for a host that runs no VMs
+        (its vdsmd uses the machine's qemu:///system)."""
+        return None if self.libvirt is None else self.libvirt.uri
+
     # -- life and death ------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start its sanlock daemon, then its vdsmd (each ready when this returns)."""
+        """Start its sanlock daemon, then its libvirtd (a VM host), then its vdsmd (each ready
+        when this returns)."""
         self.start_sanlock()
+        self.start_libvirt()
         self.start_vdsmd()
 
     def start_sanlock(self) -> None:
         self.sanlock.start()
+
+    def start_libvirt(self) -> None:
+        """Start its libvirtd (a VM host; nothing otherwise): after sanlock, whose daemon every
+        QEMU registers with as it starts, and before vdsmd, which connects to it."""
+        if self.libvirt is not None:
+            self.libvirt.start()
 
     def start_vdsmd(self) -> None:
         """Start vdsmd (again, after a crash or a stop: the same port and state)."""
@@ -122,8 +163,12 @@ class ClusterHost:
         self.vdsmd.start()
 
     def stop(self) -> None:
-        """A clean shutdown: vdsmd (SIGTERM), then sanlock, which leaves its lockspaces."""
+        """A clean shutdown: vdsmd (SIGTERM), then libvirtd (its domains destroyed, so their
+        QEMUs release their leases), then sanlock, which leaves its lockspaces (and would
+        SIGKILL the QEMUs registered with it)."""
         self.stop_vdsmd()
+        if self.libvirt is not None:
+            self.libvirt.stop()
         self.sanlock.stop()
 
     def stop_vdsmd(self) -> None:
@@ -158,25 +203,29 @@ class ClusterHost:
         """The host dies: every process of it frozen, then SIGKILLed, and gone on return. Its
         leases stay on the storage as they were; other hosts see it FAIL, then DEAD after
         8 x io_timeout + 60 s, unless it reboots first."""
-        _kill_all(self.pids, timeout)
-        # Reap the two processes this one started (both are dead by now).
+        kill_all(self.pids, timeout)
+        # Reap the processes this one started (all dead by now).
         if self.vdsmd.proc is not None:
             self.vdsmd.kill()
+        if self.libvirt is not None:
+            self.libvirt.kill()
         self.sanlock.kill()
         self.suspended = False
 
     def reboot(self) -> None:
         """Start the host again after it died: sanlock under the same name (so it rejoins its
-        lockspaces in ~3 s and its old leases are void), then vdsmd on its old port and state.
-        A host that still runs is killed first, as a reset would."""
+        lockspaces in ~3 s and its old leases are void), a fresh libvirtd (a VM host: no
+        domain survives), then vdsmd on its old port and state. A host that still runs is
+        killed first, as a reset would."""
         if self.pids():
             self.kill()
         self.start()
 
     def pids(self) -> list[int]:
-        """Every live process of the host: sanlock's first, then vdsmd's tree, then the
-        orphans that carry its mark (each listed once)."""
-        found = dict.fromkeys([*self.sanlock.pids(), *self.vdsmd.pids(), *self._marked()])
+        """Every live process of the host: sanlock's first, then libvirtd's and its QEMUs,
+        then vdsmd's tree, then the orphans that carry its mark (each listed once)."""
+        libvirt = [] if self.libvirt is None else self.libvirt.pids()
+        found = dict.fromkeys([*self.sanlock.pids(), *libvirt, *self.vdsmd.pids(), *self._marked()])
         found.pop(os.getpid(), None)  # never this process, whatever its environment says
         return list(found)
 
@@ -222,7 +271,10 @@ class Cluster:
     io_timeout of the domains they create. ``env``, ``tls``, ``boot_dir`` and ``log_level``
     (None: the class's default) are passed to each vdsmd, built by ``vdsmd_class``
     (LocalVdsmd, or a subclass with the same constructor). ``pki``: certificates naming every
-    host's address (None: the cluster makes its own under ``root/pki``).
+    host's address (None: the cluster makes its own under ``root/pki``). ``vm_hosts``: the
+    indexes of the hosts that run VMs, each on a libvirtd of its own (none by default: every
+    vdsmd then uses the machine's libvirtd); ``libvirt_cache_dir``: their shared QEMU
+    capability cache (None: vdsm_guest.libvirt_daemon's default).
     """
 
     def __init__(
@@ -239,9 +291,14 @@ class Cluster:
         boot_dir: Path | None = None,
         log_level: str | None = None,
         vdsmd_class: type[LocalVdsmd] = LocalVdsmd,
+        vm_hosts: Iterable[int] = (),
+        libvirt_cache_dir: Path | None = None,
     ) -> None:
         if not 1 <= hosts <= MAX_HOSTS:
             raise ValueError(f"a cluster has 1 to {MAX_HOSTS} hosts, not {hosts}")
+        vm_hosts = set(vm_hosts)
+        if not vm_hosts <= set(range(1, hosts + 1)):
+            raise ValueError(f"vm_hosts {sorted(vm_hosts)} are not all among hosts 1 to {hosts}")
         self.root = root.absolute()
         self.storage_roots = (
             [self.root / "storage"] if storage_roots is None else list(storage_roots)
@@ -264,9 +321,16 @@ class Cluster:
                 boot_dir=boot_dir,
                 log_level=log_level,
                 vdsmd_class=vdsmd_class,
+                vm_host=k in vm_hosts,
+                libvirt_cache_dir=libvirt_cache_dir,
             )
             for k in range(1, hosts + 1)
         ]
+
+    @property
+    def vm_hosts(self) -> list[ClusterHost]:
+        """The hosts that run VMs on a libvirtd of their own."""
+        return [h for h in self.hosts if h.vm_host]
 
     def host(self, index: int) -> ClusterHost:
         """Host ``index``, from 1 (host id ``index``, ``host<index>``)."""
@@ -287,15 +351,21 @@ class Cluster:
         vdsm_pki.configure(self.pki, force=True, extra_names=names)
 
     def start(self) -> None:
-        """Start every host: the sanlock daemons at once, then the vdsmds at once. On a
-        failure every host is killed before the error is raised."""
+        """Start every host: the sanlock daemons at once, then on every host at once its
+        libvirtd (a VM host) and its vdsmd. On a failure every host is killed before the error
+        is raised."""
+
+        def start_services(host: ClusterHost) -> None:
+            host.start_libvirt()
+            host.start_vdsmd()
+
         try:
             for path in self.storage_roots:
                 path.mkdir(parents=True, exist_ok=True)
             if self.tls and self.own_pki:
                 self.make_pki()
             _each(self.hosts, ClusterHost.start_sanlock)
-            _each(self.hosts, ClusterHost.start_vdsmd)
+            _each(self.hosts, start_services)
         except BaseException:
             self.kill()
             raise
@@ -347,53 +417,3 @@ def _each(hosts: Iterable[ClusterHost], action: Callable[[ClusterHost], None]) -
         for host, error in errors[1:]:
             first.add_note(f"{host.name} failed too: {error!r}")
         raise first
-
-
-def _kill_all(collect: Callable[[], list[int]], timeout: float) -> None:
-    """SIGKILL every process ``collect()`` lists, and wait until all are gone.
-
-    Each is first held through a pidfd (a pid number can be reused; a pidfd cannot) and
-    frozen (SIGSTOP), in ``collect``'s order, and ``collect`` is asked again until it lists no
-    process that is not frozen: a frozen process cannot fork, and its children cannot be
-    re-parented away from it, so the scan catches every one before any of them dies.
-    """
-    me = os.getpid()
-    frozen: dict[int, int] = {}  # pid -> pidfd
-    try:
-        while True:
-            new = [pid for pid in collect() if pid not in frozen and pid != me]
-            if not new:
-                break
-            opened: dict[int, int] = {}
-            for pid in new:
-                try:
-                    opened[pid] = os.pidfd_open(pid)
-                except ProcessLookupError:
-                    pass  # gone already
-            # A pid no longer listed has exited, and its number may be another process's
-            # by the time it was opened: only those still listed are signalled.
-            still = set(collect())
-            for pid, fd in opened.items():
-                if pid in still:
-                    frozen[pid] = fd
-                    _pidfd_signal(fd, signal.SIGSTOP)
-                else:
-                    os.close(fd)
-        for fd in frozen.values():
-            _pidfd_signal(fd, signal.SIGKILL)
-        deadline = time.monotonic() + timeout
-        for pid, fd in frozen.items():
-            # A pidfd turns readable when its process has exited (a zombie included).
-            left = max(deadline - time.monotonic(), 0.0)
-            if not select.select([fd], [], [], left)[0]:
-                raise ClusterError(f"process {pid} survived SIGKILL for {timeout}s")
-    finally:
-        for fd in frozen.values():
-            os.close(fd)
-
-
-def _pidfd_signal(fd: int, sig: int) -> None:
-    try:
-        signal.pidfd_send_signal(fd, sig)
-    except ProcessLookupError:
-        pass  # it exited meanwhile

@@ -6,6 +6,10 @@ lockspace on one ``ids`` file as two host ids. "A host dies" must leave none of 
 behind (nothing else would stop them: sanlock runs without a watchdog here), while the other
 host goes on; a reboot brings it back under the same name, so it rejoins at once.
 
+A host that runs VMs has its own libvirtd, in a mount namespace of its own and on its own
+sanlock daemon: its QEMUs hold their ``<lease>`` elements as that host, so a VM on the other
+host cannot take them, leases attach and detach live, and a host's death leaves no QEMU.
+
 Nothing is mocked, and nothing skips: a missing sanlock, shim, binding or certificate fails.
 """
 
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import ssl
@@ -21,12 +26,15 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import libvirt
 import pytest
 
 from vdsm_guest.cluster import HOST_ENV, Cluster, ClusterHost
+from vdsm_guest.libvirt_daemon import PROCESS_NAME
 from vdsm_guest.local_vdsmd import DaemonError
 from vdsm_guest.sanlock_daemon import (
     CAP_SYS_RESOURCE,
@@ -50,6 +58,8 @@ import sanlock
 op, lockspace, path, host_id = sys.argv[1], sys.argv[2].encode(), sys.argv[3], int(sys.argv[4])
 if op == "write":
     sanlock.write_lockspace(lockspace, path, iotimeout=int(sys.argv[5]))
+elif op == "resource":  # a volume lease: resource sys.argv[5] at offset 0 of path
+    sanlock.write_resource(lockspace, sys.argv[5].encode(), [(path, 0)])
 elif op == "add":
     sanlock.add_lockspace(lockspace, host_id, path, iotimeout=int(sys.argv[5]))
 elif op == "hosts":
@@ -323,3 +333,254 @@ def test_capabilities_are_read_from_cap_eff(tmp_path: Path) -> None:
 def test_a_run_dir_too_long_for_a_socket_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unix socket"):
         SanlockDaemon(tmp_path / ("d" * 100), "long")
+
+
+# -- hosts that run VMs ---------------------------------------------------------------------------
+
+# libvirt's messages for a lease it cannot acquire (sanlock's reasons, as libvirt words them).
+HELD_ELSEWHERE = "Lease is held by another host"
+NOT_JOINED = "No space left on device"  # sanlock's ENOSPC: misleading, see the test
+
+
+@dataclass
+class VmCluster:
+    """Two VM hosts and a lockspace both joined, for the lease tests of this module."""
+
+    cluster: Cluster
+    lockspace: str
+    ids: Path
+    directory: Path
+
+    def lease(self, lockspace: str | None = None) -> Lease:
+        """A new volume lease (resource VOL at offset 0 of VOL.lease, as vdsm makes them)."""
+        lockspace = self.lockspace if lockspace is None else lockspace
+        volume = str(uuid.uuid4())
+        path = self.directory / f"{volume}.lease"
+        with open(path, "wb") as f:
+            f.truncate(MiB)
+        finished(binding(self.cluster.host(1), "resource", lockspace, path, 0, volume))
+        return Lease(lockspace, volume, path)
+
+
+@dataclass(frozen=True)
+class Lease:
+    lockspace: str
+    volume: str
+    path: Path
+
+    @property
+    def xml(self) -> str:
+        """The ``<lease>`` vdsm puts in a domain's XML (or attaches) for the volume."""
+        return (
+            f"<lease><lockspace>{self.lockspace}</lockspace><key>{self.volume}</key>"
+            f"<target path='{self.path}' offset='0'/></lease>"
+        )
+
+    def holder(self, host: ClusterHost) -> int | None:
+        """The pid holding it through ``host``'s sanlock daemon; None if none there does."""
+        pattern = rf"^r {self.lockspace}:{self.volume}:{re.escape(str(self.path))}:0:\d+ p (\d+)$"
+        match = re.search(pattern, host.sanlock.status(), re.MULTILINE)
+        return int(match.group(1)) if match else None
+
+
+def domain_xml(name: str, *leases: Lease) -> str:
+    """A domain with no OS and no disk: SeaBIOS spins under TCG, enough to hold leases."""
+    return (
+        f"<domain type='qemu'><name>{name}</name><memory unit='MiB'>32</memory>"
+        "<vcpu>1</vcpu><os><type arch='x86_64' machine='pc'>hvm</type></os><devices>"
+        + "".join(lease.xml for lease in leases)
+        + "<controller type='usb' model='none'/><memballoon model='none'/></devices></domain>"
+    )
+
+
+def open_libvirt(host: ClusterHost) -> libvirt.virConnect:
+    uri = host.libvirt_uri
+    assert uri is not None, f"{host.name} runs no VMs"
+    return libvirt.open(uri)
+
+
+def start_vm(host: ClusterHost, *leases: Lease) -> libvirt.virDomain:
+    """A transient domain on ``host``'s libvirtd, holding ``leases``."""
+    conn = open_libvirt(host)
+    return conn.createXML(domain_xml(f"vm-{uuid.uuid4().hex[:8]}", *leases), 0)
+
+
+def running(host: ClusterHost) -> list[str]:
+    """The domains ``host``'s libvirtd runs."""
+    conn = open_libvirt(host)
+    try:
+        return [d.name() for d in conn.listAllDomains()]
+    finally:
+        conn.close()
+
+
+def qemu_pid(host: ClusterHost, domain: libvirt.virDomain) -> int:
+    assert host.libvirt is not None
+    pids = [
+        pid
+        for pid in host.libvirt.qemu_pids()
+        if f"guest={domain.name()}," in Path(f"/proc/{pid}/cmdline").read_text()
+    ]
+    assert len(pids) == 1, pids
+    return pids[0]
+
+
+@pytest.fixture(scope="module")
+def vm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmCluster]:
+    """Two hosts that both run VMs, and a lockspace both joined (a join costs 3 s: shared by
+    the module's tests, which leave both hosts running and joined)."""
+    tmp = tmp_path_factory.mktemp("vm")
+    root = tmp / "c"  # short: sanlock's and libvirt's socket paths must fit in 107 bytes
+    with Cluster(root, 2, vm_hosts=(1, 2)) as cluster:
+        lockspace, ids = new_lockspace(cluster.host(1), tmp)
+        join(list(cluster), lockspace, ids)
+        yield VmCluster(cluster, lockspace, ids, tmp)
+        everything = [pid for host in cluster for pid in host.pids()]
+    # Every host's QEMUs too: the clean stop destroyed the domains left running.
+    assert [pid for pid in everything if live(pid)] == []
+    assert marked(root) == [], "a process of the cluster outlived it"
+
+
+def test_a_vm_host_runs_its_own_libvirtd_for_its_vdsmd(vm_cluster: VmCluster) -> None:
+    system_libvirtd = int(Path("/run/libvirtd.pid").read_text())
+    pids = set()
+    for host in vm_cluster.cluster:
+        assert host.vm_host and host.libvirt is not None and host.libvirt.pid is not None
+        pid = host.libvirt.pid
+        pids.add(pid)
+        # Its own mount namespace, its own name: `pidof libvirtd` still finds only the machine's.
+        assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+        assert Path(f"/proc/{pid}/comm").read_text().strip() == PROCESS_NAME
+        assert host.libvirt_uri == f"qemu:///system?socket={host.root}/libvirt/run/libvirt-sock"
+        assert running(host) == []
+        # Its vdsmd uses it: told so, and connected to it once it needs libvirt.
+        argv = Path(f"/proc/{host.vdsmd.pids()[0]}/cmdline").read_bytes().split(b"\0")
+        assert argv[argv.index(b"--libvirt-uri") + 1] == host.libvirt_uri.encode()
+        assert host.api().capabilities()["libvirtVersion"]
+        assert f"connected to {host.libvirt_uri}" in host.vdsmd.log_text()
+        # And libvirtd talks to the host's sanlock daemon, not to the machine's.
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert f"SANLOCK_RUN_DIR={host.root / 'sanlock'}".encode() in environ
+    assert len(pids) == 2
+    pidof = subprocess.run(["pidof", "libvirtd"], capture_output=True, text=True, check=False)
+    assert system_libvirtd in [int(p) for p in pidof.stdout.split()]
+    assert not pids & {int(p) for p in pidof.stdout.split()}
+
+
+def test_a_vm_holds_its_lease_as_its_host_and_the_other_host_is_refused(
+    vm_cluster: VmCluster,
+) -> None:
+    host1, host2 = vm_cluster.cluster.host(1), vm_cluster.cluster.host(2)
+    lease = vm_cluster.lease()
+    vm = start_vm(host2, lease)
+    # QEMU itself holds the lease, through host 2's sanlock daemon (so as host id 2).
+    assert lease.holder(host2) == qemu_pid(host2, vm)
+    assert lease.holder(host1) is None
+
+    with pytest.raises(libvirt.libvirtError, match=HELD_ELSEWHERE):
+        start_vm(host1, lease)
+    assert running(host1) == []
+    assert host1.libvirt is not None and host1.libvirt.qemu_pids() == []
+
+    # A VM that stops releases its lease at once; the other host may then take it.
+    vm.destroy()
+    assert lease.holder(host2) is None
+    moved = start_vm(host1, lease)
+    assert lease.holder(host1) == qemu_pid(host1, moved)
+    moved.destroy()
+
+
+def test_a_lease_in_a_lockspace_the_host_has_not_joined_is_refused_with_enospc(
+    vm_cluster: VmCluster, tmp_path: Path
+) -> None:
+    """sanlock answers ENOSPC ("No space left on device") for a lease in a lockspace the host
+    has not joined, and libvirt passes it on as it is: vdsm must check that the host joined
+    every lockspace a VM's leases name before it starts the VM, and say so in its own words."""
+    host1 = vm_cluster.cluster.host(1)
+    other, _ = new_lockspace(host1, tmp_path)  # written, joined by no host
+    lease = vm_cluster.lease(other)
+    with pytest.raises(libvirt.libvirtError, match=NOT_JOINED) as refused:
+        start_vm(host1, lease)
+    assert "Failed to acquire lock" in str(refused.value)
+    assert lease.holder(host1) is None
+
+
+def test_leases_attach_and_detach_live(vm_cluster: VmCluster) -> None:
+    host1, host2 = vm_cluster.cluster.host(1), vm_cluster.cluster.host(2)
+    top, new_top = vm_cluster.lease(), vm_cluster.lease()
+    vm = start_vm(host2, top)
+    pid = qemu_pid(host2, vm)
+
+    vm.attachDeviceFlags(new_top.xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    assert new_top.holder(host2) == pid and top.holder(host2) == pid
+    assert new_top.volume in vm.XMLDesc(0)
+
+    vm.detachDeviceFlags(top.xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    assert top.holder(host2) is None and new_top.holder(host2) == pid
+    assert top.volume not in vm.XMLDesc(0)
+    # Released for real: the other host takes it, and still cannot take the one held.
+    other = start_vm(host1, top)
+    assert top.holder(host1) == qemu_pid(host1, other)
+    with pytest.raises(libvirt.libvirtError, match=HELD_ELSEWHERE):
+        other.attachDeviceFlags(new_top.xml, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    assert new_top.holder(host1) is None
+    other.destroy()
+    vm.destroy()
+
+
+def test_a_qemu_killed_behind_libvirts_back_releases_its_lease(vm_cluster: VmCluster) -> None:
+    host2 = vm_cluster.cluster.host(2)
+    lease = vm_cluster.lease()
+    vm = start_vm(host2, lease)
+    pid = qemu_pid(host2, vm)
+    os.kill(pid, signal.SIGKILL)
+    # sanlock sees its client's connection close and releases what it held.
+    wait_for(lambda: lease.holder(host2) is None, 10, "the lease released")
+    # And libvirt saw it go: a transient domain that stops is gone.
+    wait_for(lambda: vm.name() not in running(host2), 10, "the domain gone")
+
+
+def test_a_dead_vm_host_leaves_no_qemu_and_its_reboot_frees_its_leases(
+    vm_cluster: VmCluster,
+) -> None:
+    """Last of the module: it kills host 2 (rebooted and joined again at the end)."""
+    host1, host2 = vm_cluster.cluster.host(1), vm_cluster.cluster.host(2)
+    assert host2.libvirt is not None
+    lease = vm_cluster.lease()
+    vm = start_vm(host2, lease)
+    qemu = qemu_pid(host2, vm)
+    pids = host2.pids()
+    assert qemu in pids and host2.libvirt.pid in pids and host2.sanlock.pid in pids
+
+    host2.kill()
+
+    assert [pid for pid in pids if live(pid)] == []
+    assert host2.pids() == [] and not host2.libvirt.running
+    # Its lease stays on the storage as a dead host's: free only once host 2 is DEAD (~70 s
+    # at io_timeout 1; an acquire meanwhile blocks in sanlock until then), or...
+
+    host2.reboot()
+
+    # ...once it rejoins under the same name: its old leases are then void at once.
+    assert join([host2], vm_cluster.lockspace, vm_cluster.ids) < JOIN_TIMEOUT
+    moved = start_vm(host1, lease)
+    assert lease.holder(host1) == qemu_pid(host1, moved)
+    moved.destroy()
+    # The rebooted host runs VMs again, on a fresh libvirtd.
+    assert host2.libvirt.pid is not None and host2.libvirt.pid not in pids
+    assert running(host2) == []
+
+
+def test_vm_hosts_must_be_hosts_of_the_cluster(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="vm_hosts"):
+        Cluster(tmp_path / "c", 2, vm_hosts=(3,))
+    cluster = Cluster(tmp_path / "c", 3, vm_hosts=(2,))
+    assert [h.vm_host for h in cluster] == [False, True, False]
+    assert cluster.vm_hosts == [cluster.host(2)]
+    assert cluster.host(1).libvirt_uri is None
+    # A VM host's vdsmd is told its libvirtd; the others keep the machine's.
+    assert "--libvirt-uri" not in cluster.host(1).vdsmd.argv()
+    argv = cluster.host(2).vdsmd.argv()
+    assert argv[argv.index("--libvirt-uri") + 1] == cluster.host(2).libvirt_uri

@@ -12,6 +12,7 @@ from vdsm.storage.resource_locks import exclusive_image
 from vdsm.storage.rollback_steps import REMOVE_IMAGE
 from vdsm.storage.task.context import TaskContext
 from vdsm.storage.task.manager import TaskManager
+from vdsm.storage.volume import Volume, image_volumes
 
 
 class ImagesAPI:
@@ -35,9 +36,14 @@ class ImagesAPI:
             with self._storage.locks.hold([exclusive_image(sd_uuid, img_uuid)]):
                 if not image.exists(domain, img_uuid):
                     raise ImageDoesNotExistInSD(f"image {img_uuid} in domain {sd_uuid}")
-                # A delete interrupted half-way is finished, not undone: its undo completes it.
-                ctx.add_rollback(REMOVE_IMAGE, {"sd_uuid": sd_uuid, "img_uuid": img_uuid})
-                image.delete(domain, img_uuid)
+                # Every volume's lease first: one that a VM (here or on another host) or a
+                # task writes refuses the whole delete before anything is removed.
+                vols = [Volume(domain, img_uuid, v) for v in image_volumes(domain, img_uuid)]
+                with self._storage.leases.held(vols, "delete") as held:
+                    # Interrupted half-way, a delete is finished, not undone: its undo
+                    # completes it.
+                    ctx.add_rollback(REMOVE_IMAGE, {"sd_uuid": sd_uuid, "img_uuid": img_uuid})
+                    image.delete(domain, img_uuid, release_lease=held.release)
                 ctx.set_progress(100)
 
         return self._tasks.submit("deleteImage", job, tasks_dir=pool.master.tasks_dir)
@@ -86,7 +92,13 @@ class ImagesAPI:
         def job(ctx: TaskContext) -> None:
             with self._storage.locks.hold(image_copy.lock_requests(src, dst, img_uuid)):
                 image_copy.sync_data(
-                    src, dst, img_uuid, sync_type, ctx, rate_limit=self._copy_rate_limit
+                    src,
+                    dst,
+                    img_uuid,
+                    sync_type,
+                    ctx,
+                    rate_limit=self._copy_rate_limit,
+                    leases=self._storage.leases,
                 )
 
         return self._tasks.submit(

@@ -126,13 +126,16 @@ class VolumesAPI:
 
         def job(ctx: TaskContext) -> None:
             with self._storage.locks.hold([exclusive_image(sd_uuid, img_uuid)]):
-                leaf_first = volumes.leaf_first(domain, img_uuid, vol_uuids)
-                for done, vol in enumerate(leaf_first, start=1):
-                    volumes.check_delete(vol)
-                    # Once the volume is being removed, finishing the removal is the only
-                    # clean way out: the undo step of a delete completes it.
-                    ctx.add_rollback(REMOVE_VOLUME, volume_args(vol))
-                    volumes.delete(vol)
-                    ctx.set_progress(100 * done / len(vol_uuids))
+                # Every volume's lease first: one in use anywhere refuses the whole delete.
+                leased = [Volume(domain, img_uuid, v) for v in vol_uuids]
+                with self._storage.leases.held(leased, "delete") as held:
+                    leaf_first = volumes.leaf_first(domain, img_uuid, vol_uuids)
+                    for done, vol in enumerate(leaf_first, start=1):
+                        volumes.check_delete(vol)
+                        # Once the volume is being removed, finishing the removal is the only
+                        # clean way out: the undo step of a delete completes it.
+                        ctx.add_rollback(REMOVE_VOLUME, volume_args(vol))
+                        volumes.delete(vol, release_lease=held.release)
+                        ctx.set_progress(100 * done / len(vol_uuids))
 
         return self._tasks.submit("deleteVolume", job, tasks_dir=pool.master.tasks_dir)

@@ -294,6 +294,12 @@ class LeaseHolder:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._fd: int | None = None
+        # One request at a time for this process: on the registration's socket two threads
+        # read each other's answers (garbage return codes, seen with four copies starting at
+        # once), and requests made by pid instead are refused with EBUSY while another runs
+        # (measured). So an acquire that blocks inside sanlock (a dead host's lease) holds up
+        # this process's other lease requests until it returns.
+        self._calls = threading.Lock()
 
     def _registration(self) -> int:
         with self._lock:
@@ -313,12 +319,13 @@ class LeaseHolder:
         fd = self._registration()
         disks = [(str(path), offset)]
         try:
-            if version is None:
-                sanlock.acquire(sd_uuid.encode(), resource.encode(), disks, slkfd=fd)
-            else:
-                sanlock.acquire(
-                    sd_uuid.encode(), resource.encode(), disks, slkfd=fd, version=version
-                )
+            with self._calls:
+                if version is None:
+                    sanlock.acquire(sd_uuid.encode(), resource.encode(), disks, slkfd=fd)
+                else:
+                    sanlock.acquire(
+                        sd_uuid.encode(), resource.encode(), disks, slkfd=fd, version=version
+                    )
         except sanlock.SanlockException as e:
             reason = _reason(e)
             if _rc(e) == errno.ENOSPC:
@@ -332,7 +339,10 @@ class LeaseHolder:
     def release(self, sd_uuid: str, resource: str, path: Path, offset: int) -> None:
         fd = self._registration()
         try:
-            sanlock.release(sd_uuid.encode(), resource.encode(), [(str(path), offset)], slkfd=fd)
+            with self._calls:
+                sanlock.release(
+                    sd_uuid.encode(), resource.encode(), [(str(path), offset)], slkfd=fd
+                )
         except sanlock.SanlockException as e:
             raise ReleaseLockFailure(
                 f"lease {resource} of domain {sd_uuid}: {_reason(e)}"
@@ -342,7 +352,8 @@ class LeaseHolder:
         """(lockspace, resource, lver) of every lease this process holds, from the daemon."""
         fd = self._registration()
         try:
-            found: list[dict[str, Any]] = sanlock.inquire(slkfd=fd)
+            with self._calls:
+                found: list[dict[str, Any]] = sanlock.inquire(slkfd=fd)
         except sanlock.SanlockException as e:
             raise ClusterLockInitError(
                 f"cannot inquire this process's leases: {_reason(e)}"

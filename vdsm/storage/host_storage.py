@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from vdsm.storage.clusterlock import LeaseHolder
 from vdsm.storage.constants import DomainRole
 from vdsm.storage.domain import FileStorageDomain
 from vdsm.storage.pool import StoragePool
@@ -23,6 +24,7 @@ from vdsm.storage.repository import StorageRepository
 from vdsm.storage.resource_locks import ResourceLocks
 from vdsm.storage.spm import SpmRoles
 from vdsm.storage.storage_roots import StorageRoots
+from vdsm.storage.volume_lease import VolumeLeases
 
 log = logging.getLogger("vdsm.storage.host_storage")
 
@@ -40,6 +42,7 @@ class HostStorage:
         *,
         storage_roots: StorageRoots | None = None,
         io_timeout: int = 10,
+        leases: VolumeLeases | None = None,
     ) -> None:
         self.repository = repository
         self.connections = connections
@@ -49,6 +52,13 @@ class HostStorage:
         # sanlock io_timeout of the lockspaces of domains this host creates.
         self.io_timeout = io_timeout
         self.locks = ResourceLocks()
+        # Volume leases (volume_lease.py); vdsmd passes its own, sharing the SPM's sanlock
+        # registration. None: off (the storage unit tests, which join no lockspace).
+        self.leases = (
+            leases
+            if leases is not None
+            else VolumeLeases(LeaseHolder(), connections, enabled=False)
+        )
         # This host's own tasks (spmStart), apart from any pool's: they are not SPM tasks,
         # and no other host may recover them.
         self.hsm_tasks_dir = repository.root / HSM_TASKS_DIR

@@ -8,6 +8,7 @@ is reached twice, and every volume of the image is on it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,7 +88,12 @@ def prepare(domain: FileStorageDomain, img_uuid: str, vol_uuid: str) -> Prepared
     return PreparedImage(path=used[-1].path, chain=used)
 
 
-def delete(domain: FileStorageDomain, img_uuid: str) -> None:
+def delete(
+    domain: FileStorageDomain,
+    img_uuid: str,
+    *,
+    release_lease: Callable[[volumes.Volume], None] | None = None,
+) -> None:
     """Delete every volume of an image, leaf first, then its directory.
 
     Works on broken chains too (a half-created or half-copied image must be deletable): it
@@ -100,7 +106,7 @@ def delete(domain: FileStorageDomain, img_uuid: str) -> None:
     try:
         all_volumes = sorted(volumes.image_volumes(domain, img_uuid))
         for vol in volumes.leaf_first(domain, img_uuid, all_volumes):
-            volumes.delete(vol)
+            volumes.delete(vol, release_lease=release_lease)
         image_dir = domain.image_dir(img_uuid)
         if image_dir.exists():
             fileutil.remove_stale_temps(image_dir)

@@ -27,6 +27,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from contextlib import nullcontext
 
 from vdsm import validation
 from vdsm.errors import (
@@ -46,6 +47,7 @@ from vdsm.storage.resource_locks import LockRequest, exclusive_image, shared_ima
 from vdsm.storage.rollback_steps import MARK_ILLEGAL, REMOVE_VOLUME, volume_args
 from vdsm.storage.task.context import TaskContext
 from vdsm.storage.volume import Volume
+from vdsm.storage.volume_lease import VolumeLeases
 
 log = logging.getLogger("vdsm.storage.image_copy")
 
@@ -119,11 +121,14 @@ def sync_data(
     ctx: TaskContext,
     *,
     rate_limit: int | None = None,
+    leases: VolumeLeases | None = None,
 ) -> None:
     """Copy the volumes chosen by ``sync_type`` into their twins on ``dst``, one at a time.
 
     ``rate_limit``: bytes per second each copy may read (None: no limit), so that a copy
-    leaves the guests on the same storage their share of it.
+    leaves the guests on the same storage their share of it. ``leases``: the twins' volume
+    leases are held for the whole copy and flush (a twin another writer holds: 651, before
+    anything is written).
 
     The twins must be fresh from :func:`clone_structure` (or hold a partial copy of the same
     read-only source): a base twin is written with --target-is-zero, so areas where the
@@ -142,8 +147,15 @@ def sync_data(
     log.info(
         "syncing %s of image %s: %d volumes, %d bytes", mode, img_uuid, len(copies), progress.total
     )
-    for copy in copies:
-        _copy_volume(copy, ctx, progress, rate_limit)
+    held = leases.held([copy.dst for copy in copies], "copy into") if leases else nullcontext()
+    with held:  # the twins' leases, for the whole write (none anywhere else may write them)
+        for copy in copies:
+            _copy_volume(copy, ctx, progress, rate_limit)
+        _flush_all(copies)
+    progress.finish()
+
+
+def _flush_all(copies: list[VolumeCopy]) -> None:
     # Durable before the task succeeds (the caller then pivots and deletes the source).
     # Flushed once at the end, not after each volume: each twin's writeback was started as
     # its copy ended, and goes on while the next ones are copied (bench, 2 GiB in 3 volumes:
@@ -152,7 +164,6 @@ def sync_data(
     # its recovery marks every twin ILLEGAL: a LEGAL twin not flushed yet is never used.
     for copy in copies:
         _flush(copy.dst)
-    progress.finish()
 
 
 def check_sync(

@@ -28,6 +28,7 @@ from vdsm.errors import (
     VdsmError,
 )
 from vdsm.storage import clusterlock, fileutil
+from vdsm.storage.clusterlock import JoinState
 from vdsm.storage.domain_monitor import DomainMonitor, DomainStatus
 from vdsm.storage.pool import StoragePool
 from vdsm.storage.repository import StorageRepository
@@ -201,6 +202,14 @@ class PoolConnections:
         if monitor is None:
             raise StoragePoolNotConnected(f"domain {sd_uuid} is in no pool this host connected")
         return monitor
+
+    def join_state(self, sd_uuid: str) -> tuple[int, JoinState]:
+        """(this host's id, where its join stands) in a connected domain's lockspace, from
+        sanlock itself (the monitor's last check may lag a join that just finished); 313 if
+        no connected pool has the domain."""
+        monitor = self.monitor(sd_uuid)
+        domain = self._repository.domain(sd_uuid)
+        return monitor.host_id, clusterlock.join_state(sd_uuid, monitor.host_id, domain.ids_path)
 
     def statuses(self) -> dict[str, DomainStatus]:
         with self._lock:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -240,7 +240,7 @@ def plan_create(
     return VolumePlan(volume=vol, metadata=metadata, parent=parent)
 
 
-def _create_lease(vol: Volume) -> None:
+def create_lease(vol: Volume) -> None:
     """The volume's sanlock lease: resource volUUID in the domain's lockspace, at offset 0 of
     ``<vol>.lease`` (sparse, 1 MiB), free until a writer acquires it."""
     fileutil.create_empty(vol.lease_path)
@@ -295,7 +295,7 @@ def create(
         made_files.append(vol.meta_path)
         vol.write_metadata(metadata)
         made_files.append(vol.lease_path)
-        _create_lease(vol)
+        create_lease(vol)
         made_files.append(vol.path)
         _create_data(vol, metadata, parent, cancellation)
         if parent is not None:
@@ -397,16 +397,21 @@ def check_delete(vol: Volume) -> VolumeMetadata:
     return md
 
 
-def delete(vol: Volume) -> None:
+def delete(vol: Volume, *, release_lease: Callable[[Volume], None] | None = None) -> None:
     """Delete a leaf volume; its parent becomes the leaf again.
 
     The volume is first marked ILLEGAL, so a crash half-way leaves a volume that is visibly
     not to be used, and its ``.meta`` goes last, so the volume never becomes an orphan data file.
+    ``release_lease``: the caller holds the volume's lease; it is called once the data is gone
+    and before the lease file goes (sanlock cannot release a lease whose file is gone, and
+    would keep the name taken for a later volume with the same UUID).
     """
     md = check_delete(vol)
     try:
         vol.write_metadata(md.replace(legality=Legality.ILLEGAL))
         fileutil.remove_file(vol.path)
+        if release_lease is not None:
+            release_lease(vol)
         fileutil.remove_file(vol.lease_path)
         fileutil.remove_file(vol.meta_path)
         fileutil.fsync_dir(vol.image_dir)

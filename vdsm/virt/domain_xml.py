@@ -25,7 +25,13 @@ def disk_alias(image_id: str) -> str:
     return ALIAS_PREFIX + image_id
 
 
-def build(spec: VmSpec, drives: Sequence[Drive], domain_type: str) -> str:
+def build(
+    spec: VmSpec,
+    drives: Sequence[Drive],
+    domain_type: str,
+    leases: Sequence[etree._Element] = (),
+) -> str:
+    """The domain XML; ``leases``: ``<lease>`` devices (vm_leases.py) QEMU must hold."""
     domain = etree.Element("domain", type=domain_type, nsmap={"qemu": QEMU_NS})
     etree.SubElement(domain, "name").text = spec.name
     etree.SubElement(domain, "uuid").text = spec.vm_id
@@ -50,6 +56,8 @@ def build(spec: VmSpec, drives: Sequence[Drive], domain_type: str) -> str:
     devices = etree.SubElement(domain, "devices")
     for drive in drives:
         devices.append(_disk(drive))
+    for lease in leases:
+        devices.append(lease)
     if spec.console_log is not None:
         serial = etree.SubElement(devices, "serial", type="file")
         etree.SubElement(serial, "source", path=str(spec.console_log), append="on")

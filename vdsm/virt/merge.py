@@ -25,11 +25,13 @@ import uuid
 
 import libvirt
 
-from vdsm import validation
+from vdsm import crash_point, validation
 from vdsm.errors import InvalidParameter, MergeError, VdsmError
 from vdsm.storage.constants import Legality
 from vdsm.storage.host_storage import HostStorage
 from vdsm.storage.volume import Volume
+from vdsm.storage.volume_lease import VolumeLease
+from vdsm.virt import vm_leases
 from vdsm.virt.connection import error_message
 from vdsm.virt.drives import Drive, drive_spec
 from vdsm.virt.job_records import MergeRecord, MergeState
@@ -87,6 +89,18 @@ class Merges:
             vm.record.merges[drive.target] = record
             vm.save()
             base_path = drive.chain[ids.index(base_id)].path
+            if vm.record.leases:
+                # The commit writes into base: QEMU holds its lease from before the job.
+                try:
+                    vm_leases.attach(
+                        vm,
+                        self._storage,
+                        VolumeLease.of_data_path(drive.domain_id, base_id, base_path),
+                    )
+                except VdsmError as e:
+                    self._forget(vm, drive.target)
+                    raise MergeError(f"VM {vm.vm_id} drive {drive.target}: {e.message}") from None
+                crash_point.reached("merge:lease-attached")
             top_path = drive.chain[ids.index(top_id)].path
             flags = libvirt.VIR_DOMAIN_BLOCK_COMMIT_RELATIVE
             if active:
@@ -95,8 +109,7 @@ class Merges:
             try:
                 dom.blockCommit(drive.target, base_path, top_path, bandwidth_mib, flags)
             except libvirt.libvirtError as e:
-                vm.record.merges.pop(drive.target, None)
-                vm.save()
+                self._forget(vm, drive.target)
                 raise MergeError(
                     f"VM {vm.vm_id} drive {drive.target}: {error_message(e)}"
                 ) from None
@@ -195,6 +208,7 @@ class Merges:
         ]
         vm.save()
         vm.clear_job_event(drive.target)
+        vm_leases.reconcile(vm, self._storage)  # an active commit's old top gives its lease up
         domain = self._storage.pool_domain(drive.pool_id, drive.domain_id)
         if top in ids and ids.index(top) + 1 < len(ids):  # internal: the child's new parent
             Volume(domain, drive.image_id, ids[ids.index(top) + 1]).set_parent(record.base)
@@ -204,3 +218,4 @@ class Merges:
     def _forget(self, vm: Vm, target: str) -> None:
         vm.record.merges.pop(target, None)
         vm.save()
+        vm_leases.reconcile(vm, self._storage)

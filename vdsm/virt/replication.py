@@ -38,6 +38,7 @@ from typing import Any
 
 import libvirt
 
+from vdsm import crash_point
 from vdsm.errors import (
     DriveSwitchFailed,
     InvalidParameter,
@@ -49,7 +50,8 @@ from vdsm.errors import (
 )
 from vdsm.storage.host_storage import HostStorage
 from vdsm.storage.volume import Volume
-from vdsm.virt import domain_xml
+from vdsm.storage.volume_lease import VolumeLease
+from vdsm.virt import domain_xml, vm_leases
 from vdsm.virt.connection import error_message
 from vdsm.virt.drives import Drive, VolumeLink, prepare_chain
 from vdsm.virt.job_records import CopyMode, DiskRef, Identity, ReplicaState, ReplicationRecord
@@ -113,6 +115,15 @@ class Replications:
             try:
                 record.dst_chain = self._prepare_destination(drive, record)
                 vm.save()  # the chain a pivot switches to is durable before the copy starts
+                if vm.record.leases:
+                    # QEMU holds the destination leaf's lease before the mirror writes to it.
+                    leaf = record.dst_chain[-1]
+                    vm_leases.attach(
+                        vm,
+                        self._storage,
+                        VolumeLease.of_data_path(record.dst.domain_id, leaf.volume_id, leaf.path),
+                    )
+                    crash_point.reached("replicate:lease-attached")
                 copy_started = True  # from here a job may exist, even if blockCopy then fails
                 self._start_copy(vm, drive.target, record)
                 record.advance(ReplicaState.MIRRORING)
@@ -238,6 +249,7 @@ class Replications:
                     f"VM {vm.vm_id} drive {target}: {'pivot' if pivot else 'abort'} refused by "
                     f"libvirt: {error_message(e)}; the replication is kept, retry or abort"
                 ) from None
+            crash_point.reached("finish:pivoted" if pivot else "finish:aborted")
             self._done(vm, drive, record, pivot)
 
     def _libvirt_failed(self, vm: Vm, target: str, cause: str) -> ReplicationError:
@@ -283,6 +295,9 @@ class Replications:
             vm.record.drives = [new if d.target == drive.target else d for d in vm.record.drives]
         vm.save()  # one atomic write: the drive names the destination and the record is gone
         vm.clear_job_event(drive.target)
+        # The side QEMU stopped writing gives its lease up: the source's after a pivot, the
+        # destination's after an abort.
+        vm_leases.reconcile(vm, self._storage)
         log.info(
             "VM %s drive %s: replication %s",
             vm.vm_id,
@@ -311,6 +326,7 @@ class Replications:
                 log.warning("VM %s drive %s: cleaning up the job: %s", vm.vm_id, target, e)
         vm.record.replications.pop(target, None)
         vm.save()
+        vm_leases.reconcile(vm, self._storage)
 
     # --- convergence ------------------------------------------------------------------------
 

@@ -4,6 +4,8 @@ The new leaves already exist (created with createVolume on top of each drive's c
 libvirt's ``snapshotCreateXML`` with DISK_ONLY | REUSE_EXT | NO_METADATA | ATOMIC switches
 all of them at once or none; only after it succeeds does the VM's durable record name the new
 leaves. If it fails, the VM stays on its old leaves and nothing recorded has changed.
+With volume leases, QEMU takes each new leaf's lease before the switch (a refusal stops the
+snapshot first) and gives the old leaf's up after it.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ from typing import Any
 import libvirt
 from lxml import etree
 
-from vdsm import validation
-from vdsm.errors import InvalidParameter, SnapshotError
+from vdsm import crash_point, validation
+from vdsm.errors import InvalidParameter, SnapshotError, VdsmError
 from vdsm.storage.host_storage import HostStorage
+from vdsm.virt import vm_leases
 from vdsm.virt.connection import error_message
 from vdsm.virt.drives import Drive, VolumeLink, prepare_chain
 from vdsm.virt.vm import Vm
@@ -40,12 +43,26 @@ def snapshot(vm: Vm, storage: HostStorage, snap_drives: list[dict[str, Any]]) ->
         if len(set(targets)) != len(targets):
             raise InvalidParameter("snapDrives", targets, "a drive is listed twice")
         dom = vm.domain()
+        # The new leaves' leases before QEMU writes to them; the old leaves' go after.
+        new_leases = vm_leases.drive_leases(
+            drive.with_chain(drive.domain_id, chain) for drive, chain in plan
+        )
+        attached = []
+        if vm.record.leases:
+            try:
+                attached = vm_leases.attach_all(vm, storage, new_leases)
+            except VdsmError as e:
+                raise SnapshotError(f"VM {vm.vm_id}: {e.message}") from None
+        crash_point.reached("snapshot:leases-attached")
         try:
             dom.snapshotCreateXML(_snapshot_xml(vm, plan), FLAGS)
         except libvirt.libvirtError as e:
+            vm_leases.detach_quietly(vm, attached)
             raise SnapshotError(f"VM {vm.vm_id}: libvirt: {error_message(e)}") from None
+        crash_point.reached("snapshot:switched")
         for drive, chain in plan:
             vm.replace_drive(drive.with_chain(drive.domain_id, chain))
+        vm_leases.reconcile(vm, storage)
         log.info("VM %s: snapshot of %s", vm.vm_id, ", ".join(targets))
 
 

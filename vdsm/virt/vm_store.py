@@ -41,6 +41,9 @@ class VmRecord:
     # Live merges in progress, by drive target (see merge.py).
     merges: dict[str, MergeRecord] = field(default_factory=dict)
     created: float = field(default_factory=time.time)
+    # Started with volume leases (vm_leases.py): its QEMU holds them, and every operation
+    # moves them. False for a VM started with volume_leases off or before leases existed.
+    leases: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,6 +56,7 @@ class VmRecord:
             "replications": {t: r.to_json() for t, r in self.replications.items()},
             "merges": {t: r.to_json() for t, r in self.merges.items()},
             "created": self.created,
+            "leases": self.leases,
         }
 
     @classmethod
@@ -79,6 +83,7 @@ class VmRecord:
                 for target, r in merges.items()
             },
             created=number_of(data, "created", "record") if "created" in data else 0.0,
+            leases=field_of(data, "leases", bool, "record") if "leases" in data else False,
         )
 
 
