@@ -2,6 +2,7 @@
 #
 #   make check   set up the host, the venv and its certificates, then lint and run the tests
 #   make demo    set up the host, the venv and its certificates, then run scripts/demo.py
+#   make cluster-demo   the same, then scripts/cluster_demo.py (two hosts, an SPM failover)
 #   make rpm     build build/rpm/RPMS/noarch/vdsm-<version>-*.noarch.rpm
 #
 # The venv is rebuilt only when setup.py changes (stamp file $(VENV)/.installed).
@@ -15,7 +16,7 @@ RPM_TOP := $(CURDIR)/build/rpm
 TARBALL := $(RPM_TOP)/SOURCES/vdsm-$(VERSION).tar.gz
 PYTEST_ARGS ?=
 
-.PHONY: all venv host pki sanlock-binding lint test check demo rpm docs bench clean
+.PHONY: all venv host pki sanlock-binding lint test check demo cluster-demo rpm docs bench clean
 
 all: check
 
@@ -67,6 +68,9 @@ bench: host venv sanlock-binding pki
 
 demo: host venv sanlock-binding pki
 	$(VPY) scripts/demo.py
+
+cluster-demo: host venv sanlock-binding pki
+	$(VPY) scripts/cluster_demo.py
 
 # The RPM is built from a tarball of the working tree: tracked and untracked files that git does
 # not ignore (so never .venv/ or build/), or, outside a git work tree, everything but those.

@@ -54,8 +54,15 @@ class Demo:
 
     @property
     def vdsm(self) -> Vdsm:
+        """The SPM's vdsmd: storage verbs."""
         assert self.api is not None, "vdsmd is not started"
         return self.api
+
+    @property
+    def vm_host(self) -> Vdsm:
+        """The vdsmd the VM runs on: VM verbs (the same host here; scripts/cluster_demo.py
+        runs the VM on another host than the SPM)."""
+        return self.vdsm
 
     def vdsclient(self, *args: str) -> int:
         argv = [sys.executable, "-m", "vdsm_cli.vdsclient", f"localhost:{self.port}", *args]
@@ -156,8 +163,8 @@ class Demo:
                 }
             ],
         }
-        self.vdsm.create_vm(params)
-        self.console = Path(self.vdsm.vm(self.vm_id).stats["consoleLog"])
+        self.vm_host.create_vm(params)
+        self.console = Path(self.vm_host.vm(self.vm_id).stats["consoleLog"])
         writes = self.wait_writes(20)
         print(f"    VM {self.vm_id} is up; the guest has logged {writes} writes so far")
 
@@ -185,7 +192,7 @@ class Demo:
     def verify(self) -> None:
         step("Verifying the destination")
         assert self.vm_id is not None
-        drive = self.vdsm.vm(self.vm_id).stats["disks"]["vda"]
+        drive = self.vm_host.vm(self.vm_id).stats["disks"]["vda"]
         chain = [v["volumeID"] for v in drive["volumeChain"]]
         print(
             f"    the VM runs on domain {drive['domainID']}: chain {len(chain)} volumes "
@@ -215,7 +222,7 @@ class Demo:
     def cleanup(self) -> None:
         if self.vm_id and self.api is not None:
             try:
-                self.api.destroy_vm(self.vm_id)
+                self.vm_host.destroy_vm(self.vm_id)
             except CliError:
                 pass
         if self.daemon is not None and self.daemon.running:

@@ -23,7 +23,7 @@ from typing import Any
 
 from vdsm import errors
 from vdsm_api.wire import BLANK_UUID
-from vdsm_cli.client import Client
+from vdsm_cli.client import Client, format_address
 from vdsm_cli.errors import ApiError, CliError
 
 FINISHED = "finished"  # taskState of a task that ended, whatever its result
@@ -155,7 +155,8 @@ class Vdsm:
 
     @property
     def address(self) -> str:
-        return f"{self.client.endpoint.host}:{self.client.endpoint.port}"
+        """``HOST:PORT`` (``[V6]:PORT``) of this vdsmd."""
+        return format_address(self.client.endpoint.host, self.client.endpoint.port)
 
     def call(self, verb: str, *args: Any) -> dict[str, Any]:
         """Any verb: its envelope (for verbs this class has no method for)."""
@@ -177,6 +178,11 @@ class Vdsm:
 
     def destroy_vm(self, vm_id: str) -> None:
         self.call("destroy", vm_id)
+
+    def vm_statuses(self, vm_ids: list[str] | None = None) -> dict[str, str]:
+        """``list``: vmId → status of this host's VMs (only ``vm_ids``, if given)."""
+        listed = self.call("list", False, list(vm_ids or []), False)["vmList"]
+        return {str(v["vmId"]): str(v.get("status", "?")) for v in listed}
 
     def vm(self, vm_id: str) -> VmView:
         """getVmStats of one VM."""
@@ -245,6 +251,12 @@ class Vdsm:
     def spm_status(self, pool_id: str) -> dict[str, Any]:
         """{spmStatus, spmId, spmLver}: this host's role; the SPM's id and lver from sanlock."""
         return dict(self.call("getSpmStatus", pool_id)["spm_st"])
+
+    def repo_stats(self) -> dict[str, dict[str, Any]]:
+        """repoStats: sdUUID → {acquired, valid, error, ...} for every domain of the pools this
+        host is connected to (``acquired``: it has joined the domain's lockspace)."""
+        reply = self.call("repoStats")
+        return {k: dict(v) for k, v in reply.items() if k != "status" and isinstance(v, dict)}
 
     def pool_domains(self, pool_id: str) -> set[str]:
         return set(self.call("getStoragePoolInfo", pool_id).get("dominfo") or {})

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vdsm_cli.errors import ApiError, ConnectionFailed
+from vdsm_cli.errors import ApiError, ConnectionFailed, ConnectionRefused
 
 DEFAULT_PORT = 54321
 FLOW_ID_HEADER = "FlowID"
@@ -65,6 +65,11 @@ def parse_address(text: str) -> tuple[str, int]:
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"bad port {port_text!r} in {text!r}")
     return host, int(port_text)
+
+
+def format_address(host: str, port: int) -> str:
+    """``HOST:PORT``, or ``[V6]:PORT``: what :func:`parse_address` reads back."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def ssl_context(endpoint: Endpoint) -> ssl.SSLContext:
@@ -167,7 +172,7 @@ class Client:
 
     def call(self, method: str, args: list[Any]) -> dict[str, Any]:
         """The envelope of a successful call of ``method``; ApiError or ConnectionFailed."""
-        where = f"{self.endpoint.host}:{self.endpoint.port}"
+        where = format_address(self.endpoint.host, self.endpoint.port)
         try:
             reply = getattr(self._proxy, method)(*args)
         except xmlrpc.client.Fault as e:
@@ -184,7 +189,7 @@ class Client:
                 hint = _CLIENT_CERT_HINT
             raise ConnectionFailed(f"TLS with {where} failed: {_reason(e)}{hint}") from None
         except ConnectionRefusedError:
-            raise ConnectionFailed(
+            raise ConnectionRefused(
                 f"cannot connect to {where}: connection refused (is vdsmd running?)"
             ) from None
         except TimeoutError:

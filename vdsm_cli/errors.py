@@ -5,7 +5,8 @@ one line on stderr and its exit code, never a traceback:
 
 - :class:`UsageError` (2): the command line is wrong; caught before anything is sent;
 - :class:`ApiError` (1): vdsmd answered with a non-zero status code;
-- :class:`ConnectionFailed` (3): no usable answer (refused, TLS failure, timeout, XML-RPC fault).
+- :class:`ConnectionFailed` (3): no usable answer (refused, TLS failure, timeout, XML-RPC fault);
+  :class:`ConnectionRefused`, the one kind of it that proves the request never reached vdsmd.
 
 A message often quotes the server (an error message echoing a parameter, a fault string): its
 control characters are escaped once, here, so that what ``main`` prints cannot drive the
@@ -58,6 +59,11 @@ class ApiError(CliError):
 
 class ConnectionFailed(CliError):
     exit_code = EXIT_CONNECTION
+
+
+class ConnectionRefused(ConnectionFailed):
+    """Nothing listens at the address: the request was never sent, so it changed nothing and
+    may be sent again elsewhere (moveDisk looks for a new SPM on it)."""
 
 
 @functools.cache

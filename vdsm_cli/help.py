@@ -54,7 +54,8 @@ exit codes: 0 success, 1 vdsmd answered an error (or waitTask: the task failed),
 FRIENDLY = {
     "waitTask": "Wait for a task to finish, showing its progress; exit 0 if it succeeded.",
     "moveDisk": "Move a running VM's disk to another storage domain, live, in one command "
-    "(journaled: --resume after any interruption).",
+    "(journaled: --resume after any interruption; the SPM and the VM may be on different "
+    "hosts: --hosts).",
 }
 
 WAIT_TASK_HELP = """\

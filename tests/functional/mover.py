@@ -5,6 +5,12 @@ background (``Running``); ``world`` is everything a move may change, as vdsmd re
 ``assert_on_source`` and ``assert_on_destination`` check that a disk ended fully on one side,
 the VM never stopped, and nothing of the image is left on the other domain. The ``vms``
 fixture gives each test VMs on a base prefilled with data, so the sync has bytes to move.
+
+The helpers take any fixture shaped as :class:`MovingVms`: lsm_helpers.VmFixture (one vdsmd),
+or the two-host one of test_move_disk_cluster.py, whose ``daemon`` is the VM's host. A Mover's
+``options`` go before HOST on every command line (e.g. ``--pki-dir``), its ``extra`` after the
+command's own words (e.g. ``--hosts``); ``pid_of`` finds the VM's QEMU (lsm_helpers.qemu_pid:
+the machine's libvirtd).
 """
 
 from __future__ import annotations
@@ -14,12 +20,13 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from tests.functional.daemon_helpers import REPO
-from tests.functional.lsm_helpers import VmFixture, chain_of, open_files, qemu_pid
+from tests.functional.daemon_helpers import REPO, VdsmdProcess
+from tests.functional.lsm_helpers import chain_of, qemu_pid
 
 MiB = 1024**2
 PREFILL = 24 * MiB  # data in the base, so the sync has something real to copy
@@ -27,7 +34,32 @@ CLI_TIMEOUT = 180
 Done = subprocess.CompletedProcess[str]
 
 
-def prefill(vms: VmFixture, root: Path) -> None:
+class PoolIds(Protocol):
+    sp: str
+    sd: str  # the source domain
+    sd2: str  # the destination domain
+
+
+class MovingVms(Protocol):
+    """What these helpers need of a VMs' fixture: the vdsmd that runs the VMs (and answers the
+    reads), the pool, the image and its base, and a VM's stats."""
+
+    @property
+    def daemon(self) -> VdsmdProcess: ...
+
+    @property
+    def storage(self) -> PoolIds: ...
+
+    @property
+    def img(self) -> str: ...
+
+    @property
+    def base(self) -> str: ...
+
+    def stats(self, vm_id: str) -> dict[str, Any]: ...
+
+
+def prefill(vms: MovingVms, root: Path) -> None:
     """Random data far from the guest's slots: allocated bytes for the sync to move."""
     base = root / "src" / vms.storage.sd / "images" / vms.img / vms.base
     with open(base, "r+b") as f:
@@ -38,11 +70,22 @@ def prefill(vms: VmFixture, root: Path) -> None:
 class Mover:
     """Runs `vdsClient HOST moveDisk ...` for one VM's disk, with its own journal dir."""
 
-    def __init__(self, vms: VmFixture, vm_id: str, root: Path) -> None:
+    def __init__(
+        self,
+        vms: MovingVms,
+        vm_id: str,
+        root: Path,
+        *,
+        pid_of: Callable[[str], int] = qemu_pid,
+        options: tuple[str, ...] = (),
+        extra: tuple[str, ...] = (),
+    ) -> None:
         self.vms, self.vm_id = vms, vm_id
         self.state_dir = root / "moves"
         self.root = root
-        self.pid = qemu_pid(vm_id)
+        self.pid_of = pid_of
+        self.options, self.extra = list(options), list(extra)
+        self.pid = pid_of(vm_id)
         self.chain = chain_of(vms.stats(vm_id))
 
     def argv(
@@ -63,12 +106,14 @@ class Mover:
             sys.executable,
             "-m",
             "vdsm_cli.vdsclient",
+            *self.options,
             *(["--json"] if json_output else []),
             self.vms.daemon.address,
             "moveDisk",
             *words,
             *(["--resume"] if resume else []),
             *extra,
+            *self.extra,
         ]
 
     def env(self, **hooks: str) -> dict[str, str]:
@@ -142,16 +187,16 @@ class Running:
         return self.proc.returncode, self.output()
 
 
-def images(vms: VmFixture, sd: str) -> list[str]:
+def images(vms: MovingVms, sd: str) -> list[str]:
     return vms.daemon.api().images(sd)
 
 
-def volumes(vms: VmFixture, sd: str) -> list[str]:
+def volumes(vms: MovingVms, sd: str) -> list[str]:
     """The image's volumes in domain ``sd``; [] when it has none there."""
     return vms.daemon.api().volumes(sd, vms.storage.sp, vms.img)
 
 
-def world(vms: VmFixture, vm_id: str) -> dict[str, Any]:
+def world(vms: MovingVms, vm_id: str) -> dict[str, Any]:
     """Everything a move may change, as vdsmd reports it."""
     st = vms.storage
     stats = vms.stats(vm_id)
@@ -171,14 +216,15 @@ def assert_nothing_of_the_image(m: Mover, sd: str) -> None:
     vms = m.vms
     assert vms.img not in images(vms, sd)
     assert not list(m.root.glob(f"*/{sd}/images/{vms.img}")), "image directory left behind"
-    assert [f for f in open_files(m.vm_id) if f"/{sd}/" in f] == [], "QEMU keeps files open"
+    kept_open = [f for f in open_files(m.pid_of(m.vm_id)) if f"/{sd}/" in f]
+    assert kept_open == [], "QEMU keeps files open"
 
 
 def assert_on_source(m: Mover) -> None:
     """Fully on the source, as before the move: same chain, nothing on the destination."""
     vms, st = m.vms, m.vms.storage
     w = world(vms, m.vm_id)
-    assert w["status"] == "Up" and qemu_pid(m.vm_id) == m.pid, "the VM must never stop"
+    assert w["status"] == "Up" and m.pid_of(m.vm_id) == m.pid, "the VM must never stop"
     assert (w["domain"], w["chain"], w["src"], w["jobs"]) == (st.sd, m.chain, m.chain, {})
     assert w["dst"] == []
     leaf = vms.daemon.api().volume_info(st.sd, st.sp, vms.img, m.chain[-1])
@@ -190,7 +236,7 @@ def assert_on_source(m: Mover) -> None:
 def assert_on_destination(m: Mover, *, merged: bool = True, kept: bool = False) -> list[str]:
     vms, st = m.vms, m.vms.storage
     w = world(vms, m.vm_id)
-    assert w["status"] == "Up" and qemu_pid(m.vm_id) == m.pid, "the VM must never stop"
+    assert w["status"] == "Up" and m.pid_of(m.vm_id) == m.pid, "the VM must never stop"
     assert w["domain"] == st.sd2 and w["jobs"] == {}
     if merged:
         assert w["chain"] == m.chain, "merged: the same volumes, base to leaf"
@@ -201,8 +247,19 @@ def assert_on_destination(m: Mover, *, merged: bool = True, kept: bool = False) 
     assert all(f"/{st.sd2}/images/" in p for p in paths)
     if kept:
         assert w["src"][: len(m.chain)] == m.chain
-        assert [f for f in open_files(m.vm_id) if f"/{st.sd}/" in f] == []
+        assert [f for f in open_files(m.pid_of(m.vm_id)) if f"/{st.sd}/" in f] == []
     else:
         assert_nothing_of_the_image(m, st.sd)
     assert m.leftover_state() == [], "journal or lock left behind"
     return list(w["chain"])
+
+
+def open_files(pid: int) -> list[str]:
+    """The paths process ``pid`` (a VM's QEMU) has open (lsm_helpers.open_files, by pid)."""
+    found = []
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            found.append(os.readlink(fd))
+        except OSError:
+            continue
+    return found

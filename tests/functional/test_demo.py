@@ -1,4 +1,5 @@
-"""The demo (`make demo`'s main job) runs in CI: a live migration under guest writes, verified."""
+"""The demos run in CI: `make demo`'s live migration under guest writes, verified; and
+`make cluster-demo`'s, across two hosts, then the SPM host killed and the other taking over."""
 
 from __future__ import annotations
 
@@ -27,4 +28,23 @@ def test_demo_moves_the_disk_with_no_lost_write() -> None:
     assert "moved in" in out and "time in pivot" in out
     assert "acknowledged writes present" in out
     assert out.count(": identical") == 2
+    assert "no lost write" in out.splitlines()[-1]
+
+
+@pytest.mark.slow  # it waits out sanlock's dead-host delay (about 70 s) on purpose
+def test_cluster_demo_moves_across_hosts_and_fails_over() -> None:
+    require_command("qemu-img")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "cluster_demo.py")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    out = proc.stdout
+    assert "on the SPM 127.0.0.2" in out and "on the VM host 127.0.0.3" in out
+    assert "acknowledged writes present" in out and out.count(": identical") == 2
+    assert "held by pid" in out  # host 2's QEMU holds the disk's lease
+    assert "host 2 is the SPM" in out and "spmId 1 → 2" in out
     assert "no lost write" in out.splitlines()[-1]

@@ -99,16 +99,25 @@ def read_leases(xml: str) -> set[VolumeLease]:
 
 
 def prepare(storage: HostStorage, drives: Sequence[Drive], leases: Iterable[VolumeLease]) -> None:
-    """Before a lease is given to libvirt: this host joined its lockspace, and a volume made
-    before volume leases existed gets its lease formatted."""
+    """Before a lease is given to libvirt: this host joined its lockspace (661), a volume made
+    before volume leases existed gets its lease formatted, and nobody holds it now (651)."""
     by_volume = {(d.domain_id, link.volume_id): (d, link) for d in drives for link in d.chain}
     for lease in leases:
         storage.leases.host_id(lease.sd_uuid)
         found = by_volume.get((lease.sd_uuid, lease.vol_uuid))
-        if found is not None:
-            drive, _ = found
-            domain = storage.pool_domain(drive.pool_id, drive.domain_id)
-            ensure_formatted(Volume(domain, drive.image_id, lease.vol_uuid))
+        if found is None:
+            continue
+        drive, _ = found
+        domain = storage.pool_domain(drive.pool_id, drive.domain_id)
+        ensure_formatted(Volume(domain, drive.image_id, lease.vol_uuid))
+        # Said plainly before anything starts. libvirt's acquire (when the CPUs start) stays
+        # the guard; on one machine QEMU's image locks would refuse first with their own words.
+        owner = storage.leases.owner(lease, domain.metadata.block_size)
+        if owner is not None:
+            raise AcquireLockFailure(
+                f"the {lease.describe()} is held by host id {owner}: a VM runs on the volume "
+                "there, or a task writes it"
+            )
 
 
 def verify_held(

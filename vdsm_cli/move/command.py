@@ -9,22 +9,30 @@ gives the disk back the chain it had. This module is the command: its options, p
 :mod:`vdsm_cli.move.rollback`), journaled by :mod:`vdsm_cli.move.journal`, shown by
 :mod:`vdsm_cli.move.progress`. The functional tests' fault hook (:mod:`vdsm_cli.move.fault`)
 comes from the environment here, and only here, and is handed to each move.
+
+Which host does what (:mod:`vdsm_cli.move.hosts`): by default the command line's HOST is both
+the pool's SPM and the VM's host, as before; ``--hosts`` names more hosts, among which the SPM
+(getSpmStatus) and the VM (``list``) are found; ``--spm-host`` and ``--vm-host`` name a role
+outright. ``--resume`` takes the hosts from the journal, and the command line's are added to
+them, to find an SPM that moved meanwhile.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 from vdsm_cli.api import Vdsm
-from vdsm_cli.client import Client, Endpoint
+from vdsm_cli.client import Client, Endpoint, format_address, parse_address
 from vdsm_cli.errors import EXIT_INTERRUPTED, EXIT_OK, CliError, UsageError
 from vdsm_cli.move.context import MoveContext
 from vdsm_cli.move.driver import execute, new_journal
 from vdsm_cli.move.fault import Fault, from_environment
+from vdsm_cli.move.hosts import SPM, SPM_TIMEOUT, Hosts, NoSpm, SpmVdsm, SpmView
 from vdsm_cli.move.journal import Journal, JournalStore, default_state_dir
 from vdsm_cli.move.plan import (
     DiskPlan,
@@ -32,6 +40,7 @@ from vdsm_cli.move.plan import (
     attached_drive,
     check_room,
     describe,
+    host_lines,
     plan_text,
     preflight,
     running_vm,
@@ -45,7 +54,8 @@ COMMAND = "moveDisk"
 USAGE = (
     f"{COMMAND} VM_ID (IMAGE_ID | --all) DST_SD_UUID [--keep-source] [--no-merge] "
     "[--sync-writes] [--bandwidth MIB] [--ready-timeout SECONDS] [--dry-run] [--resume] "
-    "[--state-dir DIR]"
+    "[--state-dir DIR] [--hosts HOST,...] [--spm-host HOST] [--vm-host HOST] "
+    "[--spm-timeout SECONDS]"
 )
 
 HELP = f"""\
@@ -59,8 +69,21 @@ usage: vdsClient [--json] HOST[:PORT] {COMMAND} VM_ID IMAGE_ID DST_SD_UUID [opti
   into its parent on the destination so the disk keeps the chain it had.
 
   Checked first, before anything is touched: the VM is Up and the image attached to it, the
-  destination is in the same pool with room for the allocated data x 1.1 + 64 MiB, and no
-  replication, merge or other move runs on the disk.
+  destination is in the same pool with room for the allocated data x 1.1 + 64 MiB, the VM's
+  host and the SPM have joined the destination's lockspace (repoStats), and no replication,
+  merge or other move runs on the disk.
+
+  Two roles do the move: the pool's SPM (createVolume, cloneImageStructure, syncImageData,
+  deleteImage, deleteVolume and their tasks) and the VM's host (snapshot,
+  diskReplicateStart/Finish, merge, the VM's stats). By default HOST is both. When they are
+  different hosts, give them: --hosts lists every host to look on (HOST is one of them), the
+  SPM being the one whose getSpmStatus says SPM and the VM's host the one whose list shows
+  the VM (`vdsClient VM_HOST moveDisk VM IMAGE DST --hosts SPM_HOST`); or name them with
+  --spm-host and --vm-host. If the SPM fails over in the middle of
+  the move (it answers 654 "not SPM", or refuses connections), the move looks for the new SPM
+  on the known hosts, waiting up to --spm-timeout seconds for an engine to start one. The new
+  SPM rolls back the tasks the old one left: before the pivot the move then rolls back, after
+  it the step is done again on the new SPM. Each step line says which host does it.
 
   Each step is journaled before it runs (in $VDSM_MOVE_STATE_DIR, else
   ~/.local/state/vdsm/moves). On any error, or Ctrl-C, the mirror is aborted first and the
@@ -86,8 +109,15 @@ options:
                        also how long a merge may make no progress (default 600)
   --dry-run            check and print the plan and a time estimate; change nothing
   --resume             finish or roll back a move that was interrupted; with --keep-source
-                       or --no-merge it skips what is left of those steps
+                       or --no-merge it skips what is left of those steps. The hosts come
+                       from the journal; --hosts adds more to find a moved SPM on, and
+                       --spm-host / --vm-host override the journal's
   --state-dir DIR      where the journals are kept
+  --hosts H[:P],...    more hosts the SPM and the VM may be on (HOST is always one)
+  --spm-host H[:P]     the pool's SPM (checked with getSpmStatus)
+  --vm-host H[:P]      the host that runs the VM
+  --spm-timeout S      after a failover, wait up to S seconds for a new SPM while some host
+                       answers (default {SPM_TIMEOUT:g}; 0: do not wait)
   --json               (before HOST) one JSON object a line: start, step, progress (bytes
                        done/total, rate, ETA of the step and overall), stepDone, note,
                        summary, result
@@ -107,7 +137,15 @@ _FLAGS = {
     "--resume": "resume",
     "--sync-writes": "sync_writes",
 }
-_VALUED = {"--bandwidth", "--ready-timeout", "--state-dir"}
+_VALUED = {
+    "--bandwidth",
+    "--ready-timeout",
+    "--state-dir",
+    "--hosts",
+    "--spm-host",
+    "--vm-host",
+    "--spm-timeout",
+}
 
 
 @dataclass
@@ -124,6 +162,10 @@ class Options:
     ready_timeout: float = 600.0
     state_dir: Path | None = None
     json: bool = False
+    hosts: list[str] = field(default_factory=list)  # --hosts, each HOST:PORT
+    spm_host: str | None = None
+    vm_host: str | None = None
+    spm_timeout: float = SPM_TIMEOUT
 
     def journal_options(self) -> dict[str, Any]:
         return {
@@ -178,7 +220,26 @@ def parse(values: list[str], json_output: bool) -> Options:
         options.ready_timeout = _number(valued["--ready-timeout"], "--ready-timeout", float, 1)
     if "--state-dir" in valued:
         options.state_dir = Path(valued["--state-dir"])
+    if "--hosts" in valued:
+        words = [w.strip() for w in valued["--hosts"].split(",") if w.strip()]
+        if not words:
+            raise UsageError("--hosts needs at least one HOST[:PORT]", USAGE)
+        options.hosts = list(dict.fromkeys(_address(w, "--hosts") for w in words))
+    if "--spm-host" in valued:
+        options.spm_host = _address(valued["--spm-host"], "--spm-host")
+    if "--vm-host" in valued:
+        options.vm_host = _address(valued["--vm-host"], "--vm-host")
+    if "--spm-timeout" in valued:
+        options.spm_timeout = _number(valued["--spm-timeout"], "--spm-timeout", float, 0)
     return options
+
+
+def _address(text: str, option: str) -> str:
+    """``HOST[:PORT]`` as ``HOST:PORT`` (the journal's spelling)."""
+    try:
+        return format_address(*parse_address(text))
+    except ValueError as e:
+        raise UsageError(f"{option}: {e}", USAGE) from None
 
 
 def _uuid(text: str, what: str) -> str:
@@ -202,30 +263,75 @@ def _number(text: str, name: str, kind: type[Any], minimum: float) -> Any:
 
 
 class Mover:
-    """The command's work: one disk, or all of them, moved or resumed. ``fault``: the
-    test-only fault hook handed to each move (None outside the tests)."""
+    """The command's work: one disk, or all of them, moved or resumed. ``hosts``: every host
+    the command may talk to; ``first``: the command line's HOST (both roles by default).
+    ``fault``: the test-only fault hook handed to each move (None outside the tests)."""
 
     def __init__(
         self,
         options: Options,
-        api: Vdsm,
+        hosts: Hosts,
+        first: str,
         store: JournalStore,
         reporter: Reporter,
         out: TextIO,
         fault: Fault | None = None,
     ) -> None:
         self.options = options
-        self.api = api
+        self.hosts = hosts
+        self.first = first
         self.store = store
         self.reporter = reporter
         self.out = out
         self.fault = fault
+        self._vm_address: str | None = None
+        self._spms: dict[str, SpmVdsm] = {}
 
-    def context(self, journal: Journal) -> MoveContext:
+    # --- the hosts ----------------------------------------------------------------------------
+
+    def vm_host(self) -> Vdsm:
+        """The VM's host: --vm-host, else the one of the known hosts that lists the VM (with
+        --hosts), else HOST."""
+        if self._vm_address is None:
+            o = self.options
+            if o.vm_host is not None:
+                self._vm_address = o.vm_host
+            elif self.hosts.several:
+                self._vm_address = self.hosts.find_vm(o.vm_id)
+            else:
+                self._vm_address = self.first
+        return self.hosts.api(self._vm_address)
+
+    def spm(self, pool_id: str) -> SpmVdsm:
+        """The pool's SPM, found once per pool (it then follows the role itself)."""
+        if pool_id not in self._spms:
+            self._spms[pool_id] = SpmVdsm(self.hosts, pool_id, self.find_spm(pool_id))
+        return self._spms[pool_id]
+
+    def find_spm(self, pool_id: str) -> SpmView:
+        """--spm-host, checked; else the one known host whose getSpmStatus says SPM. Refused
+        if none: the pre-flight never waits for an SPM."""
+        o = self.options
+        if o.spm_host is not None:
+            status = self.hosts.api(o.spm_host).spm_status(pool_id)
+            if status.get("spmStatus") != SPM:
+                raise Refused(
+                    f"--spm-host {o.spm_host} is not the SPM of pool {pool_id}: it is "
+                    f"{status.get('spmStatus')} (sanlock: host id {status.get('spmId')} holds "
+                    f"the lease, lver {status.get('spmLver')})"
+                )
+            return SpmView(o.spm_host, int(status["spmId"]), int(status["spmLver"]))
+        try:
+            return self.hosts.find_spm(pool_id, wait=False)
+        except NoSpm as e:
+            raise Refused(e.message) from None
+
+    def context(self, journal: Journal, spm: SpmVdsm, vm_host: Vdsm) -> MoveContext:
         j = journal
-        resume = f"vdsClient {j.address} {COMMAND} {j.vm_id} {j.image_id} --resume"
+        resume = f"vdsClient {j.vm_address} {COMMAND} {j.vm_id} {j.image_id} --resume"
         return MoveContext(
-            self.api,
+            spm,
+            vm_host,
             self.store,
             journal,
             self.reporter,
@@ -247,15 +353,21 @@ class Mover:
                 f"{journal.step or 'start'}) in {self.store.path(o.vm_id, image_id)}: "
                 "finish it with --resume first"
             )
-        vm = running_vm(self.api, o.vm_id)
+        vm_host = self.vm_host()
+        vm = running_vm(vm_host, o.vm_id)
+        drive = attached_drive(vm, image_id)
         assert o.dst_domain is not None
+        if drive.domain_id == o.dst_domain:  # nothing to do: no SPM needed to say so
+            return DiskPlan(o.vm_id, drive, o.dst_domain, vm_address=vm_host.address)
         return preflight(
-            self.api,
+            self.spm(drive.pool_id),
+            vm_host,
             vm,
-            attached_drive(vm, image_id),
+            drive,
             o.dst_domain,
             keep_source=o.keep_source,
             merge=o.merge,
+            note=self.reporter.note,
         )
 
     def move_one(self, image_id: str) -> int:
@@ -268,10 +380,13 @@ class Mover:
             if plan.already_there or o.dry_run:
                 self.show_plan(plan)
                 return EXIT_OK
-            journal = new_journal(plan, o.journal_options(), self.api.address)
-            ctx = self.context(journal)
+            spm, vm_host = self.spm(plan.drive.pool_id), self.vm_host()
+            journal = new_journal(
+                plan, o.journal_options(), spm.view, vm_host.address, self.hosts.addresses
+            )
+            ctx = self.context(journal, spm, vm_host)
             self.reporter.start(
-                self.header(journal.target, image_id, plan.drive.domain_id, plan.dst_domain),
+                self.header(journal, plan.drive.domain_id),
                 plan.steps,
                 plan.expected_bytes(),
                 ROLLBACK_STEPS,
@@ -298,11 +413,21 @@ class Mover:
             journal.options["keepSource"] = True
         if not o.merge:
             journal.options["merge"] = False
-        ctx = self.context(journal)
+        # The journal's hosts first; the command line's may add where a moved SPM is now.
+        for address in journal.hosts:
+            self.hosts.add(address)
+        if o.vm_host is not None:
+            journal.vm_address = o.vm_host
+        # The SPM as last recorded: the driver asks it first whether it is the SPM still.
+        recorded = SpmView(journal.spm_address, journal.spm_id, journal.spm_lver)
+        spm = SpmVdsm(self.hosts, journal.pool_id, recorded)
+        ctx = self.context(journal, spm, self.hosts.api(journal.vm_address))
+        if o.spm_host is not None:
+            spm.switch(self.find_spm(journal.pool_id))  # journaled by the context
         steps = forward_steps(
             keep_source=journal.options["keepSource"], merge=journal.options["merge"]
         )
-        header = self.header(journal.target, image_id, journal.src_domain, journal.dst_domain)
+        header = self.header(journal, journal.src_domain)
         header["title"] = f"resuming: {header['title']} (stopped at {journal.step or 'start'})"
         self.reporter.start(header, steps, {}, ROLLBACK_STEPS)
         execute(ctx, resume=True)
@@ -315,7 +440,7 @@ class Mover:
             if not images:
                 self.reporter.result(EXIT_OK, f"nothing to resume for VM {o.vm_id}")
             return self._one_by_one(images)
-        vm = running_vm(self.api, o.vm_id)
+        vm = running_vm(self.vm_host(), o.vm_id)
         images = [d.image_id for d in sorted(vm.drives.values(), key=lambda d: d.target)]
         plans = [self.plan(image_id) for image_id in images]
         check_room(plans)
@@ -341,14 +466,20 @@ class Mover:
                 raise
         return EXIT_OK
 
-    def header(self, target: str, image_id: str, src: str, dst: str) -> dict[str, Any]:
+    def header(self, journal: Journal, src: str) -> dict[str, Any]:
+        j = journal
         return {
-            "title": f"moving disk {target} (image {image_id}) of VM {self.options.vm_id} "
-            f"from domain {src} to {dst}",
-            "vmId": self.options.vm_id,
-            "imageID": image_id,
+            "title": f"moving disk {j.target} (image {j.image_id}) of VM {j.vm_id} "
+            f"from domain {src} to {j.dst_domain}",
+            "vmId": j.vm_id,
+            "imageID": j.image_id,
             "srcDomainID": src,
-            "dstDomainID": dst,
+            "dstDomainID": j.dst_domain,
+            "spmAddress": j.spm_address,
+            "spmId": j.spm_id,
+            "spmLver": j.spm_lver,
+            "vmAddress": j.vm_address,
+            "hostLines": host_lines(j.spm_address, j.vm_address, j.spm_id, j.spm_lver),
         }
 
     def show_plan(self, plan: DiskPlan) -> None:
@@ -363,11 +494,19 @@ class Mover:
 def run(values: list[str], endpoint: Endpoint, flow_id: str, json_output: bool, out: TextIO) -> int:
     """The command's entry point for vdsclient: EXIT_OK, or a CliError with its exit code."""
     options = parse(values, json_output)
-    api = Vdsm(Client(endpoint, flow_id))
+
+    def connect(address: str) -> Vdsm:
+        # Every host with the command line's TLS settings (certificates, CA, or --no-tls).
+        host, port = parse_address(address)
+        return Vdsm(Client(dataclasses.replace(endpoint, host=host, port=port), flow_id))
+
+    first = format_address(endpoint.host, endpoint.port)
+    named = [o for o in (options.spm_host, options.vm_host) if o is not None]
+    hosts = Hosts([first, *options.hosts, *named], connect, spm_timeout=options.spm_timeout)
     store = JournalStore(options.state_dir or default_state_dir())
     reporter = Reporter(out, json_lines=options.json, live=out.isatty())
     try:
-        return Mover(options, api, store, reporter, out, from_environment()).main()
+        return Mover(options, hosts, first, store, reporter, out, from_environment()).main()
     except CliError as e:
         reporter.result(e.exit_code, e.message)  # --json: the outcome as the last line
         raise

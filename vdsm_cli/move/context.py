@@ -1,10 +1,19 @@
 """The state a disk move's steps share, and how a step runs: persisted first, then done.
 
-:class:`MoveContext` holds the API, the journal, the reporter and (in the tests only) the
-fault hook (:mod:`vdsm_cli.move.fault`). :meth:`MoveContext.run_step`
-is the one way a step (forward or rollback) runs: the journal records the step *before* it
-runs, the step checks the real state through the API before acting (so running it again after
-a crash is harmless), and the journal records it done afterwards.
+:class:`MoveContext` holds the two roles' APIs — ``spm`` (:class:`~vdsm_cli.move.hosts.SpmVdsm`,
+which follows the SPM role from host to host) and ``vm_host`` (the VM's vdsmd) — the journal,
+the reporter and (in the tests only) the fault hook (:mod:`vdsm_cli.move.fault`).
+:meth:`MoveContext.run_step` is the one way a step (forward or rollback) runs: the journal
+records the step *before* it runs, the step checks the real state through the API before acting
+(so running it again after a crash is harmless), and the journal records it done afterwards.
+
+Tasks live on the SPM that runs them. After a failover the new SPM rolls back what the old one
+left unfinished (VDSM's semantics: a dead SPM's tasks are never resumed), and knows nothing of a
+task the old one never persisted; the journal records the lease version each task was submitted
+under, so such a task is told from one that merely failed: it is :class:`TaskLost`. A lost task
+of a step that must be finished anyway (past the pivot, or while rolling back) is done again on
+the new SPM; before the pivot it fails the step, and the move rolls back, as for any failed
+task. Either way the move ends fully on the source or fully on the destination.
 
 The errors of the flow: :class:`StepFailed` (a step could not do its job: the flow rolls back
 or, past the pivot, stops) and :class:`Stuck` (the flow cannot go on safely by itself: the
@@ -21,9 +30,10 @@ from vdsm import errors
 from vdsm_cli.api import FINISHED, Drive, TaskFailed, Vdsm, VmView, disk_spec
 from vdsm_cli.errors import ApiError, CliError
 from vdsm_cli.move.fault import Fault
-from vdsm_cli.move.journal import Journal, JournalStore
+from vdsm_cli.move.hosts import SpmVdsm, SpmView
+from vdsm_cli.move.journal import NO_SPM, ROLLBACK, Journal, JournalStore
 from vdsm_cli.move.progress import Reporter
-from vdsm_cli.move.steps import BYTES_OF
+from vdsm_cli.move.steps import BYTES_OF, PIVOT, SPM_STEPS
 
 EXIT_STUCK = 4  # failed and could not be rolled back cleanly: --resume will retry
 
@@ -33,10 +43,17 @@ ON_DESTINATION = "destination"
 VM_GONE = "gone"  # vdsmd does not know the VM any more
 
 MERGE_GONE_GRACE = 3.0  # seconds a merge may look finished-but-not-recorded before it failed
+# Times a step whose task was lost with its SPM is done again (each failover costs one).
+REDO_LIMIT = 3
 
 
 class StepFailed(CliError):
     """A step failed; the message is the real reason (vdsmd's code and message, ...)."""
+
+
+class TaskLost(StepFailed):
+    """The step's task ended with the SPM it was submitted to: the next SPM rolled it back, or
+    never knew it."""
 
 
 class Stuck(CliError):
@@ -48,7 +65,8 @@ class Stuck(CliError):
 class MoveContext:
     def __init__(
         self,
-        api: Vdsm,
+        spm: SpmVdsm,
+        vm_host: Vdsm,
         store: JournalStore,
         journal: Journal,
         reporter: Reporter,
@@ -57,7 +75,10 @@ class MoveContext:
         fault: Fault | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.api = api
+        self.spm = spm
+        self.vm_host = vm_host
+        spm.on_change = self._spm_changed
+        spm.on_wait = reporter.note
         self.store = store
         self.journal = journal
         self.reporter = reporter
@@ -71,13 +92,23 @@ class MoveContext:
         self.store.save(self.journal)
 
     def run_step(self, step: str, title: str, action: Callable[[MoveContext], None]) -> None:
-        """Persist ``step``, run ``action``, persist it done."""
+        """Persist ``step``, run ``action``, persist it done. A task lost with its SPM is done
+        again (on the SPM now) if the step must be finished anyway."""
         self.journal.step = step
         self.save()
         self.hook(step)
-        self.reporter.step(step, title, self.journal.direction)
+        self.reporter.step(step, title, self.journal.direction, self.where(step))
         started = self.clock()
-        action(self)
+        redone = 0
+        while True:
+            try:
+                action(self)
+                break
+            except TaskLost as e:
+                if not self.must_finish() or redone >= REDO_LIMIT:
+                    raise
+                redone += 1
+                self.note(f"step {step}: {e.message}; doing it again on the SPM {self.spm.view}")
         seconds = self.clock() - started
         total = self.journal.seconds.get(step, 0.0) + seconds
         self.journal.seconds[step] = round(total, 3)
@@ -87,10 +118,11 @@ class MoveContext:
         self.reporter.step_done(step, seconds, self.journal.copied.get(BYTES_OF.get(step, "")))
 
     def issued(self, step: str, task_id: str | None = None) -> None:
-        """The step's action was sent (a task id to remember, maybe): persist, then the
-        fault hook ``STEP+``."""
+        """The step's action was sent (a task id to remember, with the lease version of the
+        SPM it went to, maybe): persist, then the fault hook ``STEP+``."""
         if task_id is not None:
             self.journal.tasks[step] = task_id
+            self.journal.task_lvers[step] = self.spm.view.lver
         self.save()
         self.hook(f"{step}+")
 
@@ -104,6 +136,40 @@ class MoveContext:
             self.journal.notes.append(message)
             self.save()
         self.reporter.note(message)
+
+    # --- the hosts ------------------------------------------------------------------------------
+
+    def where(self, step: str) -> tuple[str, str]:
+        """The role that does ``step`` and its host's address (what the user is shown)."""
+        if step in SPM_STEPS:
+            return "SPM", self.spm.address
+        return "VM host", self.vm_host.address
+
+    def must_finish(self) -> bool:
+        """Whether the move is past its point of no return: forward after the pivot, or
+        rolling back. A step there is done again rather than given up."""
+        return self.journal.direction == ROLLBACK or PIVOT in self.journal.done
+
+    def _spm_changed(self, old: SpmView, new: SpmView, why: str) -> None:
+        """The SPM role is elsewhere now, or its lease was taken again: journal it."""
+        j = self.journal
+        j.spm_address, j.spm_id, j.spm_lver = new.address, new.spm_id, new.lver
+        if new.address not in j.hosts:
+            j.hosts.append(new.address)
+        because = f" (after {why})" if why else ""
+        if old.lver == NO_SPM and old.address == new.address:
+            self.save()  # first seen (a converted journal): nothing moved
+        elif old.address != new.address:
+            self.note(f"the SPM moved from {old} to {new}{because}")
+        else:
+            lvers = f"lver {old.lver} → {new.lver}"
+            self.note(f"the SPM {new.address} took the role again ({lvers}){because}")
+
+    def lost_with_its_spm(self, step: str) -> bool:
+        """Whether the SPM lease ``step``'s task was submitted under is no longer the SPM's:
+        sanlock adds 1 to the lease's version on every new SPM, whichever host it is."""
+        submitted = self.journal.task_lvers.get(step, NO_SPM)
+        return submitted != NO_SPM and self.spm.refresh().lver != submitted
 
     # --- tasks --------------------------------------------------------------------------------
 
@@ -121,8 +187,20 @@ class MoveContext:
         try:
             status = self.wait_known_task(task_id, verb, on_status)
         except TaskFailed as e:
+            # 411: stopped, or interrupted by a restart; with a new SPM lease, by a failover.
+            if e.code == errors.TaskAborted.code and self.lost_with_its_spm(step):
+                raise TaskLost(
+                    f"{e}: the SPM it was submitted to (lease version "
+                    f"{self.journal.task_lvers[step]}) is gone, and the SPM now, "
+                    f"{self.spm.view}, rolled it back"
+                ) from None
             raise StepFailed(str(e)) from None
-        self.api.clear_task(task_id)
+        if status is None and self.lost_with_its_spm(step):
+            raise TaskLost(
+                f"{verb} task {task_id} is unknown to the SPM now, {self.spm.view}: it was lost "
+                f"with the SPM it was submitted to (lease version {self.journal.task_lvers[step]})"
+            )
+        self.spm.clear_task(task_id)
         return status
 
     def wait_known_task(
@@ -131,23 +209,35 @@ class MoveContext:
         verb: str,
         on_status: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any] | None:
-        """Wait for the task's success (TaskFailed otherwise); None when vdsmd does not
-        know it (cleared, or lost with vdsmd's state)."""
-        try:
-            return self.api.wait_success(task_id, verb, on_progress=on_status)
-        except ApiError as e:
-            if e.code == errors.UnknownTask.code:
-                return None
-            raise
+        """Wait for the task's success (TaskFailed otherwise); None when the SPM does not
+        know it (cleared, or lost with vdsmd's state or with a previous SPM)."""
+        while True:
+            try:
+                return self.spm.wait_success(task_id, verb, on_progress=on_status)
+            except ApiError as e:
+                if e.code != errors.UnknownTask.code:
+                    raise
+                if not self._spm_moved():
+                    return None
+                # It was asked of a host that is not the SPM any more: again, of the SPM now.
 
     def task_status(self, task_id: str) -> dict[str, Any] | None:
-        """The task's status, or None when vdsmd does not know it."""
-        try:
-            return self.api.task_status(task_id)
-        except ApiError as e:
-            if e.code == errors.UnknownTask.code:
-                return None
-            raise
+        """The task's status, or None when the SPM does not know it."""
+        while True:
+            try:
+                return self.spm.task_status(task_id)
+            except ApiError as e:
+                if e.code != errors.UnknownTask.code:
+                    raise
+                if not self._spm_moved():
+                    return None
+                # It was asked of a host that is not the SPM any more: again, of the SPM now.
+
+    def _spm_moved(self) -> bool:
+        """After a task was unknown: whether it was asked of a host that is not the SPM any
+        more (task verbs answer from the host's own tasks, never 654). Then ask the SPM now."""
+        before = self.spm.view
+        return self.spm.refresh() != before
 
     def await_recorded_task(self, step: str, verbs: set[str], stop: bool = False) -> None:
         """Let the task a previous run started for ``step`` end before acting again (stop it
@@ -155,13 +245,13 @@ class MoveContext:
         write), wait for every unfinished task of those verbs."""
         task_ids = [self.journal.tasks[step]] if step in self.journal.tasks else []
         if not task_ids and step in (self.journal.step, self.journal.stopped_at):
-            task_ids = self.api.running_tasks(verbs)
+            task_ids = self.spm.running_tasks(verbs)
         for task_id in task_ids:
             status = self.task_status(task_id)
             if status is None or status.get("taskState") == FINISHED:
                 continue
             if stop:
-                self.api.stop_task(task_id)
+                self.spm.stop_task(task_id)
             try:
                 self.wait_known_task(task_id, ",".join(sorted(verbs)))
             except TaskFailed:
@@ -172,7 +262,7 @@ class MoveContext:
     def vm(self) -> VmView | None:
         """The VM, or None when vdsmd does not know it any more."""
         try:
-            return self.api.vm(self.journal.vm_id)
+            return self.vm_host.vm(self.journal.vm_id)
         except ApiError as e:
             if e.code == errors.NoSuchVM.code:
                 return None
@@ -202,7 +292,7 @@ class MoveContext:
 
     def volumes(self, domain_id: str) -> list[str]:
         j = self.journal
-        return self.api.volumes(domain_id, j.pool_id, j.image_id)
+        return self.spm.volumes(domain_id, j.pool_id, j.image_id)
 
     # --- live merge, forward (destination) and back (source) ----------------------------------
 
@@ -226,7 +316,7 @@ class MoveContext:
                 # Unlimited, whatever --bandwidth says: an active commit has no write-blocking
                 # mode, so a capped one under faster guest writes would never converge. It
                 # only commits what the guest wrote since the snapshot.
-                self.api.merge(j.vm_id, drive.spec(), j.leaf, j.snapshot_volume, 0, j.merge_job)
+                self.vm_host.merge(j.vm_id, drive.spec(), j.leaf, j.snapshot_volume, 0, j.merge_job)
             except ApiError as e:
                 raise StepFailed(f"merge refused: {e.message}") from None
             self.issued(step)
@@ -243,7 +333,7 @@ class MoveContext:
         gone_since: float | None = None
         best_left: int | None = None
         best_at = self.clock()
-        poller = self.api.poller()
+        poller = self.vm_host.poller()
         while True:
             vm = self.vm()
             drive = self.drive(vm)
@@ -277,6 +367,7 @@ class MoveContext:
                     raise StepFailed(
                         f"the live merge of {j.snapshot_volume} into {j.leaf} in domain "
                         f"{domain_id} failed: its job ended and the chain is unchanged "
-                        f"(vdsmd's log has the cause; flow id {self.api.client.flow_id})"
+                        f"(the log of vdsmd on {self.vm_host.address} has the cause; flow id "
+                        f"{self.vm_host.client.flow_id})"
                     )
             poller.pause()

@@ -25,6 +25,7 @@ from typing import Any
 from vdsm_cli.errors import EXIT_INTERRUPTED, EXIT_OK, CliError
 from vdsm_cli.move.context import ON_DESTINATION, ON_SOURCE, MoveContext, Stuck
 from vdsm_cli.move.forward import FORWARD_ACTIONS
+from vdsm_cli.move.hosts import SpmView
 from vdsm_cli.move.journal import FORWARD, ROLLBACK, Journal
 from vdsm_cli.move.plan import DiskPlan
 from vdsm_cli.move.rollback import ROLLBACK_ACTIONS
@@ -49,7 +50,10 @@ class InterruptedRolledBack(CliError):
 # --- running one move ---------------------------------------------------------------------------
 
 
-def new_journal(plan: DiskPlan, options: dict[str, Any], address: str) -> Journal:
+def new_journal(
+    plan: DiskPlan, options: dict[str, Any], spm: SpmView, vm_address: str, hosts: list[str]
+) -> Journal:
+    """The journal of a move about to start: the plan, and the hosts that will do it."""
     drive = plan.drive
     leaf = plan.chain[-1]
     return Journal(
@@ -64,14 +68,18 @@ def new_journal(plan: DiskPlan, options: dict[str, Any], address: str) -> Journa
         snapshot_volume=str(uuid.uuid4()),
         merge_job=str(uuid.uuid4()),
         options=dict(options),
-        address=address,
+        spm_address=spm.address,
+        vm_address=vm_address,
+        hosts=list(hosts),
+        spm_id=spm.spm_id,
+        spm_lver=spm.lver,
     )
 
 
 def execute(ctx: MoveContext, *, resume: bool) -> str:
     """Run (or resume) one move to its end; a one-line outcome, or a CliError to exit with."""
     if resume:
-        return recover(ctx, cause=None, interrupted=False)
+        return recover(ctx, cause=None, interrupted=False, find_spm=True)
     try:
         forward(ctx)
         return finished(ctx)
@@ -100,10 +108,15 @@ def rollback(ctx: MoveContext) -> None:
         ctx.run_step(step, TITLES[step], ROLLBACK_ACTIONS[step])
 
 
-def recover(ctx: MoveContext, *, cause: str | None, interrupted: bool) -> str:
-    """Finish or undo the move from wherever it stopped, deciding from the real state."""
+def recover(
+    ctx: MoveContext, *, cause: str | None, interrupted: bool, find_spm: bool = False
+) -> str:
+    """Finish or undo the move from wherever it stopped, deciding from the real state.
+    ``find_spm`` (a resume): first ask who is the SPM now, as it may have moved meanwhile."""
     j = ctx.journal
     try:
+        if find_spm:
+            ctx.spm.refresh()
         if j.direction == ROLLBACK and ctx.locate() == ON_DESTINATION:
             # A rollback never deletes a destination the drive runs on, so finding the drive
             # there means the pivot it gave up on completed after all: finish instead.

@@ -40,7 +40,7 @@ def create_snapshot(ctx: MoveContext) -> None:
     ctx.run_task(
         CREATE_SNAPSHOT,
         "createVolume",
-        lambda: ctx.api.create_volume(
+        lambda: ctx.spm.create_volume(
             j.src_domain,
             j.pool_id,
             j.image_id,
@@ -58,7 +58,7 @@ def snapshot(ctx: MoveContext) -> None:
     if drive is not None and drive.volume_id == j.snapshot_volume:
         return
     try:
-        ctx.api.snapshot(j.vm_id, j.src_domain, j.image_id, j.leaf, j.snapshot_volume)
+        ctx.vm_host.snapshot(j.vm_id, j.src_domain, j.image_id, j.leaf, j.snapshot_volume)
     except ApiError as e:
         raise StepFailed(f"live snapshot failed: {e.message}") from None
     ctx.issued(SNAPSHOT)
@@ -69,14 +69,14 @@ def clone(ctx: MoveContext) -> None:
     ctx.run_task(
         CLONE,
         "cloneImageStructure",
-        lambda: ctx.api.clone_structure(j.pool_id, j.src_domain, j.image_id, j.dst_domain),
+        lambda: ctx.spm.clone_structure(j.pool_id, j.src_domain, j.image_id, j.dst_domain),
     )
 
 
 def replicate(ctx: MoveContext) -> None:
     j = ctx.journal
     try:
-        ctx.api.replicate_start(
+        ctx.vm_host.replicate_start(
             j.vm_id,
             ctx.spec(j.src_domain, j.snapshot_volume),
             ctx.spec(j.dst_domain, j.snapshot_volume),
@@ -103,7 +103,7 @@ def sync(ctx: MoveContext) -> None:
     ctx.run_task(
         SYNC,
         "syncImageData",
-        lambda: ctx.api.sync_data(j.pool_id, j.src_domain, j.image_id, j.dst_domain, "INTERNAL"),
+        lambda: ctx.spm.sync_data(j.pool_id, j.src_domain, j.image_id, j.dst_domain, "INTERNAL"),
         on_status,
     )
     j.copied.setdefault("sync", 0)
@@ -116,7 +116,7 @@ def wait_ready(ctx: MoveContext) -> None:
     deadline = ctx.clock() + timeout
     missing_since: float | None = None
     last: tuple[int, int] = (0, 0)
-    poller = ctx.api.poller()
+    poller = ctx.vm_host.poller()
     while True:
         vm = ctx.vm()
         drive = ctx.drive(vm)
@@ -158,18 +158,18 @@ def pivot(ctx: MoveContext) -> None:
     dst = ctx.spec(j.dst_domain, j.snapshot_volume)
     deadline = ctx.clock() + float(j.options.get("readyTimeout") or 600)
     refused = 0
-    poller = ctx.api.poller()
+    poller = ctx.vm_host.poller()
     while True:
         started = ctx.clock()
         try:
-            ctx.api.replicate_finish(j.vm_id, src, dst)
+            ctx.vm_host.replicate_finish(j.vm_id, src, dst)
         except ApiError as e:
             if e.code == errors.ReplicationNotReady.code and ctx.clock() < deadline:
                 poller.pause()
                 continue
             if e.code == errors.DriveSwitchFailed.code and refused < PIVOT_RETRIES:
                 refused += 1  # libvirt refused; vdsmd kept the replication: try again
-                ctx.api.sleep(PIVOT_RETRY_DELAY)
+                ctx.vm_host.sleep(PIVOT_RETRY_DELAY)
                 continue
             gone = (errors.ReplicationNotInProgress.code, errors.DriveNotFound.code)
             if e.code in gone and ctx.locate() == ON_DESTINATION:
@@ -185,12 +185,12 @@ def delete_source(ctx: MoveContext) -> None:
     # A VM that is gone after a recorded pivot ran on the destination: the source is free.
     _require_on_destination(ctx, "delete the source image")
     ctx.await_recorded_task(DELETE_SOURCE, {"deleteImage"})
-    if j.image_id not in ctx.api.images(j.src_domain):
+    if j.image_id not in ctx.spm.images(j.src_domain):
         return
     ctx.run_task(
         DELETE_SOURCE,
         "deleteImage",
-        lambda: ctx.api.delete_image(j.src_domain, j.pool_id, j.image_id),
+        lambda: ctx.spm.delete_image(j.src_domain, j.pool_id, j.image_id),
     )
 
 
@@ -211,7 +211,7 @@ def delete_snapshot(ctx: MoveContext) -> None:
     ctx.run_task(
         DELETE_SNAPSHOT,
         "deleteVolume",
-        lambda: ctx.api.delete_volumes(j.dst_domain, j.pool_id, j.image_id, [j.snapshot_volume]),
+        lambda: ctx.spm.delete_volumes(j.dst_domain, j.pool_id, j.image_id, [j.snapshot_volume]),
     )
 
 

@@ -13,6 +13,14 @@ killed client never blocks the ``--resume`` that follows it.
 
 ``history.jsonl`` keeps the summary of every finished move: its measured rate is what
 ``--dry-run`` bases its time estimate on.
+
+Version 2 records the two roles of a move (docs/contract.md §1) apart: the SPM's address, host
+id and lease version (``spmAddress``, ``spmId``, ``spmLver``), the VM host's address
+(``vmAddress``), every host the SPM may be looked for on after a failover (``hosts``), and the
+lease version each task was submitted under (``taskLvers``), which tells a task that ended with
+a dead SPM from one that merely ended. A version-1 journal (one vdsmd, ``address``) is
+converted on load: it was written by a single-host move, so that host plays both roles, and a
+note says so. Any other version is refused, naming it; nothing is guessed.
 """
 
 from __future__ import annotations
@@ -29,7 +37,8 @@ from typing import Any
 
 from vdsm_cli.errors import CliError
 
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2
+NO_SPM = -1  # spmId / spmLver not known (yet): VDSM's value for "no SPM"
 FORWARD = "forward"  # moving towards the destination
 ROLLBACK = "rollback"  # undoing, back to the source
 HISTORY = "history.jsonl"
@@ -63,10 +72,16 @@ class Journal:
     snapshot_volume: str  # chosen before it is created, so a crash can never lose it
     merge_job: str  # the live merge's job id on the destination, chosen up front too
     options: dict[str, Any]  # keepSource, merge, bandwidth, copyMode, readyTimeout
-    address: str  # the vdsmd this move talks to
+    spm_address: str  # the pool's SPM, HOST:PORT: createVolume, clone, sync, deletes, tasks
+    vm_address: str  # the VM's host: snapshot, diskReplicateStart/Finish, merge, VM stats
+    hosts: list[str] = field(default_factory=list)  # where to look for the SPM after a failover
+    spm_id: int = NO_SPM  # the SPM's host id when last seen (sanlock's lease owner)
+    spm_lver: int = NO_SPM  # the SPM lease's version when last seen: +1 on every new SPM
     direction: str = FORWARD
     step: str = ""  # the step persisted before it runs (FORWARD or ROLLBACK list)
     tasks: dict[str, str] = field(default_factory=dict)  # step → vdsmd task id
+    # step → spmLver its task was submitted under: a later SPM (another lver) rolled it back.
+    task_lvers: dict[str, int] = field(default_factory=dict)
     done: list[str] = field(default_factory=list)  # steps finished, in order
     seconds: dict[str, float] = field(default_factory=dict)  # step → time it took
     copied: dict[str, int] = field(default_factory=dict)  # sync, mirror, merge: bytes copied
@@ -88,15 +103,47 @@ class Journal:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Journal:
+        """The journal of ``data``: version 2 as is, version 1 converted; ValueError for
+        anything else (another version, unknown keys)."""
+        version = data.get("version")
+        if version == 1:
+            data = _from_version_1(data)
+        elif version != JOURNAL_VERSION:
+            what = "no version" if version is None else f"version {version!r}"
+            if isinstance(version, int) and version > JOURNAL_VERSION:
+                what += ", written by a newer vdsClient: resume it with that one"
+            raise ValueError(
+                f"not a move journal this vdsClient can read ({what}; it reads versions 1 "
+                f"and {JOURNAL_VERSION})"
+            )
         names = {f.name for f in dataclasses.fields(cls)}
         values = {_field_name(k): v for k, v in data.items()}
         unknown = set(values) - names
-        if unknown or values.get("version") != JOURNAL_VERSION:
+        if unknown:
             raise ValueError(
-                f"not a version-{JOURNAL_VERSION} move journal (version "
-                f"{values.get('version')!r}, unknown keys {sorted(unknown)})"
+                f"not a version-{JOURNAL_VERSION} move journal (unknown keys {sorted(unknown)})"
             )
         return cls(**values)
+
+
+def _from_version_1(data: dict[str, Any]) -> dict[str, Any]:
+    """A version-1 journal as version 2. Version 1 knew one vdsmd (``address``), which was
+    both the SPM and the VM's host; its SPM's id and lver were never recorded (NO_SPM), so no
+    task of it counts as submitted under another SPM: they are looked up as before."""
+    old = dict(data)
+    address = old.pop("address", None)
+    if not isinstance(address, str) or not address:
+        raise ValueError("a version-1 move journal without its vdsmd address")
+    notes = list(old.get("notes") or [])
+    notes.append(f"converted from a version-1 journal: {address} is both the SPM and the VM host")
+    return {
+        **old,
+        "spmAddress": address,
+        "vmAddress": address,
+        "hosts": [address],
+        "notes": notes,
+        "version": JOURNAL_VERSION,
+    }
 
 
 # On disk, ids are spelt as VDSM spells them; every other field is plain camelCase.

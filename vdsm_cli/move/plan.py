@@ -1,9 +1,15 @@
 """Pre-flight of a disk move, and its plan: what will happen, to what, and about how long.
 
-Every check goes through the API (as an engine would) and runs before anything is touched:
+Every check goes through the API (as an engine would) and runs before anything is touched. The
+VM checks ask the VM's host, the storage checks the pool's SPM (:mod:`vdsm_cli.move.hosts`
+found both):
 
-- the VM is on this host and Up, and the image is attached to it;
+- the VM is on its host and Up, and the image is attached to it;
 - the destination domain is in the drive's pool (getStoragePoolInfo's dominfo);
+- the VM's host and the SPM have both joined the destination domain's lockspace (repoStats:
+  ``acquired``): the VM's QEMU holds the mirror's destination leaf lease, the SPM's tasks hold
+  the leases of the volumes they make and fill. A join under way (a few io_timeouts after
+  connectStoragePool or attachStorageDomain) is waited for, up to JOIN_WAIT seconds;
 - no block job runs on the drive (a replication or a merge shows in getVmStats blockJobs),
   and no journal records another move of it;
 - the image is not already in the destination domain;
@@ -16,12 +22,14 @@ raised. A disk already on the destination is not an error: the plan says so (not
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from vdsm import errors
 from vdsm_cli.api import Drive, Vdsm, VmView
 from vdsm_cli.errors import ApiError, CliError
+from vdsm_cli.move.hosts import SpmVdsm
 from vdsm_cli.move.steps import MERGE, SYNC, TITLES, WAIT_READY, forward_steps
 from vdsm_cli.progress import human_bytes, human_duration
 
@@ -30,6 +38,11 @@ SPACE_FACTOR = 1.1  # qcow2 metadata and the mirror's dirty rewrites, on top of 
 SPACE_OVERHEAD = 64 * MIB
 ASSUMED_RATE = 100 * MIB  # bytes/s, for an estimate before any move was measured
 STEP_OVERHEAD = 0.5  # seconds each step costs besides its data: calls, task polling
+# Seconds to wait for a host's join of the destination's lockspace that is under way: about 3
+# io_timeouts (30 s at vdsm's production io_timeout of 10), and repoStats sees it at the next
+# check of the domain monitor (every 10 s by default).
+JOIN_WAIT = 60.0
+JOIN_POLL = 0.5
 
 
 class Refused(CliError):
@@ -54,6 +67,10 @@ class DiskPlan:
     free: int = 0
     keep_source: bool = False
     merge: bool = True
+    spm_address: str = ""  # the hosts that do the move: the pool's SPM...
+    spm_id: int = -1
+    spm_lver: int = -1
+    vm_address: str = ""  # ...and the VM's host
 
     @property
     def already_there(self) -> bool:
@@ -79,6 +96,7 @@ class DiskPlan:
 
 
 def running_vm(api: Vdsm, vm_id: str) -> VmView:
+    """The VM, from its host ``api``; Refused unless it runs there and is Up."""
     try:
         vm = api.vm(vm_id)
     except ApiError as e:
@@ -98,20 +116,64 @@ def attached_drive(vm: VmView, image_id: str) -> Drive:
     return drive
 
 
+def check_joined(
+    api: Vdsm, role: str, domain: str, note: Callable[[str], None] | None = None
+) -> None:
+    """Refused unless the host ``api`` (playing ``role``) has joined ``domain``'s lockspace
+    (repoStats: acquired). A join under way is waited for, up to JOIN_WAIT seconds; a domain
+    the host does not monitor at all is refused at once: it is not connected to it."""
+    deadline: float | None = None
+    while True:
+        entry = api.repo_stats().get(domain)
+        if entry is None:
+            raise Refused(
+                f"the {role} {api.address} has not joined the lockspace of destination domain "
+                f"{domain}: it does not monitor the domain (repoStats does not list it). "
+                "Connect that host to the pool's storage (connectStorageServer, "
+                "connectStoragePool) first"
+            )
+        if entry.get("acquired"):
+            return
+        now = api.clock()
+        if deadline is None:
+            deadline = now + JOIN_WAIT
+            if note is not None:
+                note(
+                    f"the {role} {api.address} is joining the lockspace of domain {domain}: "
+                    f"waiting up to {JOIN_WAIT:g}s"
+                )
+        elif now >= deadline:
+            state = "valid" if entry.get("valid") else f"invalid: {entry.get('error') or '?'}"
+            raise Refused(
+                f"the {role} {api.address} has not joined the lockspace of destination domain "
+                f"{domain} after {JOIN_WAIT:g}s (repoStats: acquired false, {state})"
+            )
+        api.sleep(JOIN_POLL)
+
+
 def preflight(
-    api: Vdsm,
+    spm: SpmVdsm,
+    vm_host: Vdsm,
     vm: VmView,
     drive: Drive,
     dst_domain: str,
     *,
     keep_source: bool,
     merge: bool,
+    note: Callable[[str], None] | None = None,
 ) -> DiskPlan:
-    """Check one disk; its plan, or Refused. The journal check is the caller's (it holds
-    the disk's lock)."""
-    plan = DiskPlan(vm.vm_id, drive, dst_domain, keep_source=keep_source, merge=merge)
+    """Check one disk (``vm`` from ``vm_host``, the storage from ``spm``); its plan, or
+    Refused. The journal check is the caller's (it holds the disk's lock)."""
+    hosts: dict[str, Any] = {
+        "vm_address": vm_host.address,
+        "spm_address": spm.address,
+        "spm_id": spm.view.spm_id,
+        "spm_lver": spm.view.lver,
+    }
+    plan = DiskPlan(vm.vm_id, drive, dst_domain, keep_source=keep_source, merge=merge, **hosts)
     if plan.already_there:
         return plan
+    api = spm  # the storage facts: the SPM writes them
     members = api.pool_domains(drive.pool_id)
     if dst_domain not in members:
         raise Refused(
@@ -148,8 +210,14 @@ def preflight(
         free=api.domain_free(dst_domain),
         keep_source=keep_source,
         merge=merge,
+        **hosts,
     )
     check_room([plan])
+    if vm_host.address == spm.address:
+        check_joined(vm_host, "host (the SPM and the VM's host)", dst_domain, note)
+    else:
+        check_joined(vm_host, "VM's host", dst_domain, note)
+        check_joined(spm, "SPM", dst_domain, note)
     return plan
 
 
@@ -205,6 +273,10 @@ def describe(plan: DiskPlan, rates: list[float]) -> dict[str, Any]:
         "poolID": plan.drive.pool_id,
         "srcDomainID": plan.drive.domain_id,
         "dstDomainID": plan.dst_domain,
+        "spmAddress": plan.spm_address,
+        "spmId": plan.spm_id,
+        "spmLver": plan.spm_lver,
+        "vmAddress": plan.vm_address,
         "alreadyThere": plan.already_there,
         "chain": [
             {
@@ -225,6 +297,18 @@ def describe(plan: DiskPlan, rates: list[float]) -> dict[str, Any]:
     }
 
 
+def host_lines(spm_address: str, vm_address: str, spm_id: int, spm_lver: int) -> list[str]:
+    """Which host does what, for the plan and the start of a move."""
+    lease = f"host id {spm_id}, lver {spm_lver}"
+    if not spm_address or spm_address == vm_address:
+        return [f"  host: {vm_address}, the SPM ({lease}) and the VM's host"] if vm_address else []
+    return [
+        f"  SPM: {spm_address} ({lease}): createVolume, cloneImageStructure, syncImageData, "
+        "deleteImage, deleteVolume, the tasks",
+        f"  VM host: {vm_address}: snapshot, diskReplicateStart/Finish, merge, the VM's stats",
+    ]
+
+
 def plan_text(plan: DiskPlan, rates: list[float]) -> str:
     d = plan.drive
     if plan.already_there:
@@ -233,6 +317,7 @@ def plan_text(plan: DiskPlan, rates: list[float]) -> str:
     lines = [
         f"move disk {d.target} of VM {plan.vm_id} (image {d.image_id})",
         f"  from domain {d.domain_id} to {plan.dst_domain} (pool {d.pool_id})",
+        *host_lines(plan.spm_address, plan.vm_address, plan.spm_id, plan.spm_lver),
         "  chain, base to leaf:",
     ]
     for v in plan.chain:

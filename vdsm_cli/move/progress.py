@@ -7,6 +7,9 @@ the result); this module measures rates and ETAs and shows them three ways:
 - on anything else: the same step lines, and a progress line at most every ``PLAIN_EVERY`` s;
 - with ``--json``: one JSON object a line, ``{"event": ...}``, for a program to follow.
 
+When a move uses several hosts (the SPM and the VM's host apart, or an SPM that moved), each step
+line says which host does it (the JSON ``step`` event always does: ``role`` and ``host``).
+
 Bytes are what has to move — allocated data, as the sync task and the mirror job count it —
 never the virtual size. The step's ETA comes from its own recent rate; the overall ETA adds the
 data the remaining steps are expected to move, at the best rate known so far.
@@ -54,6 +57,7 @@ class Reporter:
         self._drawn = False
         self._last_plain = 0.0
         self._last_done = -1
+        self._hosts: set[str] = set()  # the hosts the move has used: named when several
 
     # --- events -----------------------------------------------------------------------------
 
@@ -65,16 +69,25 @@ class Reporter:
         undo_steps: list[str],
     ) -> None:
         self.steps, self.expected, self.undo_steps = list(steps), dict(expected), undo_steps
+        self._hosts = {str(h) for h in (header.get("spmAddress"), header.get("vmAddress")) if h}
         if self.json_lines:
-            self._json({"event": "start", **header, "steps": steps})
+            shown = {k: v for k, v in header.items() if k != "hostLines"}  # text only
+            self._json({"event": "start", **shown, "steps": steps})
         else:
             self._line(str(header.get("title", "")))
+            for line in header.get("hostLines") or ():
+                self._line(str(line))
 
-    def step(self, step: str, title: str, direction: str) -> None:
+    def step(
+        self, step: str, title: str, direction: str, where: tuple[str, str] | None = None
+    ) -> None:
+        """A step starts; ``where``: (role, address) of the host that does it."""
         self._clear()
         self._step = step
         self._meter = Meter()
         self._last_done = -1
+        if where is not None:
+            self._hosts.add(where[1])  # an SPM that moved to a third host, say
         index, count = self._position(step)
         if self.json_lines:
             self._json(
@@ -85,12 +98,14 @@ class Reporter:
                     "count": count,
                     "direction": direction,
                     "title": title,
+                    **({"role": where[0], "host": where[1]} if where else {}),
                 }
             )
         else:
             undo = "undo " if step in self.undo_steps else ""
-            where = f"[{undo}{index}/{count}] " if index else ""
-            self._line(f"{where}{step}: {title}")
+            position = f"[{undo}{index}/{count}] " if index else ""
+            on = f" on the {where[0]} {where[1]}" if where and len(self._hosts) > 1 else ""
+            self._line(f"{position}{step}: {title}{on}")
 
     def progress(self, done: int, total: int) -> None:
         now = self.clock()

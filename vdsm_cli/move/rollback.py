@@ -44,7 +44,7 @@ def abort_replication(ctx: MoveContext) -> None:
     if drive.domain_id != j.src_domain:
         raise Stuck(f"will not abort: the drive already runs in domain {drive.domain_id}")
     try:
-        ctx.api.replicate_finish(j.vm_id, drive.spec(), drive.spec())
+        ctx.vm_host.replicate_finish(j.vm_id, drive.spec(), drive.spec())
     except ApiError as e:
         if e.code == errors.ReplicationError.code:
             ctx.note(f"the mirror had already ended; vdsmd cleaned it up: {e.text}")
@@ -67,13 +67,13 @@ def delete_destination(ctx: MoveContext) -> None:
     if ctx.locate() == ON_DESTINATION:
         raise Stuck("will not delete the destination: the VM's drive runs on it")
     _no_mirror(ctx)
-    if j.image_id in ctx.api.images(j.dst_domain):
+    if j.image_id in ctx.spm.images(j.dst_domain):
         ctx.run_task(
             DELETE_DESTINATION,
             "deleteImage",
-            lambda: ctx.api.delete_image(j.dst_domain, j.pool_id, j.image_id),
+            lambda: ctx.spm.delete_image(j.dst_domain, j.pool_id, j.image_id),
         )
-    if j.image_id in ctx.api.images(j.dst_domain):
+    if j.image_id in ctx.spm.images(j.dst_domain):
         raise Stuck(f"image {j.image_id} is still in destination domain {j.dst_domain}")
 
 
@@ -103,7 +103,7 @@ def unsnapshot_delete(ctx: MoveContext) -> None:
     if drive is not None and j.snapshot_volume in drive.chain:
         return  # still the active layer (noted by unsnapshot_merge)
     try:
-        info = ctx.api.volume_info(j.src_domain, j.pool_id, j.image_id, j.snapshot_volume)
+        info = ctx.spm.volume_info(j.src_domain, j.pool_id, j.image_id, j.snapshot_volume)
     except ApiError as e:
         if e.code == errors.VolumeDoesNotExist.code:
             return
@@ -119,7 +119,7 @@ def unsnapshot_delete(ctx: MoveContext) -> None:
     ctx.run_task(
         UNSNAPSHOT_DELETE,
         "deleteVolume",
-        lambda: ctx.api.delete_volumes(j.src_domain, j.pool_id, j.image_id, [j.snapshot_volume]),
+        lambda: ctx.spm.delete_volumes(j.src_domain, j.pool_id, j.image_id, [j.snapshot_volume]),
     )
 
 

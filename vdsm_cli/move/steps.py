@@ -4,8 +4,8 @@ A step name is data: the journal records it (before the step runs) and the test-
 hook names it. Forward steps go towards the destination, rollback steps back to the source;
 the names of both lists are distinct, so one name means one step. PIVOT is the point of no
 return: before it a failure rolls back to the source, after it a failure (or a resume)
-finishes towards the destination. What each step does is in :mod:`vdsm_cli.move.forward`
-and :mod:`vdsm_cli.move.rollback`.
+finishes towards the destination. Each step is the SPM's or the VM host's (``SPM_STEPS``). What
+each step does is in :mod:`vdsm_cli.move.forward` and :mod:`vdsm_cli.move.rollback`.
 """
 
 from __future__ import annotations
@@ -57,6 +57,21 @@ TITLES = {
     UNSNAPSHOT_MERGE: "merge the auto-snapshot back into its parent on the source (merge)",
     UNSNAPSHOT_DELETE: "delete the auto-snapshot volume on the source (deleteVolume)",
 }
+
+# The steps the SPM does (its verbs: createVolume, cloneImageStructure, syncImageData,
+# deleteImage, deleteVolume); the VM's host does the others (snapshot, diskReplicateStart and
+# Finish, the READY wait, merge). What the user is told runs where.
+SPM_STEPS = frozenset(
+    {
+        CREATE_SNAPSHOT,
+        CLONE,
+        SYNC,
+        DELETE_SOURCE,
+        DELETE_SNAPSHOT,
+        DELETE_DESTINATION,
+        UNSNAPSHOT_DELETE,
+    }
+)
 
 # The journal's byte counter (``copied``) each data step reports when it ends.
 BYTES_OF = {SYNC: "sync", WAIT_READY: "mirror", MERGE: "merge"}
