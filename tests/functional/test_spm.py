@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import require_command
+from tests.functional.cluster_helpers import copies_of, joined, spm_start, wait_for
 from tests.functional.daemon_helpers import VdsmdProcess, new_uuid, wait_task
 from tests.functional.storage_helpers import code, ok
 from vdsm_api.wire import BLANK_UUID
@@ -43,47 +44,9 @@ class Pool:
         return self.cluster.host(index).xmlrpc()
 
 
-def wait_for(predicate: Any, what: str, timeout: float = 60) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not {what} after {timeout:.0f} s")
-        time.sleep(0.1)
-
-
-def all_acquired(rpc: Any, domains: list[str]) -> bool:
-    stats = ok(rpc.repoStats())
-    return all(stats.get(sd, {}).get("acquired") for sd in domains)
-
-
-def spm_start(host: ClusterHost, sp: str) -> dict[str, Any]:
-    """spmStart on ``host`` and its task's end, whatever the result."""
-    task = ok(host.xmlrpc().spmStart(sp, -1, -1, -1, "false", 250, 5))["uuid"]
-    return wait_task(host.vdsmd, task, timeout=150)  # type: ignore[arg-type]
-
-
 def spm_status(host: ClusterHost, sp: str) -> dict[str, Any]:
     status: dict[str, Any] = ok(host.xmlrpc().getSpmStatus(sp))["spm_st"]
     return status
-
-
-def copies_of(task_id: str) -> list[int]:
-    """Live processes tagged with the task's id (the runner tags each qemu-img it starts)."""
-    tag = f"VDSM_TASK_ID={task_id}".encode()
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/environ", "rb") as f:
-                if tag in f.read().split(b"\0"):
-                    found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
 
 
 @pytest.fixture
@@ -115,8 +78,8 @@ def pool(tmp_path: Path) -> Iterator[Pool]:
         reply = ok(rpc2.connectStorageServer(4, sp, connections))
         assert [c["status"] for c in reply["statuslist"]] == [0, 0], reply
         ok(rpc2.connectStoragePool(sp, 2, "", sd, 1))
-        for rpc in (rpc1, rpc2):
-            wait_for(lambda rpc=rpc: all_acquired(rpc, [sd, sd2]), "joined", timeout=30)
+        hosts = list(cluster)
+        wait_for(lambda: all(joined(h, [sd, sd2]) for h in hosts), "joined", timeout=30)
         yield Pool(cluster, sp, sd, sd2, storage)
 
 
@@ -206,7 +169,7 @@ def test_spm_moves_after_spm_stop_and_a_restarted_vdsmd_rejoins_with_its_id(pool
     host2.stop_vdsmd()
     host2.start_vdsmd()
     # The restarted vdsmd rejoined its pool from its persisted connection, as host id 2.
-    wait_for(lambda: all_acquired(pool.rpc(2), [pool.sd, pool.sd2]), "rejoined", timeout=30)
+    wait_for(lambda: joined(pool.host(2), [pool.sd, pool.sd2]), "rejoined", timeout=30)
     assert f"s {pool.sd}:2:" in host2.sanlock.status()  # sanlock: lockspace sd, host id 2
 
     ok(pool.rpc(1).spmStop(pool.sp))
