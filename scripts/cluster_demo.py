@@ -16,15 +16,13 @@ summary and removes everything it made.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from demo import Demo, new, step
+from demo import Demo, new, run, step
 
 from vdsm_cli.api import Vdsm
 from vdsm_cli.errors import CliError
@@ -152,6 +150,15 @@ class ClusterDemo(Demo):
         if self.vm_host.vm(self.vm_id or "").stats["status"] != "Up":
             raise SystemExit("the VM stopped")
 
+    def steps(self) -> list[Callable[[], None]]:
+        return [*super().steps(), self.failover]
+
+    cleanup_text = "the VM, both hosts' daemons, the temporary directory"
+    summary = (
+        "the disk moved across domains with the SPM on another host and no lost write; "
+        "host 2 took the SPM role over."
+    )
+
     def cleanup(self) -> None:
         if self.vm_id and self._vm_api is not None:
             try:
@@ -163,28 +170,7 @@ class ClusterDemo(Demo):
 
 
 def main() -> int:
-    started = time.monotonic()
-    root = Path(tempfile.mkdtemp(prefix="vdsm-cluster-demo-"))
-    os.environ["VDSM_MOVE_STATE_DIR"] = str(root / "moves")
-    demo = ClusterDemo(root)
-    try:
-        demo.start_vdsmd()
-        demo.build_storage()
-        demo.boot_guest()
-        demo.move()
-        demo.verify()
-        demo.failover()
-    except CliError as e:
-        raise SystemExit(e.message) from None
-    finally:
-        step("Cleaning up: the VM, both hosts' daemons, the temporary directory")
-        demo.cleanup()
-        shutil.rmtree(root, ignore_errors=True)
-    print(
-        f"\nCluster demo finished in {time.monotonic() - started:.0f} s: the disk moved across "
-        "domains with the SPM on another host and no lost write; host 2 took the SPM role over."
-    )
-    return 0
+    return run(ClusterDemo, "vdsm-cluster-demo-")
 
 
 if __name__ == "__main__":

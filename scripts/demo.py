@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from vdsm.storage import qemuimg, runner
@@ -229,29 +230,35 @@ class Demo:
             self.daemon.stop()
         leave_lockspaces([self.root])  # sanlock would renew them after the directory is gone
 
+    def steps(self) -> list[Callable[[], None]]:
+        return [self.start_vdsmd, self.build_storage, self.boot_guest, self.move, self.verify]
 
-def main() -> int:
+    cleanup_text = "destroying the VM, stopping vdsmd, removing the temporary directory"
+    summary = "the running VM's disk moved between storage domains with no lost write."
+
+
+def run(make: Callable[[Path], Demo], prefix: str) -> int:
+    """Run a demo's steps in a fresh temporary directory, clean up whatever happened, and
+    print how long it took."""
     started = time.monotonic()
-    root = Path(tempfile.mkdtemp(prefix="vdsm-demo-"))
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     os.environ["VDSM_MOVE_STATE_DIR"] = str(root / "moves")
-    demo = Demo(root)
+    demo = make(root)
     try:
-        demo.start_vdsmd()
-        demo.build_storage()
-        demo.boot_guest()
-        demo.move()
-        demo.verify()
+        for action in demo.steps():
+            action()
     except CliError as e:  # vdsmd refused a verb, or a task failed: its own message
         raise SystemExit(e.message) from None
     finally:
-        step("Cleaning up: destroying the VM, stopping vdsmd, removing the temporary directory")
+        step(f"Cleaning up: {demo.cleanup_text}")
         demo.cleanup()
         shutil.rmtree(root, ignore_errors=True)
-    print(
-        f"\nDemo finished in {time.monotonic() - started:.0f} s: the running VM's disk moved "
-        "between storage domains with no lost write."
-    )
+    print(f"\nDemo finished in {time.monotonic() - started:.0f} s: {demo.summary}")
     return 0
+
+
+def main() -> int:
+    return run(Demo, "vdsm-demo-")
 
 
 if __name__ == "__main__":

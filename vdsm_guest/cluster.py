@@ -230,19 +230,7 @@ class ClusterHost:
         return list(found)
 
     def _marked(self) -> list[int]:
-        mark = f"{HOST_ENV}={self.mark[HOST_ENV]}".encode()
-        found = []
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                with open(f"/proc/{entry.name}/environ", "rb") as f:
-                    environ = f.read()
-            except OSError:
-                continue  # gone meanwhile (a zombie reads as empty)
-            if mark in environ.split(b"\0"):
-                found.append(int(entry.name))
-        return found
+        return processes_with_env(HOST_ENV, self.mark[HOST_ENV])
 
     @property
     def alive(self) -> bool:
@@ -402,6 +390,24 @@ class Cluster:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def processes_with_env(name: str, value: str) -> list[int]:
+    """Live processes whose environment has ``name=value`` (a host's mark; the task id the
+    runner gives each qemu-img it starts)."""
+    mark = f"{name}={value}".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:
+            continue  # gone meanwhile (a zombie reads as empty)
+        if mark in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
 
 
 def _each(hosts: Iterable[ClusterHost], action: Callable[[ClusterHost], None]) -> None:

@@ -11,7 +11,6 @@ by the SPM; VMs are started on host 2 unless told otherwise.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -23,7 +22,8 @@ from tests.conftest import require_command
 from tests.functional.daemon_helpers import VdsmdProcess, new_uuid, wait_task
 from tests.functional.mover import Mover, prefill
 from tests.functional.storage_helpers import ok
-from vdsm_guest.cluster import Cluster, ClusterHost
+from vdsm.storage.runner import TASK_ID_ENV
+from vdsm_guest.cluster import Cluster, ClusterHost, processes_with_env
 
 GiB = 1024**3
 
@@ -57,18 +57,7 @@ def spm_start(host: ClusterHost, sp: str) -> dict[str, Any]:
 
 def copies_of(task_id: str) -> list[int]:
     """Live processes tagged with the task's id (the runner tags each qemu-img it starts)."""
-    tag = f"VDSM_TASK_ID={task_id}".encode()
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/environ", "rb") as f:
-                if tag in f.read().split(b"\0"):
-                    found.append(int(entry.name))
-        except OSError:
-            continue
-    return found
+    return processes_with_env(TASK_ID_ENV, task_id)
 
 
 def qemu_pid(host: ClusterHost, vm_id: str) -> int:

@@ -14,17 +14,22 @@ from tests.functional.daemon_helpers import REPO
 pytestmark = pytest.mark.libvirt
 
 
-def test_demo_moves_the_disk_with_no_lost_write() -> None:
+def run_demo(script: str) -> str:
+    """Run one of the demos as `make` would; its output, once it succeeded."""
     require_command("qemu-img")
     proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "demo.py")],
+        [sys.executable, str(REPO / "scripts" / script)],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    out = proc.stdout
+    return proc.stdout
+
+
+def test_demo_moves_the_disk_with_no_lost_write() -> None:
+    out = run_demo("demo.py")
     assert "moved in" in out and "time in pivot" in out
     assert "acknowledged writes present" in out
     assert out.count(": identical") == 2
@@ -33,16 +38,7 @@ def test_demo_moves_the_disk_with_no_lost_write() -> None:
 
 @pytest.mark.slow  # it waits out sanlock's dead-host delay (about 70 s) on purpose
 def test_cluster_demo_moves_across_hosts_and_fails_over() -> None:
-    require_command("qemu-img")
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "cluster_demo.py")],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    out = proc.stdout
+    out = run_demo("cluster_demo.py")
     assert "on the SPM 127.0.0.2" in out and "on the VM host 127.0.0.3" in out
     assert "acknowledged writes present" in out and out.count(": identical") == 2
     assert "held by pid" in out  # host 2's QEMU holds the disk's lease
