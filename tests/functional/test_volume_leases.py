@@ -10,12 +10,14 @@ restarted: the three must agree again.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sanlock
 from lxml import etree
 
 from tests.functional import lease_helpers
@@ -242,3 +244,39 @@ def test_a_volume_made_before_leases_gets_its_lease(leased_vms: VmFixture, tmp_p
     vm_id = vms.start()
     assert held_by(qemu_pid(vm_id)) == {(st.sd, vms.leaf)}
     assert lease_file.stat().st_size > 0
+
+
+def test_replicate_refused_while_another_holds_the_destination_lease(
+    leased_vms: VmFixture, tmp_path: Path
+) -> None:
+    """diskReplicateStart takes the destination leaf's lease before the mirror writes to it:
+    held by another process (here the test itself, through the machine's sanlock daemon), it
+    answers 55 with sanlock's reason and starts nothing; once free, the same call works."""
+    vms = leased_vms
+    st = vms.storage
+    vm_id = vms.start()
+    qemu = qemu_pid(vm_id)
+    m = Migration(vms, vm_id)
+    snap = m.live_snapshot()
+    m.clone()
+    lease_file = tmp_path / "dst" / st.sd2 / "images" / vms.img / f"{snap}.lease"
+    deadline = time.monotonic() + 30  # the destination's lockspace joined (attached last)
+    while not ok(m.rpc.repoStats()).get(st.sd2, {}).get("acquired"):
+        assert time.monotonic() < deadline, "the destination's lockspace not joined"
+        time.sleep(0.1)
+    fd = sanlock.register()
+    try:
+        sanlock.acquire(st.sd2.encode(), snap.encode(), [(str(lease_file), 0)], slkfd=fd)
+        src, dst = m.disk(st.sd, snap), m.disk(st.sd2, snap)
+        reply = m.rpc.diskReplicateStart(vm_id, src, dst)
+        assert code(reply) == 55, reply
+        message = reply["status"]["message"]
+        assert f"lease of volume {snap}" in message and "acquire lock" in message, message
+        assert held_by(qemu) == {(st.sd, snap)} == xml_leases(vm_id)
+        assert vms.stats(vm_id)["blockJobs"] == {}
+        sanlock.release(st.sd2.encode(), snap.encode(), [(str(lease_file), 0)], slkfd=fd)
+    finally:
+        os.close(fd)
+    ok(m.rpc.diskReplicateStart(vm_id, src, dst))
+    assert held_by(qemu) == {(st.sd, snap), (st.sd2, snap)}
+    m.finish_when_ready(src, src)
