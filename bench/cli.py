@@ -29,6 +29,7 @@ from bench.env import Env
 from bench.measures import (
     convergence,
     guest_impact,
+    hosts,
     overhead,
     pivot,
     scale,
@@ -50,6 +51,7 @@ MEASURES: dict[str, Callable[[Context], dict[str, Any]]] = {
     "scale": scale.run,
     "tuning": tuning.run,
     "spm": spm.run,
+    "hosts": hosts.run,
 }
 DEFAULT_OUT = REPO / "bench" / "results"
 DOCS = REPO / "docs" / "benchmarks.md"
@@ -59,7 +61,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
         description="Benchmark vdsm's live storage migration against qemu-img/dd, side by side, "
-        "and its SPM lease and failover on two hosts.",
+        "its SPM lease and failover on two hosts, and moves across two hosts with their "
+        "volume leases.",
     )
     parser.add_argument(
         "--data-gib",

@@ -14,6 +14,11 @@
 
 "control" steps move no guest data: their sum is the orchestration overhead. Waits poll every
 ``bench.daemon.POLL`` seconds (20 ms: the client's interval).
+
+The storage verbs (createVolume, cloneImageStructure, syncImageData, deleteImage, deleteVolume
+and their task waits) go to the pool's SPM, the VM verbs (snapshot, diskReplicateStart/Finish,
+merge, getVmStats) to the VM's host: one vdsmd for both, or two (``vm_client``) when the VM runs
+on another host than the SPM, as docs/design.md says of moves across hosts.
 """
 
 from __future__ import annotations
@@ -126,11 +131,14 @@ def move_disk(
     ready_timeout: float = 600.0,
     before_pivot: Callable[[], None] | None = None,
     on_step: Callable[[str], None] | None = None,
+    vm_client: Vdsm | None = None,
 ) -> Move:
     """Move ``chain`` (the disk of ``vm_id``) to ``dst_sd``; on success ``chain.sd`` is
-    ``dst_sd``. ``before_pivot`` runs once the mirror is READY (untimed), e.g. to let a
-    writer reach a steady state. Raises NotReady when the mirror is not READY in time (the
+    ``dst_sd``. ``client`` is the SPM's vdsmd, ``vm_client`` the VM's host's (by default the
+    same). ``before_pivot`` runs once the mirror is READY (untimed), e.g. to let a writer
+    reach a steady state. Raises NotReady when the mirror is not READY in time (the
     replication is left running: call :func:`abort`)."""
+    vm = client if vm_client is None else vm_client
     sp, src_sd, img = chain.sp, chain.sd, chain.img
     move = Move(copy_mode=copy_mode, started=time.monotonic())
     timer = _Timer(move, on_step)
@@ -150,7 +158,7 @@ def move_disk(
                 ),
             ),
         )
-        timer.step("snapshot", lambda: client.snapshot(vm_id, src_sd, img, leaf, snap))
+        timer.step("snapshot", lambda: vm.snapshot(vm_id, src_sd, img, leaf, snap))
         active = snap
     else:
         active = leaf
@@ -160,12 +168,12 @@ def move_disk(
         "clone",
         lambda: task("cloneImageStructure", client.clone_structure(sp, src_sd, img, dst_sd)),
     )
-    timer.step("replicate", lambda: client.replicate_start(vm_id, src, dst, copy_mode, bandwidth))
+    timer.step("replicate", lambda: vm.replicate_start(vm_id, src, dst, copy_mode, bandwidth))
     timer.step("sync", lambda: task("syncImageData", client.sync_data(sp, src_sd, img, dst_sd)))
-    timer.step("wait_ready", lambda: wait_ready(client, vm_id, ready_timeout))
+    timer.step("wait_ready", lambda: wait_ready(vm, vm_id, ready_timeout))
     if before_pivot is not None:
         before_pivot()
-    timer.step("pivot", lambda: _pivot(client, vm_id, src, dst))
+    timer.step("pivot", lambda: _pivot(vm, vm_id, src, dst))
     chain.sd = dst_sd
     if cleanup:
         timer.step(
@@ -173,7 +181,7 @@ def move_disk(
         )
     if snapshot and cleanup:
         drive = disk_spec(dst_sd, sp, img, snap)
-        timer.step("merge", lambda: _merge(client, vm_id, drive, leaf, snap))
+        timer.step("merge", lambda: _merge(vm, vm_id, drive, leaf, snap))
         timer.step(
             "delete_snapshot",
             lambda: task("deleteVolume", client.delete_volumes(dst_sd, sp, img, [snap])),

@@ -200,16 +200,26 @@ def machine_intro(results: dict[str, Any]) -> list[str]:
 
 def other_machines(results: dict[str, Any]) -> list[str]:
     """The machine of each composed run whose machine is not the page's."""
+    keys = ("cpu", "cores", "kernel", "memory_gib")
     own = results.get("machine", {})
     lines = []
+    shown: list[dict[str, Any]] = []  # the runs listed so far, on machines other than the page's
     for run in (results.get("composed") or {}).get("runs", []):
         m = run.get("machine", {})
-        if not m or all(m.get(k) == own.get(k) for k in ("cpu", "cores", "kernel", "memory_gib")):
+        if not m or all(m.get(k) == own.get(k) for k in keys):
             continue
+        same = next((x for x in shown if all(x["machine"].get(k) == m.get(k) for k in keys)), None)
+        where = (
+            f"on the machine of {_section_list(results, same['sections'])} (the same CPU, "
+            "memory and kernel)"
+            if same
+            else "on another machine"
+        )
+        shown.append(run)
         fs = m.get("filesystem", {})
         lines += [
             "",
-            f"{_section_list(results, run['sections']).capitalize()}, on another machine:",
+            f"{_section_list(results, run['sections']).capitalize()}, {where}:",
             "",
             f"- CPU: {m.get('cpu')} — {m.get('cores')} cores; memory {m.get('memory_gib')} GiB",
             f"- Disk: one local disk `{fs.get('device')}`, {fs.get('fstype')} on "

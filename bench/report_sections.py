@@ -1,5 +1,6 @@
 """The "Figures" part of docs/benchmarks.md: one section of tables per measure (throughput,
-sparse disks, pivot stall, convergence, guest impact, overhead, scale, tuning, SPM failover),
+sparse disks, pivot stall, convergence, guest impact, overhead, scale, tuning, SPM failover,
+moves across hosts and their volume leases),
 each from that measure's results, plus the number formatting the whole report shares.
 bench/report.py assembles the page around it."""
 
@@ -272,6 +273,9 @@ def sections(results: dict[str, Any]) -> list[str]:
     sp_ = s.get("spm")
     if sp_ and "error" not in sp_:
         out += spm_section(sp_)
+    h = s.get("hosts")
+    if h and "error" not in h:
+        out += hosts_section(h)
     return out
 
 
@@ -376,4 +380,163 @@ def spm_section(sp: dict[str, Any]) -> list[str]:
         f"{p['first_spm_start_s']:.3g} s at io_timeout {n}" for n, p in profiles.items()
     )
     out += [f"The first spmStart of the new pool (host 1, just joined) took {firsts}.", ""]
+    return out
+
+
+# The steps of a move across hosts: where each goes, and which leases it moves (volume leases
+# on): "+" QEMU acquires (attachDeviceFlags), "−" QEMU releases (detachDeviceFlags), "SPM"
+# the SPM's vdsmd holds them for the write or the delete.
+HOSTS_STEPS = (
+    ("create_snapshot", "SPM", "— (createVolume formats the new volume's lease)"),
+    ("snapshot", "VM host", "+ the new top's, − the old top's"),
+    ("clone", "SPM", "— (the twins' leases formatted)"),
+    ("replicate", "VM host", "+ the destination leaf's"),
+    ("sync", "SPM", "SPM: the twins', while it writes them"),
+    ("wait_ready", "VM host", "—"),
+    ("pivot", "VM host", "− the source leaf's"),
+    ("delete_source", "SPM", "SPM: each deleted volume's, until it is gone"),
+    ("merge", "VM host", "+ the base's; − the merged top's when the commit ends"),
+    ("delete_snapshot", "SPM", "SPM: the deleted volume's"),
+)
+
+
+def _ms(spread: dict[str, float]) -> str:
+    """Seconds shown as "median ms (min–max)"."""
+    if not spread:
+        return "—"
+    return (
+        f"{1000 * spread['median']:.3g} ms ({1000 * spread['min']:.3g}–{1000 * spread['max']:.3g})"
+    )
+
+
+def _signed(seconds: float) -> str:
+    return f"{seconds:+.3f} s"
+
+
+def _yes(flags: dict[str, bool]) -> str:
+    return ", ".join(
+        f"{'yes' if flags.get(kind) else 'no'} ({label})"
+        for kind, label in (("same_host", "one host"), ("cross_host", "across hosts"))
+    )
+
+
+def hosts_section(h: dict[str, Any]) -> list[str]:
+    """Section 10: the same move on one host and across hosts side by side, per step; the
+    lease calls; the verbs with volume leases and without."""
+    on, off = h["with_leases"], h["without_leases"]
+    same, cross = on["kinds"]["same_host"], on["kinds"]["cross_host"]
+    diff = on["cross_minus_same_s"]
+    out = [
+        "### 10. Across hosts: the SPM on one host, the VM on another",
+        "",
+        "Two hosts on this machine (vdsm_guest/cluster.py), both running VMs, each on a "
+        "libvirtd of its own whose lock manager is sanlock on the host's own sanlock daemon: "
+        "every QEMU holds its volume leases as its host. Host 1 made the pool and is its SPM; "
+        "host 2 joined it (repoStats showed both lockspaces acquired on both hosts before any "
+        "VM started). Each host runs one VM (BIOS only, 64 MiB) on a "
+        f"{h['volumes']}-volume chain of {h['data_bytes'] / MiB:.0f} MiB allocated "
+        f"({h['virtual_bytes'] / GiB:.3g} GiB virtual); two file domains of the local disk. "
+        "**One host**: the disk of the VM on host 1 moved, every verb to host 1. **Across "
+        "hosts**: the disk of the VM on host 2 moved, the storage verbs and task waits to host "
+        "1 (the SPM), the VM verbs to host 2. Each disk moved back and forth "
+        f"{h['repeat']} time{'s' if h['repeat'] != 1 else ''} with volume leases on (the "
+        "default; in the blocks described below, each beginning with one untimed move per "
+        "disk), the two kinds alternating (each round in the other order than the last); "
+        "median (min–max) per step, as the client saw it (polling every 20 ms):",
+        "",
+        "| step | across hosts, sent to | one host | across hosts | difference of medians |",
+        "|---|---|---|---|---|",
+    ]
+    for name, where, _ in HOSTS_STEPS:
+        out.append(
+            f"| {name} | {where} | {fmt_spread(same['steps_s'][name])} | "
+            f"{fmt_spread(cross['steps_s'][name])} | {_signed(diff[name])} |"
+        )
+    out += [
+        f"| non-copy steps together | | {fmt_spread(same['control_s'])} | "
+        f"{fmt_spread(cross['control_s'])} | {_signed(diff['control'])} |",
+        f"| **whole move** | | **{fmt_spread(same['total_s'])}** | "
+        f"**{fmt_spread(cross['total_s'])}** | **{_signed(diff['total'])}** |",
+        "",
+        "After the moves, each VM's host's sanlock daemon listed the lease of the disk's top "
+        f"volume held: {_yes(on['top_lease_held_after'])}.",
+        "",
+    ]
+    calls = h["lease_calls"]
+    hosts = calls["hosts"]
+    out += [
+        "The lease calls themselves: the lease of a spare volume (no other writer) attached to "
+        "and detached from each running VM on its host's libvirt, "
+        f"{calls['lease_ops']} times per VM, each call timed; XMLDesc is what vdsm reads "
+        "before each attach (the leases the VM holds already):",
+        "",
+        "| libvirt call on a running VM | " + " | ".join(f"host {n}" for n in hosts) + " | all |",
+        "|---|" + "---|" * (len(hosts) + 1),
+    ]
+    for op, label in (
+        ("attach", "`attachDeviceFlags(<lease>, VIR_DOMAIN_AFFECT_LIVE)`: sanlock acquires it "
+         "for QEMU"),
+        ("detach", "`detachDeviceFlags(<lease>, VIR_DOMAIN_AFFECT_LIVE)`: released"),
+        ("xmldesc", "`XMLDesc(0)`"),
+    ):  # fmt: skip
+        cells = " | ".join(_ms(x[f"{op}_s"]) for x in hosts.values())
+        out.append(f"| {label} | {cells} | {_ms(calls[f'{op}_s'])} |")
+    checks = ", ".join(
+        f"host {n}: {'yes' if x['held_after_attach'] else 'no'} / "
+        f"{'yes' if x['free_after_detach'] else 'no'}"
+        for n, x in hosts.items()
+    )
+    out += [
+        "",
+        "Listed held by the host's sanlock daemon after the first attach / free after the last "
+        f"detach: {checks}.",
+        "",
+    ]
+    off_same, off_cross = off["kinds"]["same_host"], off["kinds"]["cross_host"]
+    cost = h["lease_cost_s"]
+    out += [
+        "The verbs with volume leases and without: the same moves of the same disks with both "
+        "vdsmds started with `--no-volume-leases`, in blocks one after the other: leases "
+        + ", ".join(
+            f"{setting} for {rounds} round{'s' if rounds != 1 else ''}"
+            for setting, rounds in h["blocks"]
+        )
+        + ". Between two blocks the VMs were destroyed, both vdsmds "
+        "restarted with the other setting ("
+        + ", ".join(f"{x:.3g} s" for x in h["restarts_s"])
+        + "; their sanlock daemons kept the lockspaces, host 1 started the SPM again) and the "
+        "VMs started again, each block beginning with one untimed move per disk. "
+        "Medians, seconds. The storage verbs are tasks, seen through the client's 20 ms polls: "
+        "their times come in steps of about 20 ms, so a difference of one step there is a "
+        "task that ended just before or just after a poll (the merge too is waited for by "
+        "polling getVmStats); snapshot, replicate and pivot are single calls, timed as they "
+        "return:",
+        "",
+        "| step | leases it moves | one host: on | off | on − off | across hosts: on | off | "
+        "on − off |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def med(kind: dict[str, Any], name: str) -> str:
+        figures = kind["steps_s"][name] if name in kind["steps_s"] else kind[f"{name}_s"]
+        return f"{figures['median']:.3g}"
+
+    rows = [(name, name, moved) for name, _, moved in HOSTS_STEPS]
+    rows += [
+        ("vm_verbs", "the VM verbs together (snapshot, replicate, pivot, merge)", "3 +, 3 −"),
+        ("control", "non-copy steps together", ""),
+        ("total", "**whole move**", ""),
+    ]
+    for name, label, moved in rows:
+        out.append(
+            f"| {label} | {moved} | {med(same, name)} | {med(off_same, name)} | "
+            f"{_signed(cost['same_host'][name])} | {med(cross, name)} | "
+            f"{med(off_cross, name)} | {_signed(cost['cross_host'][name])} |"
+        )
+    out += [
+        "",
+        "Without leases, the top volume's lease was listed held after the moves: "
+        f"{_yes(off['top_lease_held_after'])}.",
+        "",
+    ]
     return out

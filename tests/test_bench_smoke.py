@@ -27,6 +27,7 @@ SECTIONS = {
     "scale",
     "tuning",
     "spm",
+    "hosts",
 }
 
 
@@ -55,6 +56,13 @@ def test_smoke_run_produces_every_section(tmp_path: Path) -> None:
     assert results["sections"]["throughput"]["plot"]["vdsm"], "no throughput samples"
     assert (out / "smoke-throughput.svg").read_text().startswith("<svg")
     assert (out / "smoke-growth.svg").exists()
+    # Across hosts, the leases were really in play: held by the VMs' QEMUs with volume leases
+    # on, not without, and each attached lease listed held by its host's sanlock daemon.
+    hosts = results["sections"]["hosts"]
+    assert all(hosts["with_leases"]["top_lease_held_after"].values()), hosts["with_leases"]
+    assert not any(hosts["without_leases"]["top_lease_held_after"].values())
+    for host in hosts["lease_calls"]["hosts"].values():
+        assert host["held_after_attach"] and host["free_after_detach"], host
     # Everything it made is gone: no VM, no disk, no daemon.
     assert list(work.iterdir()) == []
     running = subprocess.run(
