@@ -54,6 +54,10 @@ class RecordingTask:
         if self._on_rollback is not None:
             self._on_rollback(len(self.rollbacks))
 
+    def replace_rollback(self, name: str, args: Mapping[str, Any]) -> None:
+        assert name in rollback_steps.table()
+        self.rollbacks[:] = [(name, json.loads(json.dumps(args)))]
+
     def set_progress(
         self, percent: float, *, done_bytes: int | None = None, total_bytes: int | None = None
     ) -> None:

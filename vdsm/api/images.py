@@ -1,12 +1,14 @@
-"""Image verbs: delete (task), prepare, teardown, and the SPM half of live storage migration:
-cloneImageStructure and syncImageData (tasks)."""
+"""Image verbs: delete (task), prepare, teardown, the SPM half of live storage migration:
+cloneImageStructure and syncImageData (tasks), and the offline moves: moveImage and
+copyImage (tasks)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from vdsm.errors import ImageDoesNotExistInSD
-from vdsm.storage import image, image_copy
+from vdsm.storage import image, image_copy, image_move
+from vdsm.storage.constants import BLANK_UUID
 from vdsm.storage.host_storage import HostStorage
 from vdsm.storage.resource_locks import exclusive_image
 from vdsm.storage.rollback_steps import REMOVE_IMAGE
@@ -104,3 +106,95 @@ class ImagesAPI:
         return self._tasks.submit(
             "syncImageData", job, tasks_dir=pool.master.tasks_dir, is_copy=True
         )
+
+    # --- offline moves (contract §4) ----------------------------------------------------------
+
+    def move(
+        self,
+        img_uuid: str,
+        sp_uuid: str,
+        sd_uuid: str,
+        dst_sd_uuid: str,
+        operation: str,
+        post_zero: bool,
+        force: bool,
+        discard: bool = False,
+        vm_uuid: str = "",
+    ) -> str:
+        """moveImage: ``vm_uuid`` (legacy) and ``discard`` are accepted and unused, as in
+        VDSM on file domains."""
+        pool = self._storage.spm_pool(sp_uuid)
+        src, dst = pool.domain(sd_uuid), pool.domain(dst_sd_uuid)
+        op, _ = image_move.check_move(src, dst, img_uuid, operation, force)
+
+        def job(ctx: TaskContext) -> None:
+            with self._storage.locks.hold(image_move.move_lock_requests(src, dst, img_uuid, op)):
+                image_move.move_image(
+                    src,
+                    dst,
+                    img_uuid,
+                    op,
+                    ctx,
+                    leases=self._storage.leases,
+                    post_zero=post_zero,
+                    force=force,
+                    rate_limit=self._copy_rate_limit,
+                )
+
+        return self._tasks.submit("moveImage", job, tasks_dir=pool.master.tasks_dir, is_copy=True)
+
+    def copy(
+        self,
+        vol_uuid: str,
+        sp_uuid: str,
+        sd_uuid: str,
+        img_uuid: str,
+        dst_sd_uuid: str,
+        dst_img_uuid: str,
+        dst_vol_uuid: str,
+        description: str,
+        vol_type: str,
+        vol_format: str,
+        preallocate: str,
+        post_zero: bool,
+        force: bool,
+        discard: bool = False,
+        vm_uuid: str = "",
+    ) -> str:
+        """copyImage: a blank ``dst_sd_uuid`` is the source domain; ``vm_uuid`` (legacy) and
+        ``discard`` are accepted and unused, as in VDSM on file domains."""
+        pool = self._storage.spm_pool(sp_uuid)
+        src = pool.domain(sd_uuid)
+        dst = src if dst_sd_uuid == BLANK_UUID else pool.domain(dst_sd_uuid)
+
+        def plan() -> image_move.CollapsedCopy:
+            return image_move.check_copy(
+                src,
+                dst,
+                img_uuid,
+                vol_uuid,
+                dst_img_uuid,
+                dst_vol_uuid,
+                vol_type=vol_type,
+                vol_format=vol_format,
+                preallocate=preallocate,
+                force=force,
+            )
+
+        plan()
+
+        def job(ctx: TaskContext) -> None:
+            locks = image_move.copy_lock_requests(src, dst, img_uuid, dst_img_uuid)
+            with self._storage.locks.hold(locks):
+                image_move.copy_image(
+                    src,
+                    dst,
+                    plan(),
+                    ctx,
+                    description=description,
+                    leases=self._storage.leases,
+                    post_zero=post_zero,
+                    rate_limit=self._copy_rate_limit,
+                )
+
+        return self._tasks.submit("copyImage", job, tasks_dir=pool.master.tasks_dir, is_copy=True)

@@ -8,6 +8,7 @@ is reached twice, and every volume of the image is on it.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,9 @@ from vdsm.storage.domain import FileStorageDomain
 from vdsm.storage.volume import Volume
 
 log = logging.getLogger("vdsm.storage.image")
+
+# Bytes written at a time when zeroing a volume (postZero).
+_ZERO_CHUNK = 1024 * 1024
 
 
 def exists(domain: FileStorageDomain, img_uuid: str) -> bool:
@@ -92,9 +96,11 @@ def delete(
     domain: FileStorageDomain,
     img_uuid: str,
     *,
+    post_zero: bool = False,
     release_lease: Callable[[volumes.Volume], None] | None = None,
 ) -> None:
-    """Delete every volume of an image, leaf first, then its directory.
+    """Delete every volume of an image, leaf first, then its directory; with ``post_zero``,
+    each volume's data is first overwritten with zeros (:func:`zero_data`).
 
     Works on broken chains too (a half-created or half-copied image must be deletable): it
     deletes volumes that have no children, until none is left (a cycle: ImageDeleteError).
@@ -105,6 +111,9 @@ def delete(
         raise ImageDoesNotExistInSD(where)
     try:
         all_volumes = sorted(volumes.image_volumes(domain, img_uuid))
+        if post_zero:
+            for vol_uuid in all_volumes:
+                zero_data(Volume(domain, img_uuid, vol_uuid))
         for vol in volumes.leaf_first(domain, img_uuid, all_volumes):
             volumes.delete(vol, release_lease=release_lease)
         image_dir = domain.image_dir(img_uuid)
@@ -118,3 +127,39 @@ def delete(
     except (VdsmError, OSError) as e:
         raise ImageDeleteError(f"{where}: {e}") from e
     log.info("deleted %s", where)
+
+
+def zero_data(vol: Volume) -> None:
+    """Overwrite every allocated byte of a volume's data file with zeros, durably.
+
+    postZero on a file domain: VDSM only logs that file volumes are not zeroed
+    (fileSD.zeroImage) and deletes them. vdsm does what the caller asked, as far as a file
+    system allows: the ranges the file holds data in (SEEK_DATA/SEEK_HOLE; holes hold nothing)
+    are written with zeros and fsynced before the file is unlinked. A file system that writes
+    out of place (btrfs, ZFS, some NFS servers) may still keep the old blocks.
+    """
+    try:
+        fd = os.open(vol.path, os.O_RDWR)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise ImageDeleteError(f"{vol.description_for_errors}: cannot zero: {e}") from e
+    try:
+        size = os.fstat(fd).st_size
+        zeros = bytes(_ZERO_CHUNK)
+        offset = 0
+        while offset < size:
+            try:
+                start = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole is left
+                break
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            while start < end:
+                start += os.pwrite(fd, zeros[: min(_ZERO_CHUNK, end - start)], start)
+            offset = end
+        os.fsync(fd)
+    except OSError as e:
+        raise ImageDeleteError(f"{vol.description_for_errors}: cannot zero: {e}") from e
+    finally:
+        os.close(fd)
+    log.info("zeroed %s", vol.description_for_errors)

@@ -143,14 +143,14 @@ def sync_data(
     """
     mode, pairs, target = copy_plan.checked_sync(src, dst, img_uuid, sync_type)
     copies = [copy_plan.plan(s, d, target) for s, d in pairs]
-    progress = _Progress(ctx, sum(copy.size for copy in copies))
+    progress = Progress(ctx, sum(copy.size for copy in copies))
     log.info(
         "syncing %s of image %s: %d volumes, %d bytes", mode, img_uuid, len(copies), progress.total
     )
     held = leases.held([copy.dst for copy in copies], "copy into") if leases else nullcontext()
     with held:  # the twins' leases, for the whole write (none anywhere else may write them)
         for copy in copies:
-            _copy_volume(copy, ctx, progress, rate_limit)
+            copy_volume(copy, ctx, progress, rate_limit)
         _flush_all(copies)
     progress.finish()
 
@@ -163,7 +163,7 @@ def _flush_all(copies: list[VolumeCopy]) -> None:
     # an fsync after each volume). A crash before this point leaves the task unfinished, and
     # its recovery marks every twin ILLEGAL: a LEGAL twin not flushed yet is never used.
     for copy in copies:
-        _flush(copy.dst)
+        flush_volume(copy.dst)
 
 
 def check_sync(
@@ -174,8 +174,8 @@ def check_sync(
     copy_plan.checked_sync(src, dst, img_uuid, sync_type)
 
 
-def _copy_volume(
-    copy: VolumeCopy, ctx: TaskContext, progress: _Progress, rate_limit: int | None
+def copy_volume(
+    copy: VolumeCopy, ctx: TaskContext, progress: Progress, rate_limit: int | None
 ) -> None:
     ctx.check_aborted()
     ctx.add_rollback(MARK_ILLEGAL, volume_args(copy.dst))
@@ -234,7 +234,7 @@ def _start_writeback(vol: Volume) -> None:
         log.debug("%s: cannot start writeback: %s", vol.description_for_errors, e)
 
 
-def _flush(vol: Volume) -> None:
+def flush_volume(vol: Volume) -> None:
     """Put a twin's data on stable storage.
 
     qemu-img convert's default target cache mode is "unsafe": it never flushes, and a copy
@@ -284,7 +284,7 @@ def _keep_preallocated(vol: Volume, allocated_before: int) -> None:
     log.info("re-allocated space released by the copy in %s", vol.description_for_errors)
 
 
-class _Progress:
+class Progress:
     """Progress of a whole sync, weighted by the bytes each volume has to copy.
 
     qemu-img reports from a reader thread of the runner, hence the lock.

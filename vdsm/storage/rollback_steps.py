@@ -30,6 +30,7 @@ log = logging.getLogger("vdsm.storage.rollback_steps")
 REMOVE_VOLUME = "volume.remove"  # args: sd_uuid, img_uuid, vol_uuid
 REMOVE_IMAGE = "image.remove"  # args: sd_uuid, img_uuid
 MARK_ILLEGAL = "image_copy.mark_illegal"  # args: sd_uuid, img_uuid, vol_uuid
+FINISH_MOVE = "image_move.finish_move"  # args: sd_uuid, img_uuid, post_zero
 
 # Names older daemons persisted for a step that is now another one: old name → current name.
 LEGACY_NAMES = {
@@ -65,6 +66,18 @@ def remove_image(repository: StorageRepository, args: JSONArgs) -> None:
         image.delete(domain, args["img_uuid"])
 
 
+def finish_move(repository: StorageRepository, args: JSONArgs) -> None:
+    """Finish a move whose copy is durable: delete its source (zeroed first if asked).
+
+    A move records this step, replacing all its others, only once every twin is LEGAL and
+    flushed; from then on an interruption completes the move and never touches the twins.
+    """
+    domain = _domain_or_none(repository, args, FINISH_MOVE)
+    if domain is not None and image.exists(domain, args["img_uuid"]):
+        image.delete(domain, args["img_uuid"], post_zero=bool(args["post_zero"]))
+        log.info("rollback: finished the move of image %s", args["img_uuid"])
+
+
 def mark_illegal(repository: StorageRepository, args: JSONArgs) -> None:
     """Leave a twin whose copy did not complete (or is being reverted) ILLEGAL."""
     domain = _domain_or_none(repository, args, MARK_ILLEGAL)
@@ -87,6 +100,7 @@ def table() -> dict[str, RollbackStep]:
         REMOVE_VOLUME: remove_volume,
         REMOVE_IMAGE: remove_image,
         MARK_ILLEGAL: mark_illegal,
+        FINISH_MOVE: finish_move,
     }
     steps.update({old: steps[new] for old, new in LEGACY_NAMES.items()})
     return steps

@@ -35,6 +35,11 @@ class TaskContext(Protocol):
         """Record an undo step; it is persisted before this returns. Steps run newest first."""
         ...
 
+    def replace_rollback(self, name: str, args: JSONArgs) -> None:
+        """Replace every undo step recorded so far with this one, atomically: past a point of
+        no return, an interruption runs this step (which finishes the job) and nothing else."""
+        ...
+
     def set_progress(
         self, percent: float, *, done_bytes: int | None = None, total_bytes: int | None = None
     ) -> None:

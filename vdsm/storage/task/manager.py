@@ -88,6 +88,11 @@ class _JobContext:
             raise ValueError(f"no rollback step named {name!r} (known: {sorted(self._steps)})")
         self._entry.task.add_rollback(name, args)
 
+    def replace_rollback(self, name: str, args: Mapping[str, Any]) -> None:
+        if name not in self._steps:
+            raise ValueError(f"no rollback step named {name!r} (known: {sorted(self._steps)})")
+        self._entry.task.replace_rollback(name, args)
+
     def set_progress(
         self, percent: float, *, done_bytes: int | None = None, total_bytes: int | None = None
     ) -> None:

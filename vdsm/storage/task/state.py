@@ -319,20 +319,28 @@ class Task:
 
     def add_rollback(self, name: str, args: Mapping[str, Any]) -> None:
         """Record an undo step; it is on disk when this returns."""
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"rollback step name must be a non-empty string, not {name!r}")
-        if not isinstance(args, Mapping) or not all(isinstance(k, str) for k in args):
-            raise ValueError(f"rollback step {name!r}: args must be a mapping with string keys")
-        try:
-            # A copy through JSON: what runs now is exactly what a later daemon would read.
-            copied = json.loads(json.dumps(args, allow_nan=False))
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"rollback step {name!r}: args are not JSON: {e}") from e
+        copied = _json_copy(name, args)
 
         def change() -> None:
             if self._state not in (TaskState.RUNNING, TaskState.ABORTING):
                 raise TaskStateError(f"task {self.task_id} is {self._state}: no job is running")
             self._rollback.append(RollbackRecord(name, copied))
+
+        self._change(change)
+
+    def replace_rollback(self, name: str, args: Mapping[str, Any]) -> None:
+        """Replace every recorded undo step with this one, in one write.
+
+        For a job that passes a point of no return (a move whose copy is durable): from then
+        on an interruption must finish the job, not undo it, and no crash may find the old
+        steps and the new one together.
+        """
+        copied = _json_copy(name, args)
+
+        def change() -> None:
+            if self._state not in (TaskState.RUNNING, TaskState.ABORTING):
+                raise TaskStateError(f"task {self.task_id} is {self._state}: no job is running")
+            self._rollback[:] = [RollbackRecord(name, copied)]
 
         self._change(change)
 
@@ -407,6 +415,20 @@ class Task:
 
 
 # --- task.json ---------------------------------------------------------------------------------
+
+
+def _json_copy(name: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    """A rollback step's args checked and copied through JSON: what runs now is exactly what
+    a later daemon would read."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"rollback step name must be a non-empty string, not {name!r}")
+    if not isinstance(args, Mapping) or not all(isinstance(k, str) for k in args):
+        raise ValueError(f"rollback step {name!r}: args must be a mapping with string keys")
+    try:
+        copied: dict[str, Any] = json.loads(json.dumps(args, allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"rollback step {name!r}: args are not JSON: {e}") from e
+    return copied
 
 
 def _encode(fields: Mapping[str, Any]) -> bytes:
