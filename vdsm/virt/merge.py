@@ -201,6 +201,13 @@ class Merges:
         top = record.top
         ids = [link.volume_id for link in drive.chain]
         chain = tuple(link for link in drive.chain if link.volume_id != top)
+        # The metadata first, the record after: both writes are idempotent, so a crash
+        # between them leaves the merge record in place and recovery runs _done again;
+        # and nobody sees the new chain in getVmStats before the child's parent says so.
+        domain = self._storage.pool_domain(drive.pool_id, drive.domain_id)
+        if top in ids and ids.index(top) + 1 < len(ids):  # internal: the child's new parent
+            Volume(domain, drive.image_id, ids[ids.index(top) + 1]).set_parent(record.base)
+        Volume(domain, drive.image_id, top).set_legality(Legality.ILLEGAL)
         vm.record.merges.pop(drive.target, None)
         vm.record.drives = [
             drive.with_chain(drive.domain_id, chain) if d.target == drive.target else d
@@ -209,10 +216,6 @@ class Merges:
         vm.save()
         vm.clear_job_event(drive.target)
         vm_leases.reconcile(vm, self._storage)  # an active commit's old top gives its lease up
-        domain = self._storage.pool_domain(drive.pool_id, drive.domain_id)
-        if top in ids and ids.index(top) + 1 < len(ids):  # internal: the child's new parent
-            Volume(domain, drive.image_id, ids[ids.index(top) + 1]).set_parent(record.base)
-        Volume(domain, drive.image_id, top).set_legality(Legality.ILLEGAL)
         log.info("VM %s drive %s: merged %s into %s", vm.vm_id, drive.target, top, record.base)
 
     def _forget(self, vm: Vm, target: str) -> None:
