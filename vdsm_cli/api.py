@@ -330,6 +330,14 @@ class Vdsm:
         """A task: copy the image's volumes (INTERNAL: all but the leaf) to domain ``dst``."""
         return str(self.call("syncImageData", pool_id, src, image_id, dst, sync_type)["uuid"])
 
+    def move_image(
+        self, pool_id: str, src: str, dst: str, image_id: str, vm_id: str, operation: str
+    ) -> str:
+        """A task: the image, its chain's shape kept, copied to ``dst``; ``operation`` MOVE
+        then deletes it from ``src`` (COPY keeps it). Refused while a VM uses the image."""
+        reply = self.call("moveImage", pool_id, src, dst, image_id, vm_id, operation, False, False)
+        return str(reply["uuid"])
+
     def delete_image(self, domain_id: str, pool_id: str, image_id: str) -> str:
         """A task."""
         return str(self.call("deleteImage", domain_id, pool_id, image_id, False, False)["uuid"])

@@ -29,6 +29,7 @@ from vdsm_cli.move.plan import DiskPlan, Refused, VolumeFacts, check_room, host_
 from vdsm_cli.move.progress import Reporter
 from vdsm_cli.move.steps import (
     FORWARD_STEPS,
+    OFFLINE_STEPS,
     PIVOT,
     ROLLBACK_STEPS,
     SPM_STEPS,
@@ -112,7 +113,7 @@ def test_parse_refuses_a_bad_command_line(words: list[str], message: str) -> Non
 
 
 def test_step_names_are_distinct_and_each_has_a_title() -> None:
-    names = [*FORWARD_STEPS, *ROLLBACK_STEPS]
+    names = [*FORWARD_STEPS, *ROLLBACK_STEPS, *OFFLINE_STEPS]
     assert len(set(names)) == len(names)
     assert set(TITLES) == set(names)
     assert FORWARD_STEPS.index(PIVOT) == 6
@@ -123,6 +124,14 @@ def test_forward_steps_skip_what_the_options_leave_out() -> None:
     kept = forward_steps(keep_source=True, merge=False)
     assert "delete_source" not in kept and "merge" not in kept
     assert "delete_snapshot" not in kept and kept[-1] == PIVOT
+
+
+def test_an_offline_move_is_one_spm_step_whatever_the_options() -> None:
+    for keep_source in (False, True):
+        assert forward_steps(keep_source=keep_source, merge=True, offline=True) == ["move_image"]
+    assert "move_image" in SPM_STEPS
+    (line,) = host_lines(HOST1, HOST2, 1, 2, offline=True)
+    assert f"SPM: {HOST1}" in line and "moveImage" in line and f"Down on {HOST2}" in line
 
 
 # --- the journal ----------------------------------------------------------------------------
@@ -172,6 +181,22 @@ def test_journal_on_disk_is_camel_case_with_vdsm_ids(tmp_path: Path) -> None:
     assert store.load(VM, IMG) is None and store.images_of(VM) == []
 
 
+def test_the_journal_records_the_mode_and_an_older_one_is_live(tmp_path: Path) -> None:
+    store = JournalStore(tmp_path)
+    j = journal()
+    j.mode = "offline"
+    store.save(j)
+    path = store.path(VM, IMG)
+    data = json.loads(path.read_text())
+    assert data["mode"] == "offline"
+    loaded = store.load(VM, IMG)
+    assert loaded is not None and loaded.mode == "offline"
+    del data["mode"]  # written before offline moves existed
+    path.write_text(json.dumps(data))
+    loaded = store.load(VM, IMG)
+    assert loaded is not None and loaded.mode == "live"
+
+
 def test_a_version_1_journal_is_converted(tmp_path: Path) -> None:
     """A journal an older vdsClient left: one vdsmd (``address``), which was the SPM and the
     VM's host; no lease version recorded, so none of its tasks counts as lost to a failover."""
@@ -202,6 +227,7 @@ def test_a_version_1_journal_is_converted(tmp_path: Path) -> None:
         ({"version": "2"}, "version '2'"),
         ({"surprise": 1}, "unknown keys \\['surprise'\\]"),
         ({"version": 1}, "a version-1 move journal without its vdsmd address"),
+        ({"mode": "sideways"}, "mode 'sideways' is neither live nor offline"),
     ],
 )
 def test_a_journal_this_client_cannot_read_is_refused(
@@ -273,6 +299,7 @@ def test_the_vm_host_is_where_the_vm_is_up() -> None:
         ("syncImageData", ConnectionRefused("refused"), True),  # never sent
         ("getTaskStatus", ConnectionFailed("closed the connection"), True),  # a read
         ("syncImageData", ConnectionFailed("closed the connection"), False),  # may have started
+        ("moveImage", ConnectionFailed("closed the connection"), False),
         ("getTaskStatus", ApiError(401, "unknown task"), False),
     ],
 )
@@ -289,6 +316,7 @@ def test_which_host_does_what() -> None:
         "delete_snapshot",
         "delete_destination",
         "unsnapshot_delete",
+        "move_image",
     }
     one = host_lines(HOST1, HOST1, 1, 2)
     assert one == [f"  host: {HOST1}, the SPM (host id 1, lver 2) and the VM's host"]

@@ -258,7 +258,7 @@ def test_preflight_refusals_across_hosts_change_nothing(
         pool.mover(vm_id, ("--spm-host", vm_host)).run(),
         f"--spm-host {vm_host} is not the SPM of pool {st.sp}: it is Free",
     )
-    refused(pool.mover(vm_id, ("--vm-host", spm)).run(), f"VM {vm_id} is not running on {spm}")
+    refused(pool.mover(vm_id, ("--vm-host", spm)).run(), f"VM {vm_id} is not known on {spm}")
     # Today's single-host command line, on the VM's host: it is not the SPM, and says who is.
     refused(
         pool.mover(vm_id, ()).run(),

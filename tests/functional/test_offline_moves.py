@@ -3,8 +3,9 @@
 Real qemu-img, real sanlock, real QEMU for the VM that holds a lease. Checked: the copy reads
 the same as its source (``qemu-img compare``), thin stays thin and preallocated preallocated
 (allocated bytes of each volume), a VM on the image refuses the task (651), a VM cannot start
-on the image while it is copied, and a stop or a kill -9 of vdsmd mid-copy leaves the source
-intact and LEGAL and nothing on the destination.
+on the image while it is copied, a stop or a kill -9 of vdsmd mid-copy leaves the source
+intact and LEGAL and nothing on the destination, and a crash past a MOVE's point of no return
+(vdsm.crash_point) is finished by the restarted SPM, never undone.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import pytest
 from tests.functional.daemon_helpers import VdsmdProcess, new_uuid, running, wait_task
 from tests.functional.lsm_helpers import VmFixture
 from tests.functional.storage_helpers import BLANK, GiB, Storage, code, ok
+from vdsm.crash_point import ENV as CRASH_AT
 from vdsm.storage import qemuimg
 
 MiB = 1024**2
@@ -234,6 +236,35 @@ def test_a_vdsmd_crash_mid_move_rolls_back_to_the_source(
         source_intact(vms, dst_dir)
     finally:
         vms.cleanup()
+
+
+def test_a_vdsmd_crash_past_the_point_of_no_return_finishes_the_move(
+    vdsmd: VdsmdProcess, tmp_path: Path
+) -> None:
+    """vdsmd dies right after the MOVE's undo log became "finish the move" (every twin LEGAL
+    and flushed, the source not yet touched): the restarted SPM deletes the source, never the
+    twins."""
+    vms = VmFixture(vdsmd, tmp_path)
+    st = vms.storage
+    vdsmd.env[CRASH_AT] = "move:point-of-no-return"
+    vdsmd.restart()
+    reply = ok(st.rpc.moveImage(st.sp, st.sd, st.sd2, vms.img, "", "MOVE", False, False))
+    deadline = time.monotonic() + 30
+    while vdsmd.running:
+        assert time.monotonic() < deadline, "vdsmd did not die at its crash point"
+        time.sleep(0.05)
+    assert "crash point move:point-of-no-return reached" in vdsmd.log()
+    source = image_dir(tmp_path, st, st.sd, vms.img)
+    assert (source / vms.base).exists() and (source / vms.leaf).exists()  # not touched yet
+    del vdsmd.env[CRASH_AT]
+    vdsmd.restart()  # and spmStart: the SPM recovers the task, and finishes the move
+    st.rpc = vdsmd.xmlrpc()
+    status = wait_task(vdsmd, reply["uuid"])
+    assert status["taskState"] == "finished", status
+    assert not source.exists()
+    assert vms.img not in ok(st.rpc.getImagesList(st.sd))["imageslist"]
+    for vol in (vms.base, vms.leaf):
+        assert legality(st, st.sd2, vms.img, vol) == "LEGAL"
 
 
 def test_bad_requests_are_answered_at_once(vdsmd: VdsmdProcess, tmp_path: Path) -> None:

@@ -57,4 +57,5 @@ def test_the_readme_walkthrough_works_as_written(tmp_path: Path) -> None:
     assert out.count("finished success") == 5  # three createVolume, spmStart twice
     assert "spmStatus = SPM" in out
     assert "VDSMW seq=" in out
-    assert "moved to domain" in out
+    assert out.count("moved to domain") == 2  # live, then back offline
+    assert "offline (the VM is Down)" in out

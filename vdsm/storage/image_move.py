@@ -24,7 +24,7 @@ import logging
 from dataclasses import dataclass
 from enum import StrEnum
 
-from vdsm import validation
+from vdsm import crash_point, validation
 from vdsm.errors import (
     CommandAborted,
     DestImageActionError,
@@ -137,6 +137,7 @@ def move_image(
         ctx.replace_rollback(
             FINISH_MOVE, {"sd_uuid": src.sd_uuid, "img_uuid": img_uuid, "post_zero": post_zero}
         )
+        crash_point.reached("move:point-of-no-return")
         if image.exists(src, img_uuid):
             image.delete(src, img_uuid, post_zero=post_zero, release_lease=held.release)
     ctx.set_progress(100.0)

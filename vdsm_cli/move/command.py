@@ -2,7 +2,9 @@
 
 The client drives docs/contract.md §1 against vdsmd through the API only, as an engine would:
 auto-snapshot, clone, mirror, sync, READY, pivot, delete the source, then a live merge that
-gives the disk back the chain it had. This module is the command: its options, pre-flight
+gives the disk back the chain it had. A VM that is Down moves offline instead, in one moveImage
+task on the SPM (:mod:`vdsm_cli.move.offline`), with the same journal, progress, ``--resume``,
+``--dry-run`` and exit codes. This module is the command: its options, pre-flight
 (:mod:`vdsm_cli.move.plan`), ``--dry-run``, one disk or ``--all`` of them one after another,
 ``--resume``. One disk's move is run by :mod:`vdsm_cli.move.driver` over the steps of
 :mod:`vdsm_cli.move.steps` (done by :mod:`vdsm_cli.move.forward` and
@@ -29,11 +31,12 @@ from typing import Any, TextIO
 from vdsm_cli.api import Vdsm
 from vdsm_cli.client import Client, Endpoint, format_address, parse_address
 from vdsm_cli.errors import EXIT_INTERRUPTED, EXIT_OK, CliError, UsageError
+from vdsm_cli.move import offline
 from vdsm_cli.move.context import MoveContext
 from vdsm_cli.move.driver import execute, new_journal
 from vdsm_cli.move.fault import Fault, from_environment
 from vdsm_cli.move.hosts import SPM, SPM_TIMEOUT, Hosts, NoSpm, SpmVdsm, SpmView
-from vdsm_cli.move.journal import Journal, JournalStore, default_state_dir
+from vdsm_cli.move.journal import OFFLINE, Journal, JournalStore, default_state_dir
 from vdsm_cli.move.plan import (
     DiskPlan,
     Refused,
@@ -41,12 +44,12 @@ from vdsm_cli.move.plan import (
     check_room,
     describe,
     host_lines,
+    movable_vm,
     plan_text,
     preflight,
-    running_vm,
 )
 from vdsm_cli.move.progress import Reporter
-from vdsm_cli.move.steps import ROLLBACK_STEPS, forward_steps
+from vdsm_cli.move.steps import OFFLINE_ROLLBACK_STEPS, ROLLBACK_STEPS, forward_steps
 from vdsm_cli.output import terminal_safe
 
 COMMAND = "moveDisk"
@@ -68,10 +71,15 @@ usage: vdsClient [--json] HOST[:PORT] {COMMAND} VM_ID IMAGE_ID DST_SD_UUID [opti
   READY, diskReplicateFinish (pivot), delete the source image, then merge the auto-snapshot
   into its parent on the destination so the disk keeps the chain it had.
 
-  Checked first, before anything is touched: the VM is Up and the image attached to it, the
-  destination is in the same pool with room for the allocated data x 1.1 + 64 MiB, the VM's
-  host and the SPM have joined the destination's lockspace (repoStats), and no replication,
-  merge or other move runs on the disk.
+  A VM that is Down (listed by its host with status Down) moves offline: one moveImage task
+  on the SPM copies the chain volume by volume (thin stays thin) and deletes the source only
+  once every copy is durable and LEGAL (--keep-source: COPY, the source stays). The task holds
+  the source volumes' leases: the VM cannot be started anywhere until the move has ended.
+
+  Checked first, before anything is touched: the VM is Up (or Down) and the image attached
+  to it, the destination is in the same pool with room for the allocated data x 1.1 +
+  64 MiB, the VM's host and the SPM have joined the destination's lockspace (repoStats;
+  offline, the SPM only), and no replication, merge or other move runs on the disk.
 
   Two roles do the move: the pool's SPM (createVolume, cloneImageStructure, syncImageData,
   deleteImage, deleteVolume and their tasks) and the VM's host (snapshot,
@@ -122,11 +130,11 @@ options:
                        done/total, rate, ETA of the step and overall), stepDone, note,
                        summary, result
 
-exit codes: 0 moved (or nothing to do), 1 failed and rolled back (the VM runs on the source,
-            the destination is clean) or refused by the pre-flight, 2 usage error,
-            3 connection error before anything changed, 4 stopped half-way and could not
-            be rolled back: the message says exactly what is left, --resume retries,
-            130 interrupted (Ctrl-C) and rolled back
+exit codes: 0 moved (or nothing to do), 1 failed and rolled back (the disk is on the
+            source, the VM runs on it if it ran, the destination is clean) or refused by
+            the pre-flight, 2 usage error, 3 connection error before anything changed,
+            4 stopped half-way and could not be rolled back: the message says exactly
+            what is left, --resume retries, 130 interrupted (Ctrl-C) and rolled back
 """
 
 _FLAGS = {
@@ -354,7 +362,7 @@ class Mover:
                 "finish it with --resume first"
             )
         vm_host = self.vm_host()
-        vm = running_vm(vm_host, o.vm_id)
+        vm = movable_vm(vm_host, o.vm_id)
         drive = attached_drive(vm, image_id)
         assert o.dst_domain is not None
         if drive.domain_id == o.dst_domain:  # nothing to do: no SPM needed to say so
@@ -389,9 +397,9 @@ class Mover:
                 self.header(journal, plan.drive.domain_id),
                 plan.steps,
                 plan.expected_bytes(),
-                ROLLBACK_STEPS,
+                undo_steps(journal),
             )
-            execute(ctx, resume=False)
+            run_move(ctx, resume=False)
             return EXIT_OK
         finally:
             lock.release(remove=not self.store.path(o.vm_id, image_id).exists())
@@ -425,12 +433,14 @@ class Mover:
         if o.spm_host is not None:
             spm.switch(self.find_spm(journal.pool_id))  # journaled by the context
         steps = forward_steps(
-            keep_source=journal.options["keepSource"], merge=journal.options["merge"]
+            keep_source=journal.options["keepSource"],
+            merge=journal.options["merge"],
+            offline=journal.mode == OFFLINE,
         )
         header = self.header(journal, journal.src_domain)
         header["title"] = f"resuming: {header['title']} (stopped at {journal.step or 'start'})"
-        self.reporter.start(header, steps, {}, ROLLBACK_STEPS)
-        execute(ctx, resume=True)
+        self.reporter.start(header, steps, {}, undo_steps(journal))
+        run_move(ctx, resume=True)
         return EXIT_OK
 
     def move_all(self) -> int:
@@ -440,7 +450,7 @@ class Mover:
             if not images:
                 self.reporter.result(EXIT_OK, f"nothing to resume for VM {o.vm_id}")
             return self._one_by_one(images)
-        vm = running_vm(self.vm_host(), o.vm_id)
+        vm = movable_vm(self.vm_host(), o.vm_id)
         images = [d.image_id for d in sorted(vm.drives.values(), key=lambda d: d.target)]
         plans = [self.plan(image_id) for image_id in images]
         check_room(plans)
@@ -468,9 +478,10 @@ class Mover:
 
     def header(self, journal: Journal, src: str) -> dict[str, Any]:
         j = journal
+        how = ", offline (the VM is Down)" if j.mode == OFFLINE else ""
         return {
             "title": f"moving disk {j.target} (image {j.image_id}) of VM {j.vm_id} "
-            f"from domain {src} to {j.dst_domain}",
+            f"from domain {src} to {j.dst_domain}{how}",
             "vmId": j.vm_id,
             "imageID": j.image_id,
             "srcDomainID": src,
@@ -479,7 +490,10 @@ class Mover:
             "spmId": j.spm_id,
             "spmLver": j.spm_lver,
             "vmAddress": j.vm_address,
-            "hostLines": host_lines(j.spm_address, j.vm_address, j.spm_id, j.spm_lver),
+            "mode": j.mode,
+            "hostLines": host_lines(
+                j.spm_address, j.vm_address, j.spm_id, j.spm_lver, j.mode == OFFLINE
+            ),
         }
 
     def show_plan(self, plan: DiskPlan) -> None:
@@ -489,6 +503,17 @@ class Mover:
         else:
             self.out.write(terminal_safe(plan_text(plan, rates), newlines=True) + "\n")
         self.out.flush()
+
+
+def run_move(ctx: MoveContext, *, resume: bool) -> str:
+    """One move to its end: the live flow, or the offline one for a Down VM's disk."""
+    if ctx.journal.mode == OFFLINE:
+        return offline.execute(ctx, resume=resume)
+    return execute(ctx, resume=resume)
+
+
+def undo_steps(journal: Journal) -> list[str]:
+    return OFFLINE_ROLLBACK_STEPS if journal.mode == OFFLINE else ROLLBACK_STEPS
 
 
 def run(values: list[str], endpoint: Endpoint, flow_id: str, json_output: bool, out: TextIO) -> int:

@@ -26,7 +26,7 @@ from vdsm_cli.errors import EXIT_INTERRUPTED, EXIT_OK, CliError
 from vdsm_cli.move.context import ON_DESTINATION, ON_SOURCE, MoveContext, Stuck
 from vdsm_cli.move.forward import FORWARD_ACTIONS
 from vdsm_cli.move.hosts import SpmView
-from vdsm_cli.move.journal import FORWARD, ROLLBACK, Journal
+from vdsm_cli.move.journal import FORWARD, LIVE, OFFLINE, ROLLBACK, Journal
 from vdsm_cli.move.plan import DiskPlan
 from vdsm_cli.move.rollback import ROLLBACK_ACTIONS
 from vdsm_cli.move.steps import (
@@ -73,6 +73,7 @@ def new_journal(
         hosts=list(hosts),
         spm_id=spm.spm_id,
         spm_lver=spm.lver,
+        mode=OFFLINE if plan.offline else LIVE,
     )
 
 
@@ -180,6 +181,7 @@ def summarize(j: Journal) -> dict[str, Any]:
         "vmId": j.vm_id,
         "imageID": j.image_id,
         "dstDomainID": j.dst_domain,
+        "mode": j.mode,
         "totalSeconds": round(time.time() - j.started, 3),
         "copySeconds": round(copy_seconds, 3),
         "dataBytes": data,

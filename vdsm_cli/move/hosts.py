@@ -46,7 +46,14 @@ FIND_PAUSE = 1.0  # seconds between two rounds of getSpmStatus while no host is 
 # so it is never sent again (to the same SPM or to the next one); only a refusal proves that
 # nothing was done. Every other SPM call a move makes reads, or is idempotent (stop, clear).
 SUBMIT_VERBS = frozenset(
-    {"createVolume", "cloneImageStructure", "syncImageData", "deleteImage", "deleteVolume"}
+    {
+        "createVolume",
+        "cloneImageStructure",
+        "syncImageData",
+        "deleteImage",
+        "deleteVolume",
+        "moveImage",
+    }
 )
 
 

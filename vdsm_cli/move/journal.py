@@ -18,7 +18,8 @@ Version 2 records the two roles of a move (docs/contract.md §1) apart: the SPM'
 id and lease version (``spmAddress``, ``spmId``, ``spmLver``), the VM host's address
 (``vmAddress``), every host the SPM may be looked for on after a failover (``hosts``), and the
 lease version each task was submitted under (``taskLvers``), which tells a task that ended with
-a dead SPM from one that merely ended. A version-1 journal (one vdsmd, ``address``) is
+a dead SPM from one that merely ended; ``mode`` says whether the VM ran (``live``) or was Down
+(``offline``: one moveImage task). A version-1 journal (one vdsmd, ``address``) is
 converted on load: it was written by a single-host move, so that host plays both roles, and a
 note says so. Any other version is refused, naming it; nothing is guessed.
 """
@@ -38,6 +39,8 @@ from typing import Any
 from vdsm_cli.errors import CliError
 
 JOURNAL_VERSION = 2
+LIVE = "live"  # a running VM's disk: snapshot, mirror, pivot, merge
+OFFLINE = "offline"  # a Down VM's disk: one moveImage task
 NO_SPM = -1  # spmId / spmLver not known (yet): VDSM's value for "no SPM"
 FORWARD = "forward"  # moving towards the destination
 ROLLBACK = "rollback"  # undoing, back to the source
@@ -77,6 +80,7 @@ class Journal:
     hosts: list[str] = field(default_factory=list)  # where to look for the SPM after a failover
     spm_id: int = NO_SPM  # the SPM's host id when last seen (sanlock's lease owner)
     spm_lver: int = NO_SPM  # the SPM lease's version when last seen: +1 on every new SPM
+    mode: str = LIVE  # LIVE or OFFLINE (absent from the journals written before it: LIVE)
     direction: str = FORWARD
     step: str = ""  # the step persisted before it runs (FORWARD or ROLLBACK list)
     tasks: dict[str, str] = field(default_factory=dict)  # step → vdsmd task id
@@ -115,6 +119,10 @@ class Journal:
             raise ValueError(
                 f"not a move journal this vdsClient can read ({what}; it reads versions 1 "
                 f"and {JOURNAL_VERSION})"
+            )
+        if data.get("mode", LIVE) not in (LIVE, OFFLINE):
+            raise ValueError(
+                f"not a move journal: mode {data.get('mode')!r} is neither {LIVE} nor {OFFLINE}"
             )
         names = {f.name for f in dataclasses.fields(cls)}
         values = {_field_name(k): v for k, v in data.items()}

@@ -4,12 +4,14 @@ Every check goes through the API (as an engine would) and runs before anything i
 VM checks ask the VM's host, the storage checks the pool's SPM (:mod:`vdsm_cli.move.hosts`
 found both):
 
-- the VM is on its host and Up, and the image is attached to it;
+- the VM is on its host, Up (a live move) or Down (an offline move: one moveImage task on the
+  SPM), and the image is attached to it;
 - the destination domain is in the drive's pool (getStoragePoolInfo's dominfo);
 - the VM's host and the SPM have both joined the destination domain's lockspace (repoStats:
   ``acquired``): the VM's QEMU holds the mirror's destination leaf lease, the SPM's tasks hold
-  the leases of the volumes they make and fill. A join under way (a few io_timeouts after
-  connectStoragePool or attachStorageDomain) is waited for, up to JOIN_WAIT seconds;
+  the leases of the volumes they make and fill (offline, only the SPM's join matters). A join
+  under way (a few io_timeouts after connectStoragePool or attachStorageDomain) is waited for,
+  up to JOIN_WAIT seconds;
 - no block job runs on the drive (a replication or a merge shows in getVmStats blockJobs),
   and no journal records another move of it;
 - the image is not already in the destination domain;
@@ -30,7 +32,7 @@ from vdsm import errors
 from vdsm_cli.api import Drive, Vdsm, VmView
 from vdsm_cli.errors import ApiError, CliError
 from vdsm_cli.move.hosts import SpmVdsm
-from vdsm_cli.move.steps import MERGE, SYNC, TITLES, WAIT_READY, forward_steps
+from vdsm_cli.move.steps import MERGE, MOVE_IMAGE, SYNC, TITLES, WAIT_READY, forward_steps
 from vdsm_cli.progress import human_bytes, human_duration
 
 MIB = 1024 * 1024
@@ -71,6 +73,7 @@ class DiskPlan:
     spm_id: int = -1
     spm_lver: int = -1
     vm_address: str = ""  # ...and the VM's host
+    offline: bool = False  # the VM is Down: moveImage, not the live flow
 
     @property
     def already_there(self) -> bool:
@@ -86,25 +89,39 @@ class DiskPlan:
 
     @property
     def steps(self) -> list[str]:
-        return forward_steps(keep_source=self.keep_source, merge=self.merge)
+        return forward_steps(keep_source=self.keep_source, merge=self.merge, offline=self.offline)
 
     def expected_bytes(self) -> dict[str, int]:
         """What each data step should move: the internal volumes by sync, the leaf by the
-        mirror (the auto-snapshot starts empty: what the guest writes meanwhile)."""
+        mirror (the auto-snapshot starts empty: what the guest writes meanwhile); offline,
+        the whole chain by moveImage."""
         internal = sum(v.allocated for v in self.chain)
+        if self.offline:
+            return {MOVE_IMAGE: internal}
         return {SYNC: internal, WAIT_READY: 0, MERGE: 0}
 
 
-def running_vm(api: Vdsm, vm_id: str) -> VmView:
-    """The VM, from its host ``api``; Refused unless it runs there and is Up."""
+UP = "Up"  # a live move
+DOWN = "Down"  # an offline move
+
+
+def movable_vm(api: Vdsm, vm_id: str) -> VmView:
+    """The VM, from its host ``api``; Refused unless it is there, Up or Down. Any other state
+    (starting, paused, migrating) is refused: neither move is safe in it."""
     try:
         vm = api.vm(vm_id)
     except ApiError as e:
         if e.code == errors.NoSuchVM.code:
-            raise Refused(f"VM {vm_id} is not running on {api.address} ({e.text})") from None
+            raise Refused(
+                f"VM {vm_id} is not known on {api.address} ({e.text}); the disk of a VM that "
+                "no host knows moves with moveImage"
+            ) from None
         raise
-    if vm.status != "Up":
-        raise Refused(f"VM {vm_id} is {vm.status}: a live move needs a running VM")
+    if vm.status not in (UP, DOWN):
+        raise Refused(
+            f"VM {vm_id} is {vm.status}: a disk moves while its VM is Up (live) or Down "
+            "(offline), not in between"
+        )
     return vm
 
 
@@ -163,13 +180,17 @@ def preflight(
     note: Callable[[str], None] | None = None,
 ) -> DiskPlan:
     """Check one disk (``vm`` from ``vm_host``, the storage from ``spm``); its plan, or
-    Refused. The journal check is the caller's (it holds the disk's lock)."""
+    Refused. A VM that is Down gets an offline plan. The journal check is the caller's (it
+    holds the disk's lock)."""
+    offline = vm.status == DOWN
     hosts: dict[str, Any] = {
         "vm_address": vm_host.address,
         "spm_address": spm.address,
         "spm_id": spm.view.spm_id,
         "spm_lver": spm.view.lver,
+        "offline": offline,
     }
+    merge = merge and not offline  # an offline move keeps the chain as it is: nothing to merge
     plan = DiskPlan(vm.vm_id, drive, dst_domain, keep_source=keep_source, merge=merge, **hosts)
     if plan.already_there:
         return plan
@@ -213,7 +234,9 @@ def preflight(
         **hosts,
     )
     check_room([plan])
-    if vm_host.address == spm.address:
+    if offline:  # no QEMU takes a lease: only the SPM's task does
+        check_joined(spm, "SPM", dst_domain, note)
+    elif vm_host.address == spm.address:
         check_joined(vm_host, "host (the SPM and the VM's host)", dst_domain, note)
     else:
         check_joined(vm_host, "VM's host", dst_domain, note)
@@ -277,6 +300,7 @@ def describe(plan: DiskPlan, rates: list[float]) -> dict[str, Any]:
         "spmId": plan.spm_id,
         "spmLver": plan.spm_lver,
         "vmAddress": plan.vm_address,
+        "mode": "offline" if plan.offline else "live",
         "alreadyThere": plan.already_there,
         "chain": [
             {
@@ -297,9 +321,16 @@ def describe(plan: DiskPlan, rates: list[float]) -> dict[str, Any]:
     }
 
 
-def host_lines(spm_address: str, vm_address: str, spm_id: int, spm_lver: int) -> list[str]:
+def host_lines(
+    spm_address: str, vm_address: str, spm_id: int, spm_lver: int, offline: bool = False
+) -> list[str]:
     """Which host does what, for the plan and the start of a move."""
     lease = f"host id {spm_id}, lver {spm_lver}"
+    if offline:
+        return [
+            f"  SPM: {spm_address} ({lease}): moveImage and its task (the VM is Down on "
+            f"{vm_address})"
+        ]
     if not spm_address or spm_address == vm_address:
         return [f"  host: {vm_address}, the SPM ({lease}) and the VM's host"] if vm_address else []
     return [
@@ -314,10 +345,11 @@ def plan_text(plan: DiskPlan, rates: list[float]) -> str:
     if plan.already_there:
         return f"disk {d.target} (image {d.image_id}) is already in domain {plan.dst_domain}"
     seconds, rate, source = estimate(plan, rates)
+    how = "offline: the VM is Down" if plan.offline else "live: the VM runs"
     lines = [
-        f"move disk {d.target} of VM {plan.vm_id} (image {d.image_id})",
+        f"move disk {d.target} of VM {plan.vm_id} (image {d.image_id}), {how}",
         f"  from domain {d.domain_id} to {plan.dst_domain} (pool {d.pool_id})",
-        *host_lines(plan.spm_address, plan.vm_address, plan.spm_id, plan.spm_lver),
+        *host_lines(plan.spm_address, plan.vm_address, plan.spm_id, plan.spm_lver, plan.offline),
         "  chain, base to leaf:",
     ]
     for v in plan.chain:

@@ -176,11 +176,16 @@ class Reporter:
             self._json({"event": "summary", **summary})
             return
         data = summary["dataBytes"]
+        how = (
+            "by moveImage: the VM was Down"
+            if summary.get("mode") == "offline"
+            else f"sync {human_bytes(summary['syncBytes'])}, mirror "
+            f"{human_bytes(summary['mirrorBytes'])}"
+        )
         lines = [
             f"moved in {human_duration(summary['totalSeconds'])}"
             f" ({_seconds(summary['totalSeconds'])})",
-            f"  data moved:    {human_bytes(data)} (allocated data: sync "
-            f"{human_bytes(summary['syncBytes'])}, mirror {human_bytes(summary['mirrorBytes'])})",
+            f"  data moved:    {human_bytes(data)} (allocated data: {how})",
             f"  average rate:  {rate_text(summary['averageRate'])} over the copy "
             f"({_seconds(summary['copySeconds'])})",
         ]

@@ -4,7 +4,9 @@ A step name is data: the journal records it (before the step runs) and the test-
 hook names it. Forward steps go towards the destination, rollback steps back to the source;
 the names of both lists are distinct, so one name means one step. PIVOT is the point of no
 return: before it a failure rolls back to the source, after it a failure (or a resume)
-finishes towards the destination. Each step is the SPM's or the VM host's (``SPM_STEPS``). What
+finishes towards the destination. A VM that is Down moves offline, in one step
+(``OFFLINE_STEPS``: moveImage, whose task has its own point of no return), undone, when it
+failed, by ``OFFLINE_ROLLBACK_STEPS``. Each step is the SPM's or the VM host's (``SPM_STEPS``). What
 each step does is in :mod:`vdsm_cli.move.forward` and :mod:`vdsm_cli.move.rollback`.
 """
 
@@ -34,12 +36,18 @@ FORWARD_STEPS = [
     DELETE_SNAPSHOT,
 ]
 
+# The offline move of a Down VM's disk (docs/contract.md §1): one SPM task.
+MOVE_IMAGE = "move_image"
+OFFLINE_STEPS = [MOVE_IMAGE]
+
 # The rollback steps, in order.
 ABORT_REPLICATION = "abort_replication"
 DELETE_DESTINATION = "delete_destination"
 UNSNAPSHOT_MERGE = "unsnapshot_merge"
 UNSNAPSHOT_DELETE = "unsnapshot_delete"
 ROLLBACK_STEPS = [ABORT_REPLICATION, DELETE_DESTINATION, UNSNAPSHOT_MERGE, UNSNAPSHOT_DELETE]
+# What an offline move that failed may have to undo: a destination its task left behind.
+OFFLINE_ROLLBACK_STEPS = [DELETE_DESTINATION]
 
 TITLES = {
     CREATE_SNAPSHOT: "create the auto-snapshot volume on the source (createVolume)",
@@ -52,6 +60,8 @@ TITLES = {
     DELETE_SOURCE: "delete the source image (deleteImage)",
     MERGE: "merge the auto-snapshot into its parent on the destination (merge)",
     DELETE_SNAPSHOT: "delete the merged auto-snapshot volume (deleteVolume)",
+    MOVE_IMAGE: "copy the chain volume by volume, then delete the source unless --keep-source "
+    "(moveImage)",
     ABORT_REPLICATION: "stop the mirror; the VM stays on the source (diskReplicateFinish src, src)",
     DELETE_DESTINATION: "delete the destination image (deleteImage)",
     UNSNAPSHOT_MERGE: "merge the auto-snapshot back into its parent on the source (merge)",
@@ -66,6 +76,7 @@ SPM_STEPS = frozenset(
         CREATE_SNAPSHOT,
         CLONE,
         SYNC,
+        MOVE_IMAGE,
         DELETE_SOURCE,
         DELETE_SNAPSHOT,
         DELETE_DESTINATION,
@@ -74,13 +85,16 @@ SPM_STEPS = frozenset(
 )
 
 # The journal's byte counter (``copied``) each data step reports when it ends.
-BYTES_OF = {SYNC: "sync", WAIT_READY: "mirror", MERGE: "merge"}
+BYTES_OF = {SYNC: "sync", WAIT_READY: "mirror", MERGE: "merge", MOVE_IMAGE: "sync"}
 # The steps that copy data: the move's copy time, for its average rate.
-COPY_STEPS = (REPLICATE, SYNC, WAIT_READY)
+COPY_STEPS = (REPLICATE, SYNC, WAIT_READY, MOVE_IMAGE)
 
 
-def forward_steps(*, keep_source: bool, merge: bool) -> list[str]:
-    """The forward steps a move runs: all of them but those its options skip."""
+def forward_steps(*, keep_source: bool, merge: bool, offline: bool = False) -> list[str]:
+    """The forward steps a move runs: all of them but those its options skip (an offline
+    move has one step, whatever the options)."""
+    if offline:
+        return list(OFFLINE_STEPS)
     skip = set()
     if keep_source:
         skip.add(DELETE_SOURCE)
