@@ -10,7 +10,8 @@ started, then its QEMU killed, so its host lists it Down with its drive. Checked
 - a VM created on the image while the task runs is refused by the volume leases (error 9);
 - the client killed before it submitted the task, and after: ``--resume`` rolls back (source
   whole, destination clean) or waits for the task and finishes;
-- vdsmd killed mid-copy: the client rolls back (exit 1), the source whole and LEGAL.
+- vdsmd killed mid-copy: the client rolls back (exit 1), the source whole and LEGAL; Ctrl-C
+  stops the task and rolls back (130).
 """
 
 from __future__ import annotations
@@ -232,4 +233,17 @@ def test_vdsmd_killed_mid_copy_rolls_back(slow_vms: VmFixture, tmp_path: Path) -
     exit_code, output = client.finish()
     assert exit_code == 1, output
     assert "rolled back" in output and "whole in the source domain" in output, output
+    assert_source_whole(m)
+
+
+def test_ctrl_c_stops_the_task_and_rolls_back(slow_vms: VmFixture, tmp_path: Path) -> None:
+    vms = slow_vms
+    vm_id = down_vm(vms)
+    m = offline_mover(vms, vm_id, tmp_path)
+    client = m.start(**{TEST_PAUSE_AT: "move_image+"})
+    client.wait_paused()
+    client.signal(signal.SIGINT, signal.SIGCONT)  # Ctrl-C while the task copies
+    exit_code, output = client.finish()
+    assert exit_code == 130, output
+    assert "rolled back: interrupted (Ctrl-C)" in output, output
     assert_source_whole(m)
