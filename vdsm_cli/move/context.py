@@ -33,7 +33,7 @@ from vdsm_cli.move.fault import Fault
 from vdsm_cli.move.hosts import SpmVdsm, SpmView
 from vdsm_cli.move.journal import NO_SPM, ROLLBACK, Journal, JournalStore
 from vdsm_cli.move.progress import Reporter
-from vdsm_cli.move.steps import BYTES_OF, PIVOT, SPM_STEPS
+from vdsm_cli.move.steps import BYTES_OF, DELETE_DESTINATION, PIVOT, SPM_STEPS
 
 EXIT_STUCK = 4  # failed and could not be rolled back cleanly: --resume will retry
 
@@ -239,7 +239,13 @@ class MoveContext:
         before = self.spm.view
         return self.spm.refresh() != before
 
-    def await_recorded_task(self, step: str, verbs: set[str], stop: bool = False) -> None:
+    def await_recorded_task(
+        self,
+        step: str,
+        verbs: set[str],
+        stop: bool = False,
+        on_status: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         """Let the task a previous run started for ``step`` end before acting again (stop it
         first if ``stop``). Without a recorded id (a crash between submit and the journal
         write), wait for every unfinished task of those verbs."""
@@ -253,9 +259,23 @@ class MoveContext:
             if stop:
                 self.spm.stop_task(task_id)
             try:
-                self.wait_known_task(task_id, ",".join(sorted(verbs)))
-            except TaskFailed:
-                pass  # its own rollback ran; the caller checks the real state next
+                self.wait_known_task(task_id, ",".join(sorted(verbs)), on_status)
+            except TaskFailed as e:
+                # Its own rollback ran; the caller checks the real state next.
+                self.reporter.note(f"the task {task_id} ended: {e.message}")
+
+    def delete_destination_image(self) -> None:
+        """deleteImage of the image on the destination, if it is there, and check it is gone
+        (the rollback step DELETE_DESTINATION; the caller made sure nothing uses it)."""
+        j = self.journal
+        if j.image_id in self.spm.images(j.dst_domain):
+            self.run_task(
+                DELETE_DESTINATION,
+                "deleteImage",
+                lambda: self.spm.delete_image(j.dst_domain, j.pool_id, j.image_id),
+            )
+        if j.image_id in self.spm.images(j.dst_domain):
+            raise Stuck(f"image {j.image_id} is still in destination domain {j.dst_domain}")
 
     # --- the disk, as vdsmd sees it -------------------------------------------------------------
 

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn
 
 from vdsm_cli.errors import EXIT_INTERRUPTED, EXIT_OK, CliError
 from vdsm_cli.move.context import ON_DESTINATION, ON_SOURCE, MoveContext, Stuck
@@ -89,7 +90,7 @@ def execute(ctx: MoveContext, *, resume: bool) -> str:
     except Stuck as e:  # forward refused to act on an inconsistent state: touch nothing
         raise Stuck(f"{e.message}. {leftovers(ctx)}") from None
     except Exception as e:  # any failure, even a bug, must end in a clean recovery
-        cause = f"step {ctx.journal.step}: {_reason(e)}"
+        cause = f"step {ctx.journal.step}: {reason(e)}"
         return recover(ctx, cause=cause, interrupted=False)
 
 
@@ -144,19 +145,32 @@ def recover(
             j.cause = cause or j.cause or f"resumed after it stopped at {j.step or 'the start'}"
             ctx.save()
         rollback(ctx)
-    except KeyboardInterrupt:
-        raise Stuck(f"interrupted again during {j.step}: stopped there. {leftovers(ctx)}") from None
-    except Stuck as e:
-        raise Stuck(f"{e.message}. {leftovers(ctx)}") from None
-    except Exception as e:
-        first = f"{cause}; then " if cause else ""
-        raise Stuck(f"{first}step {j.step}: {_reason(e)}. {leftovers(ctx)}") from None
+    except (KeyboardInterrupt, Exception) as e:
+        raise recovery_failed(e, cause, j.step, leftovers(ctx)) from None
+    rolled_back(
+        ctx,
+        interrupted,
+        f"The VM runs on the source domain {j.src_domain}; the destination {j.dst_domain} is clean",
+    )
+
+
+def recovery_failed(error: BaseException, cause: str | None, step: str, left: str) -> Stuck:
+    """What a recovery that could not end says: why, at which step, and what is ``left``."""
+    if isinstance(error, KeyboardInterrupt):
+        return Stuck(f"interrupted again during {step}: stopped there. {left}")
+    if isinstance(error, Stuck):
+        return Stuck(f"{error.message}. {left}")
+    first = f"{cause}; then " if cause else ""
+    return Stuck(f"{first}step {step}: {reason(error)}. {left}")
+
+
+def rolled_back(ctx: MoveContext, interrupted: bool, where: str) -> NoReturn:
+    """The end of a rollback: the journal removed, the outcome raised (exit 1, or 130 after
+    Ctrl-C), with ``where`` the disk is now."""
+    j = ctx.journal
     ctx.store.remove(j)
     notes = "".join(f"; {n}" for n in j.notes)
-    message = (
-        f"the move of image {j.image_id} was rolled back: {j.cause}. The VM runs on the "
-        f"source domain {j.src_domain}; the destination {j.dst_domain} is clean{notes}"
-    )
+    message = f"the move of image {j.image_id} was rolled back: {j.cause}. {where}{notes}"
     if interrupted:
         raise InterruptedRolledBack(message)
     raise RolledBack(message)
@@ -195,8 +209,9 @@ def summarize(j: Journal) -> dict[str, Any]:
     }
 
 
-def leftovers(ctx: MoveContext) -> str:
-    """Exactly what is where now (asked from vdsmd, best effort), and how to go on."""
+def leftovers(ctx: MoveContext, observe: Callable[[MoveContext], list[str]] | None = None) -> str:
+    """Exactly what is where now (asked from vdsmd, best effort: ``observe``, by default what
+    a live move may have changed), and how to go on."""
     j = ctx.journal
     facts = []
     try:
@@ -204,22 +219,7 @@ def leftovers(ctx: MoveContext) -> str:
     except OSError as e:
         facts.append(f"the journal could not be written ({e}): it may be one step behind")
     try:
-        vm = ctx.vm()
-        drive = ctx.drive(vm)
-        facts.append(
-            "the VM is gone"
-            if vm is None or drive is None
-            else f"the VM runs on domain {drive.domain_id} (chain {', '.join(drive.chain)})"
-        )
-        if vm is not None and drive is not None and vm.jobs.get(drive.target):
-            facts.append(f"a {vm.jobs[drive.target].get('blockJobType')} job runs on the drive")
-        for name, domain in (("source", j.src_domain), ("destination", j.dst_domain)):
-            vols = ctx.volumes(domain)
-            facts.append(
-                f"{name} {domain} holds volumes {', '.join(vols)}"
-                if vols
-                else f"{name} {domain} holds nothing of the image"
-            )
+        facts += (observe or live_facts)(ctx)
     except (CliError, OSError) as e:
         facts.append(f"vdsmd could not be asked ({e}); nothing more was changed")
     except KeyboardInterrupt:
@@ -232,12 +232,35 @@ def leftovers(ctx: MoveContext) -> str:
     )
 
 
+def live_facts(ctx: MoveContext) -> list[str]:
+    """Where the VM runs, what job runs on its drive, what each domain holds of the image."""
+    j = ctx.journal
+    vm = ctx.vm()
+    drive = ctx.drive(vm)
+    facts = [
+        "the VM is gone"
+        if vm is None or drive is None
+        else f"the VM runs on domain {drive.domain_id} (chain {', '.join(drive.chain)})"
+    ]
+    if vm is not None and drive is not None and vm.jobs.get(drive.target):
+        facts.append(f"a {vm.jobs[drive.target].get('blockJobType')} job runs on the drive")
+    for name, domain in (("source", j.src_domain), ("destination", j.dst_domain)):
+        vols = ctx.volumes(domain)
+        facts.append(
+            f"{name} {domain} holds volumes {', '.join(vols)}"
+            if vols
+            else f"{name} {domain} holds nothing of the image"
+        )
+    return facts
+
+
 def _after(step: str, other: str) -> bool:
     """Whether forward step ``step`` comes after ``other``."""
     return FORWARD_STEPS.index(step) > FORWARD_STEPS.index(other)
 
 
-def _reason(error: Exception) -> str:
+def reason(error: BaseException) -> str:
+    """An error as the user reads it: a CliError's message, anything else named (a bug)."""
     if isinstance(error, CliError):
         return error.message
     return f"unexpected {type(error).__name__}: {error}"

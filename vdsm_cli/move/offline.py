@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from vdsm import errors
-from vdsm_cli.api import FINISHED, TaskFailed
-from vdsm_cli.errors import ApiError, CliError
+from vdsm_cli.errors import ApiError
+from vdsm_cli.move import driver
 from vdsm_cli.move.context import MoveContext, Stuck
-from vdsm_cli.move.driver import InterruptedRolledBack, RolledBack, finished
+from vdsm_cli.move.driver import finished, reason, recovery_failed, rolled_back
 from vdsm_cli.move.journal import ROLLBACK
 from vdsm_cli.move.steps import DELETE_DESTINATION, MOVE_IMAGE, TITLES
 
@@ -79,8 +79,7 @@ def execute(ctx: MoveContext, *, resume: bool) -> str:
     except Stuck as e:
         raise Stuck(f"{e.message}. {leftovers(ctx)}") from None
     except Exception as e:  # any failure, even a bug, ends in a recovery from the real state
-        reason = e.message if isinstance(e, CliError) else f"unexpected {type(e).__name__}: {e}"
-        return recover(ctx, cause=f"step {j.step}: {reason}", interrupted=False)
+        return recover(ctx, cause=f"step {j.step}: {reason(e)}", interrupted=False)
 
 
 def moved(ctx: MoveContext) -> str:
@@ -148,60 +147,31 @@ def recover(
             ctx.save()
         if state.destination:
             ctx.run_step(DELETE_DESTINATION, TITLES[DELETE_DESTINATION], delete_destination)
-    except KeyboardInterrupt:
-        raise Stuck(f"interrupted again during {j.step}: stopped there. {leftovers(ctx)}") from None
-    except Stuck as e:
-        raise Stuck(f"{e.message}. {leftovers(ctx)}") from None
-    except Exception as e:
-        first = f"{cause}; then " if cause else ""
-        reason = e.message if isinstance(e, CliError) else f"unexpected {type(e).__name__}: {e}"
-        raise Stuck(f"{first}step {j.step}: {reason}. {leftovers(ctx)}") from None
-    ctx.store.remove(j)
-    notes = "".join(f"; {n}" for n in j.notes)
-    message = (
-        f"the move of image {j.image_id} was rolled back: {j.cause}. The disk is whole in the "
-        f"source domain {j.src_domain}; the destination {j.dst_domain} is clean{notes}"
+    except (KeyboardInterrupt, Exception) as e:
+        raise recovery_failed(e, cause, j.step, leftovers(ctx)) from None
+    rolled_back(
+        ctx,
+        interrupted,
+        f"The disk is whole in the source domain {j.src_domain}; the destination "
+        f"{j.dst_domain} is clean",
     )
-    if interrupted:
-        raise InterruptedRolledBack(message)
-    raise RolledBack(message)
 
 
 def settle_task(ctx: MoveContext, *, stop: bool) -> None:
-    """Wait until the moveImage task of this move has ended (stopping it first if ``stop``):
-    only then does the storage say how the move ended. Without a recorded id (the client
-    died between the submit and the journal write), every moveImage task of the SPM."""
-    j = ctx.journal
-    ids = [j.tasks[MOVE_IMAGE]] if MOVE_IMAGE in j.tasks else []
-    if not ids and j.step == MOVE_IMAGE:
-        ids = ctx.spm.running_tasks({"moveImage"})
-    for task_id in ids:
-        status = ctx.task_status(task_id)
-        if status is None or status.get("taskState") == FINISHED:
-            continue
-        if stop:
-            ctx.spm.stop_task(task_id)
-        try:
-            ctx.wait_known_task(task_id, "moveImage", lambda s: _progress(ctx, s))
-        except TaskFailed as e:
-            ctx.reporter.note(f"the moveImage task ended: {e.message}")
+    """Let the moveImage task of this move end (stopping it first if ``stop``): only then
+    does the storage say how the move ended."""
+    ctx.await_recorded_task(
+        MOVE_IMAGE, {"moveImage"}, stop=stop, on_status=lambda s: _progress(ctx, s)
+    )
 
 
 def delete_destination(ctx: MoveContext) -> None:
     """What a failed task left on the destination, deleted: only ever with the source whole
     and LEGAL (checked again here), and no moveImage task running."""
-    j = ctx.journal
     settle_task(ctx, stop=True)
     if not sides(ctx).source_whole:
         raise Stuck("will not delete the destination: the source does not hold the whole chain")
-    if j.image_id in ctx.spm.images(j.dst_domain):
-        ctx.run_task(
-            DELETE_DESTINATION,
-            "deleteImage",
-            lambda: ctx.spm.delete_image(j.dst_domain, j.pool_id, j.image_id),
-        )
-    if j.image_id in ctx.spm.images(j.dst_domain):
-        raise Stuck(f"image {j.image_id} is still in destination domain {j.dst_domain}")
+    ctx.delete_destination_image()
 
 
 def sides(ctx: MoveContext) -> Sides:
@@ -248,20 +218,4 @@ def describe(state: Sides) -> str:
 
 def leftovers(ctx: MoveContext) -> str:
     """What is where now (asked of the SPM, best effort), and how to go on."""
-    j = ctx.journal
-    facts = []
-    try:
-        ctx.save()
-    except OSError as e:
-        facts.append(f"the journal could not be written ({e}): it may be one step behind")
-    try:
-        facts.append(describe(sides(ctx)))
-    except (CliError, OSError) as e:
-        facts.append(f"the SPM could not be asked ({e}); nothing more was changed")
-    except KeyboardInterrupt:
-        facts.append("not checked (interrupted)")
-    where = ctx.store.path(j.vm_id, j.image_id)
-    return (
-        f"Left: {'; '.join(facts)}. The journal {where} is kept: `{ctx.resume_command}` "
-        "will finish or roll it back"
-    )
+    return driver.leftovers(ctx, lambda c: [describe(sides(c))])

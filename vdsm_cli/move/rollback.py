@@ -61,20 +61,12 @@ def abort_replication(ctx: MoveContext) -> None:
 
 
 def delete_destination(ctx: MoveContext) -> None:
-    j = ctx.journal
     ctx.await_recorded_task(SYNC, {"syncImageData"}, stop=True)
     ctx.await_recorded_task(CLONE, {"cloneImageStructure"})
     if ctx.locate() == ON_DESTINATION:
         raise Stuck("will not delete the destination: the VM's drive runs on it")
     _no_mirror(ctx)
-    if j.image_id in ctx.spm.images(j.dst_domain):
-        ctx.run_task(
-            DELETE_DESTINATION,
-            "deleteImage",
-            lambda: ctx.spm.delete_image(j.dst_domain, j.pool_id, j.image_id),
-        )
-    if j.image_id in ctx.spm.images(j.dst_domain):
-        raise Stuck(f"image {j.image_id} is still in destination domain {j.dst_domain}")
+    ctx.delete_destination_image()
 
 
 def unsnapshot_merge(ctx: MoveContext) -> None:
