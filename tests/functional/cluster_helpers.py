@@ -76,6 +76,31 @@ class PoolIds:
     sd2: str  # the destination
 
 
+def make_pool(cluster: Cluster, storage: Path) -> PoolIds:
+    """The pool as an engine builds it, on hosts 1 and 2 of ``cluster``: host 1 makes both
+    domains under ``storage`` (src, the master, and dst) and the pool of both; host 2 connects
+    to their storage; both join (host ids 1 and 2) and host 1 becomes the SPM. The two joins
+    overlap: each is sanlock's few seconds of waiting, not work."""
+    spm, other = cluster.host(1), cluster.host(2)
+    pool = PoolIds(new_uuid(), new_uuid(), new_uuid())
+    rpc1 = spm.xmlrpc()
+    for uuid, name in ((pool.sd, "src"), (pool.sd2, "dst")):
+        (storage / name).mkdir(parents=True)
+        ok(rpc1.createStorageDomain(4, uuid, name, str(storage / name), 1))
+    ok(rpc1.createStoragePool(0, pool.sp, "dc", pool.sd, [pool.sd, pool.sd2], 1))
+    ok(rpc1.connectStoragePool(pool.sp, 1, "", pool.sd, 1))
+    # Host 2 learns the domains from its storage connections, then joins the pool.
+    rpc2 = other.xmlrpc()
+    connections = [{"id": new_uuid(), "connection": str(storage / n)} for n in ("src", "dst")]
+    reply = ok(rpc2.connectStorageServer(4, pool.sp, connections))
+    assert [c["status"] for c in reply["statuslist"]] == [0, 0], reply
+    ok(rpc2.connectStoragePool(pool.sp, 2, "", pool.sd, 1))
+    assert spm_start(spm, pool.sp)["taskResult"] == "success"
+    domains = [pool.sd, pool.sd2]
+    wait_for(lambda: all(joined(h, domains) for h in (spm, other)), "joined", timeout=30)
+    return pool
+
+
 class TwoHosts:
     """The pool on two hosts (see the module docstring). Shaped as mover.MovingVms:
     ``daemon``, the HOST of the command line, is the VM's host."""
@@ -84,22 +109,8 @@ class TwoHosts:
         self.cluster = cluster
         self.spm, self.vm_host = cluster.host(1), cluster.host(2)
         self.root = root
-        sp, sd, sd2 = new_uuid(), new_uuid(), new_uuid()
-        self.storage = PoolIds(sp, sd, sd2)
-        rpc1 = self.spm.xmlrpc()
-        for uuid, name in ((sd, "src"), (sd2, "dst")):
-            (root / name).mkdir()
-            ok(rpc1.createStorageDomain(4, uuid, name, str(root / name), 1))
-        ok(rpc1.createStoragePool(0, sp, "dc", sd, [sd], 1))
-        ok(rpc1.connectStoragePool(sp, 1, "", sd, 1))
-        assert spm_start(self.spm, sp)["taskResult"] == "success"
-        ok(rpc1.attachStorageDomain(sd2, sp))
-        rpc2 = self.vm_host.xmlrpc()
-        connections = [{"id": new_uuid(), "connection": str(root / n)} for n in ("src", "dst")]
-        reply = ok(rpc2.connectStorageServer(4, sp, connections))
-        assert [c["status"] for c in reply["statuslist"]] == [0, 0], reply
-        ok(rpc2.connectStoragePool(sp, 2, "", sd, 1))
-        wait_for(lambda: all(joined(h, [sd, sd2]) for h in (self.spm, self.vm_host)), "joined")
+        self.storage = make_pool(cluster, root)
+        sp, sd = self.storage.sp, self.storage.sd
         api = self.spm.api()
         self.img, self.base, self.leaf = new_uuid(), new_uuid(), new_uuid()
         api.wait_success(api.create_volume(sd, sp, self.img, self.base, GiB, volume_format="RAW"))

@@ -12,10 +12,39 @@ from pathlib import Path
 
 import pytest
 
+from tests.functional.background_demo import BackgroundDemo
 from tests.functional.daemon_helpers import VdsmdProcess, running
 from tests.functional.lsm_helpers import VmFixture
 from tests.functional.mover import prefill
 from vdsm_guest.build import GuestImage, ensure_guest
+
+# The test whose demo runs in the background of the session (tests/functional/background_demo.py).
+CLUSTER_DEMO_TEST = "test_cluster_demo_moves_across_hosts_and_fails_over"
+CLUSTER_DEMO = pytest.StashKey[BackgroundDemo]()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Its test runs last: by then the demo has long finished, and the test only reads it.
+    items.sort(key=lambda item: item.name == CLUSTER_DEMO_TEST)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly:
+        return
+    if any(item.name == CLUSTER_DEMO_TEST for item in session.items):
+        session.config.stash[CLUSTER_DEMO] = BackgroundDemo("cluster_demo.py")
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    demo = session.config.stash.get(CLUSTER_DEMO, None)
+    if demo is not None:
+        demo.stop()  # the session ended before the test collected it (interrupted, -x)
+
+
+@pytest.fixture
+def cluster_demo(request: pytest.FixtureRequest) -> BackgroundDemo:
+    """The cluster demo, started when the session collected its test."""
+    return request.config.stash[CLUSTER_DEMO]
 
 
 @pytest.fixture(scope="session")

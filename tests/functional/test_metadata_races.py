@@ -93,32 +93,33 @@ def become_spm(vdsmd: VdsmdProcess, sp: str, master: str) -> None:
 
 
 def test_two_domains_attached_to_one_pool_at_once(vdsmd: VdsmdProcess, tmp_path: Path) -> None:
+    # One pool for every round: joining its lockspace takes seconds, the race is in the attach.
+    sp, master = new_uuid(), domain(vdsmd, tmp_path / "master")
+    assert vdsmd.xmlrpc().createStoragePool(0, sp, "dc", master, [master], 1)["status"]["code"] == 0
+    become_spm(vdsmd, sp, master)  # attaching is an SPM verb
+    attached = [master]
     for n in range(ROUNDS):
-        sp, master = new_uuid(), domain(vdsmd, tmp_path / f"r{n}" / "master")
-        assert (
-            vdsmd.xmlrpc().createStoragePool(0, sp, "dc", master, [master], 1)["status"]["code"]
-            == 0
-        )
-        become_spm(vdsmd, sp, master)  # attaching is an SPM verb
         members = [domain(vdsmd, tmp_path / f"r{n}" / name) for name in ("a", "b", "c")]
         codes = together(
             vdsmd,
             [("attachStorageDomain", (sd, sp)) for sd in members],
         )
         assert codes == [0, 0, 0], (n, codes)
+        attached += members
         info = vdsmd.xmlrpc().getStoragePoolInfo(sp)
-        assert sorted(info["dominfo"]) == sorted([master, *members]), (n, info)
+        assert sorted(info["dominfo"]) == sorted(attached), (n, info)
 
 
 def test_one_domain_attached_to_two_pools_at_once(vdsmd: VdsmdProcess, tmp_path: Path) -> None:
+    # Two pools for every round, each with its SPM started once; each round races a new domain.
+    pools = []
+    for name in ("p1", "p2"):
+        sp, master = new_uuid(), domain(vdsmd, tmp_path / name)
+        reply = vdsmd.xmlrpc().createStoragePool(0, sp, name, master, [master], 1)
+        assert reply["status"]["code"] == 0, reply
+        become_spm(vdsmd, sp, master)
+        pools.append(sp)
     for n in range(ROUNDS):
-        pools = []
-        for name in ("p1", "p2"):
-            sp, master = new_uuid(), domain(vdsmd, tmp_path / f"r{n}" / name)
-            reply = vdsmd.xmlrpc().createStoragePool(0, sp, name, master, [master], 1)
-            assert reply["status"]["code"] == 0, reply
-            become_spm(vdsmd, sp, master)
-            pools.append(sp)
         sd = domain(vdsmd, tmp_path / f"r{n}" / "shared")
         codes = together(
             vdsmd,

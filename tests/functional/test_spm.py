@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import require_command
-from tests.functional.cluster_helpers import copies_of, joined, spm_start, wait_for
+from tests.functional.cluster_helpers import copies_of, joined, make_pool, spm_start, wait_for
 from tests.functional.daemon_helpers import VdsmdProcess, new_uuid, wait_task
 from tests.functional.storage_helpers import code, ok
 from vdsm_api.wire import BLANK_UUID
@@ -61,26 +61,8 @@ def pool(tmp_path: Path) -> Iterator[Pool]:
         extra_args=["--copy-rate-limit", "1"],
         vdsmd_class=VdsmdProcess,
     ) as cluster:
-        rpc1 = cluster.host(1).xmlrpc()
-        sp, sd, sd2 = new_uuid(), new_uuid(), new_uuid()
-        for uuid, name in ((sd, "src"), (sd2, "dst")):
-            (storage / name).mkdir(parents=True)
-            ok(rpc1.createStorageDomain(4, uuid, name, str(storage / name), 1))
-        ok(rpc1.createStoragePool(0, sp, "dc", sd, [sd], 1))
-        ok(rpc1.connectStoragePool(sp, 1, "", sd, 1))
-        assert spm_start(cluster.host(1), sp)["taskResult"] == "success"
-        ok(rpc1.attachStorageDomain(sd2, sp))
-        # Host 2 learns the domains from its storage connections, then joins the pool.
-        rpc2 = cluster.host(2).xmlrpc()
-        connections = [
-            {"id": new_uuid(), "connection": str(storage / name)} for name in ("src", "dst")
-        ]
-        reply = ok(rpc2.connectStorageServer(4, sp, connections))
-        assert [c["status"] for c in reply["statuslist"]] == [0, 0], reply
-        ok(rpc2.connectStoragePool(sp, 2, "", sd, 1))
-        hosts = list(cluster)
-        wait_for(lambda: all(joined(h, [sd, sd2]) for h in hosts), "joined", timeout=30)
-        yield Pool(cluster, sp, sd, sd2, storage)
+        ids = make_pool(cluster, storage)
+        yield Pool(cluster, ids.sp, ids.sd, ids.sd2, storage)
 
 
 def sync_in_flight(pool: Pool) -> tuple[str, str, str]:
