@@ -52,6 +52,7 @@ setup(
             "pytest",
             "import-linter",
             "hypothesis",
+            "fusepy",  # the storage-fault tests' FUSE fake (tests/fakes/faultfs.py)
             "ruff",
             "mypy",
             "types-lxml",

@@ -99,6 +99,10 @@ class Config:
     # Seconds between two checks of each connected domain (metadata read, lockspace joined),
     # reported by repoStats (VDSM's domain monitor interval).
     domain_monitor_interval: float = 10.0
+    # Seconds a domain's storage has to answer the monitor's probe (a direct read of its
+    # metadata, from a child process) before every verb on the domain is refused with 379
+    # instead of blocking on it (domain_health.DEFAULT_PROBE_TIMEOUT).
+    domain_probe_timeout: float = 10.0
     # Volume leases in pools whose domains have sanlock lockspaces: a running VM's top volume
     # lease is held by its QEMU process (libvirt's sanlock lock manager must be configured:
     # lock_manager = "sanlock" in qemu.conf), and vdsmd holds the lease of every volume a task
@@ -145,7 +149,12 @@ class Config:
             raise ConfigError("copy_rate_limit: must be 0 (no limit) or a rate in MiB/s")
         if not 1 <= self.sanlock_io_timeout <= 60:
             raise ConfigError("sanlock_io_timeout: must be 1 to 60 seconds")
-        for name in ("host_id_timeout", "spm_watchdog_interval", "domain_monitor_interval"):
+        for name in (
+            "host_id_timeout",
+            "spm_watchdog_interval",
+            "domain_monitor_interval",
+            "domain_probe_timeout",
+        ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: must be more than 0 seconds")
         if self.max_request_bytes < 1024:
@@ -218,6 +227,8 @@ HELP = {
     "host_id_timeout": "seconds spmStart waits for this host to join the master's lockspace",
     "spm_watchdog_interval": "seconds between checks that the SPM still holds its lease",
     "domain_monitor_interval": "seconds between checks of each connected domain (repoStats)",
+    "domain_probe_timeout": "seconds a domain's storage has to answer a check before verbs on "
+    "it are refused (379) instead of blocking",
     "volume_leases": "hold volume leases (VMs through libvirt's sanlock lock manager, tasks "
     "in vdsmd) in pools with sanlock",
     "max_request_bytes": "largest API request body accepted",

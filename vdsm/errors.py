@@ -278,6 +278,12 @@ class StorageDomainLayoutError(VdsmError):
     title = "Storage domain layout corrupted"
 
 
+class StorageDomainAccessError(VdsmError):
+    code = 379
+    name = "StorageDomainAccessError"
+    title = "Domain is either partially accessible or entirely inaccessible"
+
+
 class StorageDomainAlreadyAttached(VdsmError):
     code = 380
     name = "StorageDomainAlreadyAttached"

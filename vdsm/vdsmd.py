@@ -30,6 +30,7 @@ from vdsm.rpc.dispatcher import Dispatcher
 from vdsm.rpc.http_server import RPCServer, make_ssl_context
 from vdsm.storage import fileutil, rollback_steps
 from vdsm.storage.clusterlock import LeaseHolder
+from vdsm.storage.domain_health import DomainHealth
 from vdsm.storage.host_storage import HostStorage
 from vdsm.storage.pool_connection import PoolConnections
 from vdsm.storage.repository import StorageRepository
@@ -57,7 +58,9 @@ class Daemon:
 
     def __init__(self, cfg: config.Config) -> None:
         self.cfg = cfg
-        repository = StorageRepository(cfg.state_dir / "storage")
+        repository = StorageRepository(
+            cfg.state_dir / "storage", DomainHealth(cfg.domain_probe_timeout)
+        )
         self.tasks = TaskManager(
             rollback_steps=rollback_steps.table(),
             repository=repository,

@@ -35,7 +35,7 @@ class Storage:
         self.sp, self.sd, self.sd2 = new_uuid(), new_uuid(), new_uuid()
         for sd, name in ((self.sd, "src"), (self.sd2, "dst")):
             mount = root / name
-            mount.mkdir()
+            mount.mkdir(exist_ok=True)  # or a mount point made by the test
             ok(self.rpc.createStorageDomain(4, sd, name, str(mount), 1))
         ok(self.rpc.createStoragePool(0, self.sp, "dc", self.sd, [self.sd], 1))
         ok(self.rpc.connectStoragePool(self.sp, HOST_ID, "", self.sd, 1))

@@ -2,9 +2,15 @@
 
 Each monitor joins the domain's lockspace with the pool's host id (sanlock's add_lockspace,
 without waiting: a join takes 2-3 io_timeouts), joins again if the daemon lost it, and checks
-every ``interval`` seconds that the domain answers (its metadata is read back). ``repoStats``
-reports the last check from memory, so it answers at once even while a check is slow; a check
-that is late shows as a growing ``lastCheck``. Stopping a monitor leaves the lockspace
+every ``interval`` seconds that the domain answers. The check starts with a probe from a child
+process: ``dd`` reads 4 KiB of the metadata with O_DIRECT (past any cache), bounded by the
+probe timeout; only when it answered does the monitor's own thread read the metadata back.
+A storage that stops answering then blocks a ``dd``, never vdsmd: the probe is given up at
+the timeout, the domain is marked not answering (domain_health: every verb on it is refused
+with 379 at once) and is probed again at the next interval; it is valid again once a probe
+answers. ``repoStats`` reports the last check from memory, so it answers at once even while a
+check is slow; a probe late beyond its timeout reports the domain not answering at once, with
+a growing ``lastCheck`` and ``delay``. Stopping a monitor leaves the lockspace
 (rem_lockspace), unless the daemon is only shutting down: a restarted vdsmd rejoins, and
 sanlock keeps this host's id meanwhile.
 """
@@ -14,11 +20,19 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from vdsm.errors import AcquireHostIdFailure, StorageDomainDoesNotExist, VdsmError
-from vdsm.storage import clusterlock
+from vdsm.errors import (
+    AcquireHostIdFailure,
+    CommandError,
+    CommandTimeout,
+    StorageDomainAccessError,
+    StorageDomainDoesNotExist,
+    VdsmError,
+)
+from vdsm.storage import clusterlock, runner
 from vdsm.storage.clusterlock import JoinState
+from vdsm.storage.domain import DOM_MD, METADATA_FILE
 from vdsm.storage.repository import StorageRepository
 
 log = logging.getLogger("vdsm.storage.domain_monitor")
@@ -64,12 +78,25 @@ class DomainMonitor:
 
     def status(self) -> DomainStatus:
         with self._lock:
-            return self._status
+            status = self._status
+        waiting_since = self._repository.health.waiting_since(self.sd_uuid)
+        if waiting_since is None:
+            return status
+        waited = time.monotonic() - waiting_since
+        return replace(
+            status,
+            valid=False,
+            error=f"domain {self.sd_uuid} does not answer: its storage has not answered "
+            f"for {waited:.0f} s",
+            code=StorageDomainAccessError.code,
+            delay=waited,
+        )
 
     def stop(self, *, leave: bool) -> None:
         """Stop checking; ``leave``: also leave the lockspace (this host gives its id up)."""
         self._stop.set()
         self._thread.join(timeout=60)
+        self._repository.health.forget(self.sd_uuid)
         if leave:
             try:
                 domain = self._repository.domain(self.sd_uuid)
@@ -84,11 +111,33 @@ class DomainMonitor:
             self._check()
             self._stop.wait(self._interval)
 
+    def _probe(self) -> None:
+        """A direct read of the metadata from a child process, bounded by the probe timeout;
+        the outcome goes to the repository's health (379 raised when it did not answer)."""
+        health = self._repository.health
+        metadata = self._repository.domain_dir(self.sd_uuid) / DOM_MD / METADATA_FILE
+        argv = ["dd", f"if={metadata}", "of=/dev/null", "bs=4096", "count=1", "iflag=direct"]
+        health.probing(self.sd_uuid)
+        try:
+            runner.run([*argv, "status=none"], timeout=health.probe_timeout)
+        except CommandTimeout:
+            reason = f"its storage did not answer a read within {health.probe_timeout:g} s"
+            health.failed(self.sd_uuid, reason)
+            what = f"domain {self.sd_uuid} does not answer: {reason}"
+            raise StorageDomainAccessError(what) from None
+        except CommandError as e:
+            # It answered, with an error: the checks below say which (gone, unreadable).
+            health.answered(self.sd_uuid)
+            log.debug("domain %s: probe failed: %s", self.sd_uuid, e)
+            return
+        health.answered(self.sd_uuid)
+
     def _check(self) -> None:
         started = time.monotonic()
         join = JoinState.FREE
         version = 0
         try:
+            self._probe()
             domain = self._repository.domain(self.sd_uuid).reload()
             delay = time.monotonic() - started
             version = domain.metadata.version

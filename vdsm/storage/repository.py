@@ -16,6 +16,7 @@ from pathlib import Path
 from vdsm import validation
 from vdsm.errors import (
     InvalidParameter,
+    StorageDomainAccessError,
     StorageDomainAlreadyExists,
     StorageDomainDoesNotExist,
     VdsmError,
@@ -23,6 +24,7 @@ from vdsm.errors import (
 from vdsm.storage import fileutil
 from vdsm.storage.constants import DOMAIN_VERSION, DomainClass, DomainType
 from vdsm.storage.domain import DEFAULT_IO_TIMEOUT, FileStorageDomain
+from vdsm.storage.domain_health import DEFAULT_PROBE_TIMEOUT, DomainHealth
 
 log = logging.getLogger("vdsm.storage.repository")
 
@@ -30,10 +32,12 @@ DOMAINS = "domains"
 
 
 class StorageRepository:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, health: DomainHealth | None = None) -> None:
         self.root = root
         self.links_dir = root / DOMAINS
         self.links_dir.mkdir(parents=True, exist_ok=True)
+        # What the domain monitors saw; a domain that does not answer is refused, not touched.
+        self.health = health or DomainHealth(DEFAULT_PROBE_TIMEOUT)
 
     def create_domain(
         self,
@@ -134,15 +138,25 @@ class StorageRepository:
         return found
 
     def domain(self, sd_uuid: str) -> FileStorageDomain:
-        """Open a known domain; 358 if this host knows no such domain or it is gone."""
+        """Open a known domain; 358 if this host knows no such domain or it is gone, 379 if
+        its storage does not answer (nothing of it is touched then: see domain_health)."""
         sd_uuid = validation.uuid(sd_uuid, "sdUUID")
-        link = self._link(sd_uuid)
-        if not link.is_symlink():
-            raise StorageDomainDoesNotExist(sd_uuid)
-        target = Path(os.readlink(link))
+        target = self.domain_dir(sd_uuid)
+        refusal = self.health.refusal(sd_uuid)
+        if refusal is not None:
+            raise StorageDomainAccessError(f"domain {sd_uuid} does not answer: {refusal}")
         if not target.is_dir():
             raise StorageDomainDoesNotExist(f"{sd_uuid}: its directory {target} is gone")
         return FileStorageDomain.open(target)
+
+    def domain_dir(self, sd_uuid: str) -> Path:
+        """Where a known domain lives, from its link alone (the domain is not touched); 358
+        if this host knows no such domain."""
+        sd_uuid = validation.uuid(sd_uuid, "sdUUID")
+        try:
+            return Path(os.readlink(self._link(sd_uuid)))
+        except OSError:
+            raise StorageDomainDoesNotExist(sd_uuid) from None
 
     def domain_uuids(self) -> list[str]:
         found = []

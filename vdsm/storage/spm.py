@@ -115,6 +115,9 @@ class SpmRoles:
         self._dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._records: dict[str, SpmRecord] = {}
+        # The master domain of each pool this host became SPM of: the watchdog needs only its
+        # UUID, and must not touch the storage to learn it (a hung member would hang it).
+        self._masters: dict[str, str] = {}
         self._stop = threading.Event()
         self._watchdog: threading.Thread | None = None
         self._forget_dead_roles()
@@ -157,6 +160,7 @@ class SpmRoles:
         if recovered:
             log.info("pool %s: loaded the master's tasks %s", sp_uuid, recovered)
         with self._lock:
+            self._masters[sp_uuid] = master.sd_uuid
             self._persist(sp_uuid, SpmState.SPM, connection.host_id, lver)
         self._start_watchdog()
         return lver
@@ -249,6 +253,7 @@ class SpmRoles:
         """Compare the pools this host is SPM of with the SDM leases sanlock says it holds."""
         with self._lock:
             spm = {sp: r for sp, r in self._records.items() if r.state is SpmState.SPM}
+            masters = dict(self._masters)
         if not spm:
             return
         try:
@@ -257,12 +262,16 @@ class SpmRoles:
         except VdsmError as e:
             held, problem = {}, e.message
         for sp_uuid, record in spm.items():
-            try:
-                master = StoragePool.open(self._repository, sp_uuid).master
-            except VdsmError as e:
-                self._lost(sp_uuid, record, f"the master domain is unreachable: {e}")
-                continue
-            lver = held.get((master.sd_uuid, clusterlock.SDM_RESOURCE))
+            master_sd = masters.get(sp_uuid)
+            if master_sd is None:
+                try:
+                    master_sd = StoragePool.open(self._repository, sp_uuid).master.sd_uuid
+                except VdsmError as e:
+                    self._lost(sp_uuid, record, f"the master domain is unreachable: {e}")
+                    continue
+            # A master that stops answering fails sanlock's renewals: the lease is then lost,
+            # and sanlock says so here.
+            lver = held.get((master_sd, clusterlock.SDM_RESOURCE))
             if lver is None:
                 self._lost(sp_uuid, record, problem or "sanlock no longer lists it as held")
             elif lver != record.lver:

@@ -1,0 +1,137 @@
+"""Storage that fails under a live move: the destination domain on the FAKE fault file system
+(tests/fakes/faultfs.py, a FUSE passthrough told at run time to fail writes), everything else
+real (vdsmd, sanlock on the domain's ids file, qemu-img, QEMU and libvirt).
+
+A destination whose writes fail with EIO or ENOSPC during the sync: moveDisk rolls back and
+exits 1 with the cause and the volume in its error; the VM never stops and runs on the source,
+whose chain is whole and LEGAL; nothing of the image is left on the destination.
+
+A destination domain whose storage stops answering: vdsmd goes on answering every verb that
+does not touch it within a second, refuses the verbs on it with 379 at once, reports it in
+repoStats as not answering (with the time of its last check), stops on SIGTERM, and finds the
+domain valid again when the storage answers again, without a restart.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.fakes.faultfs import FaultFs
+from tests.functional.daemon_helpers import VdsmdProcess, running
+from tests.functional.lsm_helpers import VmFixture
+from tests.functional.mover import Mover, assert_on_source, prefill
+from tests.functional.storage_helpers import Storage, code, ok
+
+pytestmark = pytest.mark.libvirt
+
+
+@dataclass
+class FaultyDestination:
+    vms: VmFixture
+    fs: FaultFs  # the destination domain's file system
+
+    def volume_path(self, vol: str) -> str:
+        """A volume of the image on the destination, as the fault's PREFIX."""
+        st = self.vms.storage
+        return f"{st.sd2}/images/{self.vms.img}/{vol}"
+
+
+@pytest.fixture
+def faulty(tmp_path: Path) -> Iterator[FaultyDestination]:
+    # The file system outlives the daemon: vdsmd (and its lockspaces) go first.
+    with FaultFs(tmp_path / "dst-backing", tmp_path / "dst", tmp_path / "dst-fault") as fs:
+        daemon = VdsmdProcess(tmp_path / "vdsmd", ["--replication-convergence-window", "3"])
+        with running(daemon):
+            vms = VmFixture(daemon, tmp_path)
+            prefill(vms, tmp_path)
+            try:
+                yield FaultyDestination(vms, fs)
+            finally:
+                vms.cleanup()
+
+
+@pytest.mark.parametrize(("fault", "says"), [("eio", "Input/output error"), ("enospc", "No space")])
+def test_destination_failing_during_the_sync_rolls_back(
+    faulty: FaultyDestination, tmp_path: Path, fault: str, says: str
+) -> None:
+    vms = faulty.vms
+    vm_id = vms.start()
+    m = Mover(vms, vm_id, tmp_path)
+    # The base's data file on the destination: the clone creates it (no write), the sync
+    # writes it, the mirror writes only the leaf.
+    faulty.fs.set(fault, faulty.volume_path(vms.base))
+    done = m.run()
+    faulty.fs.heal()
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert "rolled back" in done.stderr, out
+    assert says in out and vms.base in out, out  # the cause, and the volume it hit
+    assert_on_source(m)
+
+
+# --- a domain that stops answering ------------------------------------------------------------
+
+PROBE_TIMEOUT = 2  # vdsmd's --domain-probe-timeout here (the monitors check every second)
+
+
+def answers_within(seconds: float, call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """``call()``'s reply, which must come within ``seconds`` (measured here, generously)."""
+    started = time.monotonic()
+    reply = call()
+    took = time.monotonic() - started
+    assert took < seconds, (took, reply)
+    return reply
+
+
+def domain_stats(daemon: VdsmdProcess, sd: str) -> dict[str, Any]:
+    stats: dict[str, Any] = ok(daemon.xmlrpc().repoStats())[sd]
+    return stats
+
+
+def wait_stats(daemon: VdsmdProcess, sd: str, valid: bool, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while (stats := domain_stats(daemon, sd))["valid"] != valid or not stats["acquired"] and valid:
+        assert time.monotonic() < deadline, stats
+        time.sleep(0.2)
+    return stats
+
+
+def test_a_hung_domain_never_freezes_the_agent(tmp_path: Path) -> None:
+    with FaultFs(tmp_path / "dst-backing", tmp_path / "dst", tmp_path / "dst-fault") as fs:
+        daemon = VdsmdProcess(tmp_path / "vdsmd", ["--domain-probe-timeout", str(PROBE_TIMEOUT)])
+        with running(daemon):
+            st = Storage(daemon, tmp_path)
+            rpc = daemon.xmlrpc()
+            wait_stats(daemon, st.sd2, True, timeout=30)
+
+            fs.set("hang", "/")  # every operation on the destination domain's mount blocks
+            hung = wait_stats(daemon, st.sd2, False, timeout=PROBE_TIMEOUT + 8)
+            assert hung["code"] == 379 and "does not answer" in hung["error"], hung
+            assert float(hung["lastCheck"]) >= PROBE_TIMEOUT - 1, hung
+            # What does not touch it answers at once; what does is refused at once.
+            assert answers_within(1, rpc.ping)["status"]["code"] == 0
+            assert answers_within(1, rpc.list)["status"]["code"] == 0
+            assert answers_within(1, rpc.repoStats)[st.sd]["valid"] is True
+            assert code(answers_within(1, lambda: rpc.getStorageDomainInfo(st.sd))) == 0
+            refused = answers_within(1, lambda: rpc.getStorageDomainInfo(st.sd2))
+            assert code(refused) == 379 and st.sd2 in refused["status"]["message"], refused
+            pool = answers_within(1, lambda: rpc.getStoragePoolInfo(st.sp))
+            assert code(pool) in (0, 379), pool
+
+            fs.heal()  # the storage comes back: valid again, without a restart
+            back = wait_stats(daemon, st.sd2, True, timeout=30)
+            assert back["code"] == 0 and back["error"] == "", back
+            assert code(rpc.getStorageDomainInfo(st.sd2)) == 0
+
+            fs.set("hang", "/")  # and SIGTERM still stops vdsmd while it hangs
+            wait_stats(daemon, st.sd2, False, timeout=PROBE_TIMEOUT + 8)
+            started = time.monotonic()
+            assert daemon.stop(timeout=30) == 0
+            assert time.monotonic() - started < 30
+            fs.heal()
