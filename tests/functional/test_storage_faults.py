@@ -2,9 +2,10 @@
 (tests/fakes/faultfs.py, a FUSE passthrough told at run time to fail writes), everything else
 real (vdsmd, sanlock on the domain's ids file, qemu-img, QEMU and libvirt).
 
-A destination whose writes fail with EIO or ENOSPC during the sync: moveDisk rolls back and
-exits 1 with the cause and the volume in its error; the VM never stops and runs on the source,
-whose chain is whole and LEGAL; nothing of the image is left on the destination.
+A destination whose writes fail during the clone (EIO), the sync (EIO or ENOSPC) or under the
+mirror (EIO, the guest writing): moveDisk rolls back and exits 1 with the cause and the volume
+in its error; the VM never stops and runs on the source, whose chain is whole and LEGAL, with
+every acknowledged write; nothing of the image is left on the destination.
 
 A destination domain whose storage stops answering: vdsmd goes on answering every verb that
 does not touch it within a second, refuses the verbs on it with 379 at once, reports it in
@@ -14,6 +15,7 @@ domain valid again when the storage answers again, without a restart.
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,9 +26,12 @@ import pytest
 
 from tests.fakes.faultfs import FaultFs
 from tests.functional.daemon_helpers import VdsmdProcess, running
-from tests.functional.lsm_helpers import VmFixture
+from tests.functional.lsm_helpers import VmFixture, guest_params, wait_writes
 from tests.functional.mover import Mover, assert_on_source, prefill
 from tests.functional.storage_helpers import Storage, code, ok
+from vdsm_cli.move.fault import TEST_PAUSE_AT
+from vdsm_guest import checker
+from vdsm_guest.build import GuestImage
 
 pytestmark = pytest.mark.libvirt
 
@@ -73,6 +78,54 @@ def test_destination_failing_during_the_sync_rolls_back(
     assert "rolled back" in done.stderr, out
     assert says in out and vms.base in out, out  # the cause, and the volume it hit
     assert_on_source(m)
+
+
+def test_destination_failing_during_the_clone_rolls_back(
+    faulty: FaultyDestination, tmp_path: Path
+) -> None:
+    vms = faulty.vms
+    vm_id = vms.start()
+    m = Mover(vms, vm_id, tmp_path)
+    # Every write in the image's directory on the destination: the clone's first volume fails.
+    faulty.fs.set("eio", f"{vms.storage.sd2}/images/{vms.img}")
+    done = m.run()
+    faulty.fs.heal()
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert "rolled back" in done.stderr and "step clone" in done.stderr, out
+    assert "Input/output error" in out, out
+    assert_on_source(m)
+
+
+def test_destination_failing_under_the_mirror_rolls_back(
+    faulty: FaultyDestination, guest: GuestImage, tmp_path: Path
+) -> None:
+    """The guest writes all the time, so the mirror writes the destination's copy of the
+    move's snapshot: those writes fail, the mirror job fails, and the move rolls back with
+    every acknowledged write on the source."""
+    vms, st = faulty.vms, faulty.vms.storage
+    vm_id = vms.start(**guest_params(guest, slots=64, pause=0))
+    console = Path(vms.stats(vm_id)["consoleLog"])
+    wait_writes(console, 20)
+    m = Mover(vms, vm_id, tmp_path)
+    client = m.start(**{TEST_PAUSE_AT: "replicate"})  # cloned, the mirror not started yet
+    client.wait_paused()
+    image_dir = tmp_path / "dst" / st.sd2 / "images" / vms.img
+    # The mirror's target: the clone's volume that is neither the base nor the old leaf.
+    volumes = [p.name for p in image_dir.iterdir() if "." not in p.name]
+    (snapshot,) = [v for v in volumes if v not in (vms.base, vms.leaf)]
+    faulty.fs.set("eio", faulty.volume_path(snapshot))
+    client.signal(signal.SIGCONT)
+    code_, out = client.finish()
+    faulty.fs.heal()
+    assert code_ == 1, out
+    assert "rolled back" in out and "could not write the destination" in out, out
+    assert snapshot in out, out  # the volume the mirror was writing
+    wait_writes(console, wait_writes(console, 0) + 20)  # the guest goes on writing
+    assert_on_source(m)
+    disk = Path(vms.stats(vm_id)["disks"]["vda"]["path"])
+    result = checker.check(disk, "qcow2", console)
+    assert result.ok, result.failures
 
 
 # --- a domain that stops answering ------------------------------------------------------------

@@ -221,9 +221,10 @@ class Replications:
             if not job or live is None or live.mirror is None:
                 event = vm.last_job_event(target)
                 self._abandon(vm, target, started_job=False)
+                dst_sd, _, dst_vol = record.dst.identity()
                 raise ReplicationError(
-                    f"VM {vm.vm_id} drive {target}: the mirror job is gone"
-                    f" ({_describe_event(event)})"
+                    f"VM {vm.vm_id} drive {target}: the mirror job to volume {dst_vol} in "
+                    f"domain {dst_sd} is gone ({_describe_event(event)})"
                 )
             event = vm.last_job_event(target)
             ready = live.mirror.ready or (
@@ -501,4 +502,9 @@ def _describe_event(event: Any) -> str:
         libvirt.VIR_DOMAIN_BLOCK_JOB_CANCELED: "cancelled",
         libvirt.VIR_DOMAIN_BLOCK_JOB_READY: "ready",
     }
-    return f"libvirt's last event: the job {names.get(event.status, event.status)}"
+    described = f"libvirt's last event: the job {names.get(event.status, event.status)}"
+    if event.status == libvirt.VIR_DOMAIN_BLOCK_JOB_FAILED:
+        # QEMU ends a mirror with an error when a write to the destination fails (an I/O
+        # error, no space left) or the source cannot be read; libvirt does not say which.
+        described += ": QEMU could not write the destination or read the source"
+    return described
