@@ -11,11 +11,14 @@ The fault is one line in a control file outside the mount, read again whenever i
     ok                    no fault
     eio PREFIX            write, fsync and fallocate of files under PREFIX fail with EIO
     enospc PREFIX         ... with ENOSPC
+    eio-read PREFIX       reads of files under PREFIX fail with EIO (a bad sector)
     hang PREFIX           every operation under PREFIX blocks until the fault changes
 
-PREFIX is a path relative to the mount (``sd/images/IMG/VOL``), or ``/`` for everything.
+PREFIX is a path relative to the mount (``sd/images/IMG/VOL``), or ``/`` for everything. Two
+more words, ``START END``, limit eio, enospc and eio-read to I/O that touches bytes
+[START, END) of the file (a bad region the guest never reads, say).
 Creating, truncating and reading files is never failed by eio or enospc: a copy fails when it
-writes, as on a full or broken disk.
+writes, as on a full or broken disk; eio-read fails reads only.
 
 Run as ``python tests/fakes/faultfs.py BACKING MOUNTPOINT CONTROL``; tests use :class:`FaultFs`.
 """
@@ -32,8 +35,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-MODES = ("ok", "eio", "enospc", "hang")
-FAILED_WITH = {"eio": errno.EIO, "enospc": errno.ENOSPC}
+MODES = ("ok", "eio", "enospc", "eio-read", "hang")
+FAILED_WITH = {"eio": errno.EIO, "enospc": errno.ENOSPC, "eio-read": errno.EIO}
 POLL = 0.05  # seconds between two looks at the control file while hung
 MOUNT_TIMEOUT = 10.0
 
@@ -45,28 +48,38 @@ class Fault:
         self.control = control
         self._seen: tuple[int, int] | None = None
         self._mode, self._prefix = "ok", "/"
+        self._region: tuple[int, int] | None = None
         self._lock = threading.Lock()
 
-    def current(self) -> tuple[str, str]:
+    def current(self) -> tuple[str, str, tuple[int, int] | None]:
         try:
             st = os.stat(self.control)
             stamp = (st.st_mtime_ns, st.st_size)
         except FileNotFoundError:
-            return "ok", "/"
+            return "ok", "/", None
         with self._lock:
             if stamp != self._seen:
                 words = self.control.read_text().split()
                 mode = words[0] if words and words[0] in MODES else "ok"
                 self._mode = mode
                 self._prefix = "/" + (words[1].strip("/") if len(words) > 1 else "")
+                self._region = (int(words[2]), int(words[3])) if len(words) > 3 else None
                 self._seen = stamp
-            return self._mode, self._prefix
+            return self._mode, self._prefix, self._region
 
-    def applies(self, path: str, modes: tuple[str, ...]) -> str | None:
-        mode, prefix = self.current()
-        if mode in modes and (prefix == "/" or path == prefix or path.startswith(prefix + "/")):
-            return mode
-        return None
+    def applies(
+        self, path: str, modes: tuple[str, ...], offset: int = 0, size: int | None = None
+    ) -> str | None:
+        mode, prefix, region = self.current()
+        if mode not in modes:
+            return None
+        if not (prefix == "/" or path == prefix or path.startswith(prefix + "/")):
+            return None
+        if region is not None and size is not None:
+            start, end = region
+            if offset + size <= start or offset >= end:
+                return None
+        return mode
 
 
 def serve(backing: Path, mountpoint: Path, control: Path) -> None:
@@ -87,8 +100,8 @@ def serve(backing: Path, mountpoint: Path, control: Path) -> None:
         def _real(self, path: str) -> str:
             return os.path.join(backing, path.lstrip("/"))
 
-        def _check_write(self, path: str) -> None:
-            mode = fault.applies(path, ("eio", "enospc"))
+        def _check_write(self, path: str, offset: int = 0, size: int | None = None) -> None:
+            mode = fault.applies(path, ("eio", "enospc"), offset, size)
             if mode:
                 raise FuseOSError(FAILED_WITH[mode])
 
@@ -149,10 +162,12 @@ def serve(backing: Path, mountpoint: Path, control: Path) -> None:
             return os.open(self._real(path), flags & ~os.O_DIRECT)
 
         def read(self, path: str, size: int, offset: int, fh: int) -> bytes:
+            if fault.applies(path, ("eio-read",), offset, size):
+                raise FuseOSError(errno.EIO)
             return os.pread(fh, size, offset)
 
         def write(self, path: str, data: bytes, offset: int, fh: int) -> int:
-            self._check_write(path)
+            self._check_write(path, offset, len(data))
             return os.pwrite(fh, data, offset)
 
         def truncate(self, path: str, length: int, fh: int | None = None) -> None:
@@ -214,12 +229,14 @@ class FaultFs:
             time.sleep(0.05)
         return self
 
-    def set(self, mode: str, prefix: str = "/") -> None:
-        """Change the fault (atomically: the file system never reads half a line)."""
+    def set(self, mode: str, prefix: str = "/", region: tuple[int, int] | None = None) -> None:
+        """Change the fault (atomically: the file system never reads half a line);
+        ``region``: only I/O touching bytes [start, end) of a file fails."""
         if mode not in MODES:
             raise ValueError(f"unknown fault {mode!r}")
         scratch = self.control.with_suffix(".new")
-        scratch.write_text(f"{mode} {prefix}\n")
+        where = f" {region[0]} {region[1]}" if region else ""
+        scratch.write_text(f"{mode} {prefix}{where}\n")
         os.replace(scratch, self.control)
 
     def heal(self) -> None:

@@ -30,6 +30,7 @@ from tests.functional.lsm_helpers import chain_of, qemu_pid
 
 MiB = 1024**2
 PREFILL = 24 * MiB  # data in the base, so the sync has something real to copy
+PREFILL_OFFSET = 256 * MiB  # where it lies: far from the guest's write slots
 CLI_TIMEOUT = 180
 Done = subprocess.CompletedProcess[str]
 
@@ -63,7 +64,7 @@ def prefill(vms: MovingVms, root: Path) -> None:
     """Random data far from the guest's slots: allocated bytes for the sync to move."""
     base = root / "src" / vms.storage.sd / "images" / vms.img / vms.base
     with open(base, "r+b") as f:
-        f.seek(256 * MiB)
+        f.seek(PREFILL_OFFSET)
         f.write(os.urandom(PREFILL))
 
 

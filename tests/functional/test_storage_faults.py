@@ -18,6 +18,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import pytest
 from tests.fakes.faultfs import FaultFs
 from tests.functional.daemon_helpers import VdsmdProcess, running
 from tests.functional.lsm_helpers import VmFixture, guest_params, wait_writes
-from tests.functional.mover import Mover, assert_on_source, prefill
+from tests.functional.mover import PREFILL, PREFILL_OFFSET, Mover, assert_on_source, prefill
 from tests.functional.storage_helpers import Storage, code, ok
 from vdsm_cli.move.fault import TEST_PAUSE_AT
 from vdsm_guest import checker
@@ -37,33 +38,49 @@ pytestmark = pytest.mark.libvirt
 
 
 @dataclass
-class FaultyDestination:
+class FaultyDomain:
     vms: VmFixture
-    fs: FaultFs  # the destination domain's file system
+    fs: FaultFs  # the faulty domain's file system
+    side: str  # "src" or "dst": which domain is on it
 
     def volume_path(self, vol: str) -> str:
-        """A volume of the image on the destination, as the fault's PREFIX."""
+        """A volume of the image on the faulty domain, as the fault's PREFIX."""
         st = self.vms.storage
-        return f"{st.sd2}/images/{self.vms.img}/{vol}"
+        sd = st.sd if self.side == "src" else st.sd2
+        return f"{sd}/images/{self.vms.img}/{vol}"
 
 
-@pytest.fixture
-def faulty(tmp_path: Path) -> Iterator[FaultyDestination]:
+@contextmanager
+def faulty_domain(root: Path, side: str) -> Iterator[FaultyDomain]:
+    """VMs on a pool (lsm_helpers.VmFixture) whose ``side`` domain is on the fault fs."""
     # The file system outlives the daemon: vdsmd (and its lockspaces) go first.
-    with FaultFs(tmp_path / "dst-backing", tmp_path / "dst", tmp_path / "dst-fault") as fs:
-        daemon = VdsmdProcess(tmp_path / "vdsmd", ["--replication-convergence-window", "3"])
+    with FaultFs(root / f"{side}-backing", root / side, root / f"{side}-fault") as fs:
+        daemon = VdsmdProcess(root / "vdsmd", ["--replication-convergence-window", "3"])
         with running(daemon):
-            vms = VmFixture(daemon, tmp_path)
-            prefill(vms, tmp_path)
+            vms = VmFixture(daemon, root)
+            prefill(vms, root)
             try:
-                yield FaultyDestination(vms, fs)
+                yield FaultyDomain(vms, fs, side)
             finally:
                 vms.cleanup()
 
 
+@pytest.fixture
+def faulty(tmp_path: Path) -> Iterator[FaultyDomain]:
+    """The destination domain on the fault file system."""
+    with faulty_domain(tmp_path, "dst") as domain:
+        yield domain
+
+
+@pytest.fixture
+def faulty_source(tmp_path: Path) -> Iterator[FaultyDomain]:
+    with faulty_domain(tmp_path, "src") as domain:
+        yield domain
+
+
 @pytest.mark.parametrize(("fault", "says"), [("eio", "Input/output error"), ("enospc", "No space")])
 def test_destination_failing_during_the_sync_rolls_back(
-    faulty: FaultyDestination, tmp_path: Path, fault: str, says: str
+    faulty: FaultyDomain, tmp_path: Path, fault: str, says: str
 ) -> None:
     vms = faulty.vms
     vm_id = vms.start()
@@ -80,8 +97,28 @@ def test_destination_failing_during_the_sync_rolls_back(
     assert_on_source(m)
 
 
+def test_source_failing_during_the_sync_rolls_back(
+    faulty_source: FaultyDomain, tmp_path: Path
+) -> None:
+    vms = faulty_source.vms
+    vm_id = vms.start()
+    m = Mover(vms, vm_id, tmp_path)
+    # Reads of the prefilled region of the base on the source fail: the sync cannot read what
+    # it copies, the guest never reads there (its writes into the leaf may read the base
+    # elsewhere, for qcow2's copy-on-write: failing those would pause the VM, as it should).
+    bad = (PREFILL_OFFSET, PREFILL_OFFSET + PREFILL)
+    faulty_source.fs.set("eio-read", faulty_source.volume_path(vms.base), bad)
+    done = m.run()
+    faulty_source.fs.heal()
+    out = done.stdout + done.stderr
+    assert done.returncode == 1, out
+    assert "rolled back" in done.stderr and "step sync" in done.stderr, out
+    assert "Input/output error" in out and vms.base in out, out
+    assert_on_source(m)
+
+
 def test_destination_failing_during_the_clone_rolls_back(
-    faulty: FaultyDestination, tmp_path: Path
+    faulty: FaultyDomain, tmp_path: Path
 ) -> None:
     vms = faulty.vms
     vm_id = vms.start()
@@ -98,7 +135,7 @@ def test_destination_failing_during_the_clone_rolls_back(
 
 
 def test_destination_failing_under_the_mirror_rolls_back(
-    faulty: FaultyDestination, guest: GuestImage, tmp_path: Path
+    faulty: FaultyDomain, guest: GuestImage, tmp_path: Path
 ) -> None:
     """The guest writes all the time, so the mirror writes the destination's copy of the
     move's snapshot: those writes fail, the mirror job fails, and the move rolls back with
