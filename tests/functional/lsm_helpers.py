@@ -13,6 +13,7 @@ assert rewriting, so a failed check here shows its values.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -28,6 +29,27 @@ def virsh(*args: str) -> str:
     return subprocess.run(
         ["virsh", "-c", "qemu:///system", *args], capture_output=True, text=True, timeout=60
     ).stdout
+
+
+def restart_libvirtd() -> None:
+    """The machine's libvirtd stopped (SIGTERM) and started again by scripts/setup-host.sh;
+    running VMs keep running (QEMU outlives libvirtd)."""
+    # By its pid file, not by name: test hosts of the multi-host harness run libvirtds of
+    # their own (vdsm_guest/libvirt_daemon.py).
+    libvirtd = int(Path("/run/libvirtd.pid").read_text())
+    assert Path(f"/proc/{libvirtd}/comm").read_text().strip() == "libvirtd"
+    os.kill(libvirtd, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{libvirtd}").exists():
+        assert time.monotonic() < deadline, "libvirtd did not stop"
+        time.sleep(0.1)
+    repo = Path(__file__).resolve().parents[2]
+    subprocess.run(
+        ["bash", str(repo / "scripts" / "setup-host.sh")],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
 
 
 def disk(storage: Storage, img: str, vol: str) -> dict[str, Any]:

@@ -78,59 +78,55 @@ def faulty_source(tmp_path: Path) -> Iterator[FaultyDomain]:
         yield domain
 
 
-@pytest.mark.parametrize(("fault", "says"), [("eio", "Input/output error"), ("enospc", "No space")])
-def test_destination_failing_during_the_sync_rolls_back(
-    faulty: FaultyDomain, tmp_path: Path, fault: str, says: str
-) -> None:
+def rolled_back_under(
+    faulty: FaultyDomain, root: Path, mode: str, prefix: str, region: tuple[int, int] | None = None
+) -> tuple[Mover, str]:
+    """A move of a VM's disk (the VM started here) while the fault holds: the client must roll
+    back and exit 1. Returns the mover and the client's output."""
     vms = faulty.vms
-    vm_id = vms.start()
-    m = Mover(vms, vm_id, tmp_path)
-    # The base's data file on the destination: the clone creates it (no write), the sync
-    # writes it, the mirror writes only the leaf.
-    faulty.fs.set(fault, faulty.volume_path(vms.base))
+    m = Mover(vms, vms.start(), root)
+    faulty.fs.set(mode, prefix, region)
     done = m.run()
     faulty.fs.heal()
     out = done.stdout + done.stderr
     assert done.returncode == 1, out
     assert "rolled back" in done.stderr, out
-    assert says in out and vms.base in out, out  # the cause, and the volume it hit
+    return m, out
+
+
+@pytest.mark.parametrize(("fault", "says"), [("eio", "Input/output error"), ("enospc", "No space")])
+def test_destination_failing_during_the_sync_rolls_back(
+    faulty: FaultyDomain, tmp_path: Path, fault: str, says: str
+) -> None:
+    # The base's data file on the destination: the clone creates it (no write), the sync
+    # writes it, the mirror writes only the leaf.
+    base = faulty.vms.base
+    m, out = rolled_back_under(faulty, tmp_path, fault, faulty.volume_path(base))
+    assert "step sync" in out and says in out and base in out, out  # the cause and the volume
     assert_on_source(m)
 
 
 def test_source_failing_during_the_sync_rolls_back(
     faulty_source: FaultyDomain, tmp_path: Path
 ) -> None:
-    vms = faulty_source.vms
-    vm_id = vms.start()
-    m = Mover(vms, vm_id, tmp_path)
     # Reads of the prefilled region of the base on the source fail: the sync cannot read what
     # it copies, the guest never reads there (its writes into the leaf may read the base
     # elsewhere, for qcow2's copy-on-write: failing those would pause the VM, as it should).
+    base = faulty_source.vms.base
     bad = (PREFILL_OFFSET, PREFILL_OFFSET + PREFILL)
-    faulty_source.fs.set("eio-read", faulty_source.volume_path(vms.base), bad)
-    done = m.run()
-    faulty_source.fs.heal()
-    out = done.stdout + done.stderr
-    assert done.returncode == 1, out
-    assert "rolled back" in done.stderr and "step sync" in done.stderr, out
-    assert "Input/output error" in out and vms.base in out, out
+    where = faulty_source.volume_path(base)
+    m, out = rolled_back_under(faulty_source, tmp_path, "eio-read", where, bad)
+    assert "step sync" in out and "Input/output error" in out and base in out, out
     assert_on_source(m)
 
 
 def test_destination_failing_during_the_clone_rolls_back(
     faulty: FaultyDomain, tmp_path: Path
 ) -> None:
-    vms = faulty.vms
-    vm_id = vms.start()
-    m = Mover(vms, vm_id, tmp_path)
     # Every write in the image's directory on the destination: the clone's first volume fails.
-    faulty.fs.set("eio", f"{vms.storage.sd2}/images/{vms.img}")
-    done = m.run()
-    faulty.fs.heal()
-    out = done.stdout + done.stderr
-    assert done.returncode == 1, out
-    assert "rolled back" in done.stderr and "step clone" in done.stderr, out
-    assert "Input/output error" in out, out
+    image_dir = f"{faulty.vms.storage.sd2}/images/{faulty.vms.img}"
+    m, out = rolled_back_under(faulty, tmp_path, "eio", image_dir)
+    assert "step clone" in out and "Input/output error" in out, out
     assert_on_source(m)
 
 

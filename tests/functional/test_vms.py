@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,15 @@ from pathlib import Path
 import pytest
 
 from tests.functional.daemon_helpers import VdsmdProcess, new_uuid
-from tests.functional.lsm_helpers import VmFixture, chain_of, disk, ok, qemu_pid, virsh
+from tests.functional.lsm_helpers import (
+    VmFixture,
+    chain_of,
+    disk,
+    ok,
+    qemu_pid,
+    restart_libvirtd,
+    virsh,
+)
 
 pytestmark = pytest.mark.libvirt
 GiB = 1024**3
@@ -206,22 +213,7 @@ def test_vdsmd_reconnects_when_libvirtd_restarts(vms: VmFixture) -> None:
     connection, events included, come back."""
     vm_id = vms.start()
     pid = qemu_pid(vm_id)
-    # The machine's libvirtd by its pid file, not by name: test hosts of the multi-host
-    # harness run libvirtds of their own (vdsm_guest/libvirt_daemon.py).
-    libvirtd = int(Path("/run/libvirtd.pid").read_text())
-    assert Path(f"/proc/{libvirtd}/comm").read_text().strip() == "libvirtd"
-    os.kill(libvirtd, signal.SIGTERM)
-    deadline = time.monotonic() + 30
-    while Path(f"/proc/{libvirtd}").exists():
-        assert time.monotonic() < deadline, "libvirtd did not stop"
-        time.sleep(0.1)
-    repo = Path(__file__).resolve().parents[2]
-    subprocess.run(
-        ["bash", str(repo / "scripts" / "setup-host.sh")],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    restart_libvirtd()
     assert vms.stats(vm_id)["status"] == "Up"
     assert qemu_pid(vm_id) == pid
     # Events flow again: a QEMU killed now is seen as Down.

@@ -147,11 +147,19 @@ def recover(
         rollback(ctx)
     except (KeyboardInterrupt, Exception) as e:
         raise recovery_failed(e, cause, j.step, leftovers(ctx)) from None
-    rolled_back(
-        ctx,
-        interrupted,
-        f"The VM runs on the source domain {j.src_domain}; the destination {j.dst_domain} is clean",
-    )
+    where = f"{_where_the_vm_is(ctx)}; the destination {j.dst_domain} is clean"
+    rolled_back(ctx, interrupted, where)
+
+
+def _where_the_vm_is(ctx: MoveContext) -> str:
+    """After a rollback: the VM runs on the source, or (killed meanwhile) is Down there."""
+    try:
+        vm = ctx.vm()
+    except Exception:
+        vm = None  # vdsmd does not answer now: say what the rollback made sure of
+    if vm is not None and vm.status != "Up":
+        return f"The VM is {vm.status}; its disk is on the source domain {ctx.journal.src_domain}"
+    return f"The VM runs on the source domain {ctx.journal.src_domain}"
 
 
 def recovery_failed(error: BaseException, cause: str | None, step: str, left: str) -> Stuck:

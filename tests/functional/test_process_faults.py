@@ -1,0 +1,80 @@
+"""Processes that die or restart under a live move, against a real vdsmd, libvirt and QEMU.
+
+- The machine's libvirtd restarted while the mirror runs, and right after the merge was
+  issued: QEMU (and its block jobs) outlive libvirtd, vdsmd reconnects, and the move goes on
+  to the end with every write the guest saw acknowledged on the destination.
+- The VM's QEMU killed during syncImageData: the move rolls back, the source chain whole and
+  LEGAL, nothing left on the destination.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.functional.lsm_helpers import (
+    VmFixture,
+    guest_params,
+    qemu_pid,
+    restart_libvirtd,
+    wait_writes,
+)
+from tests.functional.mover import Mover, assert_on_destination, images, volumes
+from vdsm_cli.move.fault import TEST_PAUSE_AT
+from vdsm_guest import checker
+from vdsm_guest.build import GuestImage
+
+pytestmark = pytest.mark.libvirt
+
+
+# wait_ready: the mirror runs (the sync is done); merge+: the merge job was just started.
+@pytest.mark.parametrize("point", ["wait_ready", "merge+"])
+def test_libvirtd_restarted_under_the_move_it_goes_on(
+    moving_vms: VmFixture, guest: GuestImage, tmp_path: Path, point: str
+) -> None:
+    vm_id = moving_vms.start(**guest_params(guest, slots=64, pause=0.02))
+    console = Path(moving_vms.stats(vm_id)["consoleLog"])
+    wait_writes(console, 10)
+    m = Mover(moving_vms, vm_id, tmp_path)
+    client = m.start(**{TEST_PAUSE_AT: point})
+    client.wait_paused()
+    restart_libvirtd()
+    client.signal(signal.SIGCONT)
+    code, out = client.finish()
+    assert code == 0, out
+    wait_writes(console, wait_writes(console, 0) + 20)  # it writes on the destination now
+    assert_on_destination(m)
+    leaf = Path(moving_vms.stats(vm_id)["disks"]["vda"]["path"])
+    result = checker.check(leaf, "qcow2", console)
+    assert result.ok, result.failures
+
+
+def test_qemu_killed_during_the_sync_rolls_back(moving_vms: VmFixture, tmp_path: Path) -> None:
+    """The VM's QEMU killed while syncImageData runs under its mirror: the move cannot go on
+    (nothing runs the VM any more), so it rolls back: the destination deleted, the source
+    chain whole and LEGAL, the VM reported Down."""
+    vms, st = moving_vms, moving_vms.storage
+    vm_id = vms.start()
+    m = Mover(vms, vm_id, tmp_path)
+    client = m.start(**{TEST_PAUSE_AT: "sync+"})  # the sync task submitted, the mirror running
+    client.wait_paused()
+    os.kill(qemu_pid(vm_id), signal.SIGKILL)
+    client.signal(signal.SIGCONT)
+    code, out = client.finish()
+    assert code == 1, out
+    assert "rolled back" in out and "The VM is Down; its disk is on the source" in out, out
+    assert vms.stats(vm_id)["status"] == "Down"
+    assert vms.img not in images(vms, st.sd2)
+    assert not list(tmp_path.glob(f"*/{st.sd2}/images/{vms.img}")), "left on the destination"
+    # No live merge without a running VM: the auto-snapshot stays as the chain's leaf (the
+    # VM, started again, runs on it), and the client says so.
+    chain = volumes(vms, st.sd)
+    assert chain[:-1] == m.chain and len(chain) == len(m.chain) + 1, chain
+    assert f"the auto-snapshot {chain[-1]} stays in the chain" in out, out
+    for vol in chain:
+        info = vms.daemon.api().volume_info(st.sd, st.sp, vms.img, vol)
+        assert info["legality"] == "LEGAL", info
+    assert m.leftover_state() == [], "journal or lock left behind"
