@@ -5,6 +5,8 @@
   to the end with every write the guest saw acknowledged on the destination.
 - The VM's QEMU killed during syncImageData: the move rolls back, the source chain whole and
   LEGAL, nothing left on the destination.
+- vdsmd's own state directory full: the record that cannot be written is an error the caller
+  sees, and nothing is left half-written.
 """
 
 from __future__ import annotations
@@ -15,11 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.fakes.faultfs import FaultFs
+from tests.functional.daemon_helpers import VdsmdProcess, running
 from tests.functional.lsm_helpers import (
     VmFixture,
     guest_params,
+    ok,
     qemu_pid,
     restart_libvirtd,
+    virsh,
     wait_writes,
 )
 from tests.functional.mover import Mover, assert_on_destination, images, volumes
@@ -78,3 +84,32 @@ def test_qemu_killed_during_the_sync_rolls_back(moving_vms: VmFixture, tmp_path:
         info = vms.daemon.api().volume_info(st.sd, st.sp, vms.img, vol)
         assert info["legality"] == "LEGAL", info
     assert m.leftover_state() == [], "journal or lock left behind"
+
+
+def test_a_full_state_directory_is_an_error_the_caller_sees(tmp_path: Path) -> None:
+    """vdsmd's own state directory on the FAKE fault file system (tests/fakes/faultfs.py),
+    full for the VM records: VM.create answers the error with the record's path and the
+    errno, no VM is left running, no record (whole or half) is left; once there is room
+    again, VMs start."""
+    state = tmp_path / "vdsmd" / "state"
+    with FaultFs(tmp_path / "state-backing", state, tmp_path / "state-fault") as fs:
+        daemon = VdsmdProcess(tmp_path / "vdsmd")
+        with running(daemon):
+            vms = VmFixture(daemon, tmp_path)
+            try:
+                fs.set("enospc", "vms")
+                params = vms.params()
+                vms.started.append(params["vmId"])  # destroyed at the end if it ran after all
+                reply = daemon.xmlrpc().create(params)
+                message = reply["status"]["message"]
+                assert reply["status"]["code"] == 100, reply
+                assert "cannot write the VM record" in message and "No space left" in message
+                assert params["vmId"] in message, message
+                assert ok(daemon.xmlrpc().list())["vmList"] == []
+                assert params["vmId"] not in virsh("list", "--all", "--uuid")
+                assert sorted(p.name for p in (state / "vms").iterdir()) == []
+                fs.heal()
+                vm_id = vms.start()
+                assert vms.stats(vm_id)["status"] == "Up"
+            finally:
+                vms.cleanup()

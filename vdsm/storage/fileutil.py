@@ -13,6 +13,8 @@ import os
 import secrets
 from pathlib import Path
 
+from vdsm.storage import os_errors
+
 TEMP_PREFIX = "."
 TEMP_MARKER = ".tmp-"
 
@@ -48,6 +50,17 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
         remove_file(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def write_state(path: Path, data: bytes, what: str) -> None:
+    """:func:`atomic_write` of a record of vdsmd's own state (``what``: "the VM record"). An
+    OSError (the state directory full, read-only, failing) becomes GeneralException naming the
+    record, its path and the errno, for the caller to see; nothing is left half-written (the
+    old record stays whole, the temporary file is removed)."""
+    try:
+        atomic_write(path, data)
+    except OSError as e:
+        raise os_errors.general(f"write {what}", path, e) from None
 
 
 def create_empty(path: Path, mode: int = 0o644) -> None:

@@ -118,7 +118,9 @@ class PoolConnections:
             for sd_uuid in pool.member_uuids():
                 self._repository.domain(sd_uuid).ensure_leases(self._io_timeout)
             # Persisted before joining: a crash in between rejoins at the next start.
-            fileutil.atomic_write(self._path(sp_uuid), connection.to_json())
+            fileutil.write_state(
+                self._path(sp_uuid), connection.to_json(), "the pool connection record"
+            )
             self._pools[sp_uuid] = connection
             self._watch(pool.member_uuids(), host_id)
         log.info("connected to pool %s as host id %d", sp_uuid, host_id)

@@ -306,7 +306,7 @@ class SpmRoles:
 
     def _persist(self, sp_uuid: str, state: SpmState, host_id: int, lver: int) -> None:
         record = SpmRecord(sp_uuid, state, host_id, lver, time.time())
-        fileutil.atomic_write(self._path(sp_uuid), record.to_json())
+        fileutil.write_state(self._path(sp_uuid), record.to_json(), "the SPM record")
         self._records[sp_uuid] = record
 
     def _forget_dead_roles(self) -> None:

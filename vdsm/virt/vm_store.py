@@ -101,7 +101,7 @@ class VmStore:
 
     def save(self, record: VmRecord) -> None:
         data = json.dumps(record.to_json(), indent=1, sort_keys=True).encode()
-        fileutil.atomic_write(self._path(record.vm_id), data)
+        fileutil.write_state(self._path(record.vm_id), data, "the VM record")
 
     def remove(self, vm_id: str) -> None:
         fileutil.remove_file(self._path(vm_id))
