@@ -2,8 +2,8 @@
 # Prepare a Debian 12 machine (as root) to build, test and run vdsm.
 #
 # 1. Installs the Debian packages vdsm needs (QEMU, libvirt and its sanlock lock plugin,
-#    sanlock, the headers that libvirt-python builds against, rpm, tini, libfuse2 for the
-#    tests' fault file system). Runs `apt-get update` only
+#    sanlock, the headers that libvirt-python builds against, rpm, tini, libfuse2 and
+#    xfsprogs for the storage-fault tests). Runs `apt-get update` only
 #    when something is missing.
 # 2. Makes the sanlock daemon answer `sanlock client status`, BEFORE libvirt: with libvirt's
 #    sanlock lock manager every QEMU registers with the daemon as it starts, leases or not.
@@ -46,7 +46,7 @@ PACKAGES=(
     rpm procps passwd openssl
     sanlock python3-sanlock libvirt-sanlock
     tini
-    libfuse2
+    libfuse2 xfsprogs
 )
 
 # The settings the QEMU driver needs in a container without systemd (see the README), and the

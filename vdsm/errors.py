@@ -139,6 +139,10 @@ class VolumeMetadataWriteError(VdsmError):
     name = "VolumeMetadataWriteError"
     title = "Error while updating volume metadata"
 
+    def __init__(self, detail: str = "", errno: int | None = None) -> None:
+        super().__init__(detail)
+        self.errno = errno  # the OSError's, when the write failed in the file system
+
 
 class VolumeAlreadyExists(VdsmError):
     code = 212

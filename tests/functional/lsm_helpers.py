@@ -68,9 +68,9 @@ def disk(storage: Storage, img: str, vol: str) -> dict[str, Any]:
 class VmFixture:
     """A pool, an image with a 2-volume chain, and the VMs a test starts (destroyed after)."""
 
-    def __init__(self, daemon: VdsmdProcess, root: Path) -> None:
+    def __init__(self, daemon: VdsmdProcess, root: Path, dst_block_size: int = 512) -> None:
         self.daemon = daemon
-        self.storage = Storage(daemon, root)
+        self.storage = Storage(daemon, root, dst_block_size)
         self.img, self.base, self.leaf = new_uuid(), new_uuid(), new_uuid()
         self.storage.create_volume(self.img, self.base, fmt="RAW")
         self.storage.create_volume(self.img, self.leaf, parent=self.base)

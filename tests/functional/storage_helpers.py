@@ -29,14 +29,15 @@ class Storage:
     """A pool of two domains, built through XML-RPC as an engine would: domains, the pool,
     connectStoragePool with host id 1, spmStart (the lease), then the second domain attached."""
 
-    def __init__(self, daemon: VdsmdProcess, root: Path) -> None:
+    def __init__(self, daemon: VdsmdProcess, root: Path, dst_block_size: int = 512) -> None:
+        """``dst_block_size``: the destination's (4096 on a disk of 4 KiB sectors)."""
         self.rpc = daemon.xmlrpc()
         self.daemon = daemon
         self.sp, self.sd, self.sd2 = new_uuid(), new_uuid(), new_uuid()
-        for sd, name in ((self.sd, "src"), (self.sd2, "dst")):
+        for sd, name, block_size in ((self.sd, "src", 512), (self.sd2, "dst", dst_block_size)):
             mount = root / name
             mount.mkdir(exist_ok=True)  # or a mount point made by the test
-            ok(self.rpc.createStorageDomain(4, sd, name, str(mount), 1))
+            ok(self.rpc.createStorageDomain(4, sd, name, str(mount), 1, 5, block_size))
         ok(self.rpc.createStoragePool(0, self.sp, "dc", self.sd, [self.sd], 1))
         ok(self.rpc.connectStoragePool(self.sp, HOST_ID, "", self.sd, 1))
         self.become_spm()

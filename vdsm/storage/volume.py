@@ -17,6 +17,7 @@ Callers hold the image lock EXCLUSIVE around create and delete (see resource_loc
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import time
@@ -408,7 +409,17 @@ def delete(vol: Volume, *, release_lease: Callable[[Volume], None] | None = None
     """
     md = check_delete(vol)
     try:
-        vol.write_metadata(md.replace(legality=Legality.ILLEGAL))
+        try:
+            vol.write_metadata(md.replace(legality=Legality.ILLEGAL))
+        except VolumeMetadataWriteError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # A full domain has no room for the new .meta (it is written beside the old one,
+            # then renamed over it): the data goes first to make room. A crash in between
+            # leaves a volume without data, which the delete, run again, finishes.
+            log.warning("%s: the domain is full: data deleted first", vol.description_for_errors)
+            fileutil.remove_file(vol.path)
+            vol.write_metadata(md.replace(legality=Legality.ILLEGAL))
         fileutil.remove_file(vol.path)
         if release_lease is not None:
             release_lease(vol)

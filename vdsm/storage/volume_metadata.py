@@ -152,4 +152,4 @@ def write(path: Path, metadata: VolumeMetadata, what: str) -> None:
     except OSError as e:
         if e.errno in os_errors.RESOURCE_ERRNOS:
             raise os_errors.general("write", path, e) from None
-        raise VolumeMetadataWriteError(f"{what}: {e.strerror}") from None
+        raise VolumeMetadataWriteError(f"{what}: {e.strerror}", errno=e.errno) from None
