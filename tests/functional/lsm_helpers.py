@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.functional.daemon_helpers import VdsmdProcess, new_uuid, wait_task
+from tests.functional.daemon_helpers import REPO, VdsmdProcess, new_uuid, wait_task
 from tests.functional.storage_helpers import Storage, ok
 from vdsm_guest import checker
 from vdsm_guest.build import GuestImage
@@ -43,9 +43,8 @@ def restart_libvirtd() -> None:
     while Path(f"/proc/{libvirtd}").exists():
         assert time.monotonic() < deadline, "libvirtd did not stop"
         time.sleep(0.1)
-    repo = Path(__file__).resolve().parents[2]
     subprocess.run(
-        ["bash", str(repo / "scripts" / "setup-host.sh")],
+        ["bash", str(REPO / "scripts" / "setup-host.sh")],
         check=True,
         capture_output=True,
         timeout=120,

@@ -64,18 +64,17 @@ class DomainHealth:
                 return None
             if probe.failure:
                 return probe.failure
-            if probe.started is not None:
-                waited = time.monotonic() - probe.started
-                if waited > self.probe_timeout:
-                    return f"its storage has not answered for {waited:.0f} s"
-            return None
+            overdue = self._overdue(probe)
+            return None if overdue is None else f"its storage has not answered for {overdue:.0f} s"
 
-    def waiting_since(self, sd_uuid: str) -> float | None:
-        """The monotonic start of a probe in flight longer than probe_timeout, or None."""
+    def overdue(self, sd_uuid: str) -> float | None:
+        """Seconds the probe in flight has waited, when that is beyond probe_timeout."""
         with self._lock:
             probe = self._probes.get(sd_uuid)
-            if probe is None or probe.started is None:
-                return None
-            if time.monotonic() - probe.started <= self.probe_timeout:
-                return None
-            return probe.started
+            return None if probe is None else self._overdue(probe)
+
+    def _overdue(self, probe: _Probe) -> float | None:
+        if probe.started is None:
+            return None
+        waited = time.monotonic() - probe.started
+        return waited if waited > self.probe_timeout else None

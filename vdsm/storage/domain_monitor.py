@@ -79,10 +79,9 @@ class DomainMonitor:
     def status(self) -> DomainStatus:
         with self._lock:
             status = self._status
-        waiting_since = self._repository.health.waiting_since(self.sd_uuid)
-        if waiting_since is None:
+        waited = self._repository.health.overdue(self.sd_uuid)
+        if waited is None:
             return status
-        waited = time.monotonic() - waiting_since
         return replace(
             status,
             valid=False,
@@ -116,10 +115,18 @@ class DomainMonitor:
         the outcome goes to the repository's health (379 raised when it did not answer)."""
         health = self._repository.health
         metadata = self._repository.domain_dir(self.sd_uuid) / DOM_MD / METADATA_FILE
-        argv = ["dd", f"if={metadata}", "of=/dev/null", "bs=4096", "count=1", "iflag=direct"]
+        argv = [
+            "dd",
+            f"if={metadata}",
+            "of=/dev/null",
+            "bs=4096",
+            "count=1",
+            "iflag=direct",
+            "status=none",
+        ]
         health.probing(self.sd_uuid)
         try:
-            runner.run([*argv, "status=none"], timeout=health.probe_timeout)
+            runner.run(argv, timeout=health.probe_timeout)
         except CommandTimeout:
             reason = f"its storage did not answer a read within {health.probe_timeout:g} s"
             health.failed(self.sd_uuid, reason)

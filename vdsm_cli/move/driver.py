@@ -155,7 +155,7 @@ def _where_the_vm_is(ctx: MoveContext) -> str:
     """After a rollback: the VM runs on the source, or (killed meanwhile) is Down there."""
     try:
         vm = ctx.vm()
-    except Exception:
+    except CliError:
         vm = None  # vdsmd does not answer now: say what the rollback made sure of
     if vm is not None and vm.status != "Up":
         return f"The VM is {vm.status}; its disk is on the source domain {ctx.journal.src_domain}"
