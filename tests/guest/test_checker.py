@@ -237,3 +237,13 @@ def test_log_of_a_guest_that_never_started(disk: Disk) -> None:
     disk.lines = ["[    1.0] Kernel panic - not syncing: no init found"]
     with pytest.raises(checker.CheckError, match="ready"):
         disk.check()
+
+
+def test_a_line_still_being_written_is_not_read() -> None:
+    """A log read while the guest runs may end inside a line: that part is no record yet."""
+    ready = "VDSMW ready run=r1 disk=/dev/vda slots=64 block=65536"
+    write = "VDSMW seq=1 slot=0 md5=" + "0" * 32
+    log = checker.parse_log(f"{ready}\n{write}\nVDSMW seq=2 slot=1 md5=00")
+    assert [seq for seq, _, _ in log.writes] == [1]
+    with pytest.raises(checker.CheckError, match="no 'VDSMW ready' line"):
+        checker.parse_log(ready[:-3])  # "block=655": the ready line itself not whole yet
