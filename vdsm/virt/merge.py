@@ -18,6 +18,7 @@ failed; a failed merge leaves the chain as it was.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -208,14 +209,22 @@ class Merges:
         if top in ids and ids.index(top) + 1 < len(ids):  # internal: the child's new parent
             Volume(domain, drive.image_id, ids[ids.index(top) + 1]).set_parent(record.base)
         Volume(domain, drive.image_id, top).set_legality(Legality.ILLEGAL)
-        vm.record.merges.pop(drive.target, None)
-        vm.record.drives = [
-            drive.with_chain(drive.domain_id, chain) if d.target == drive.target else d
-            for d in vm.record.drives
-        ]
+        merged = dataclasses.replace(
+            vm.record,
+            merges={t: m for t, m in vm.record.merges.items() if t != drive.target},
+            drives=[
+                drive.with_chain(drive.domain_id, chain) if d.target == drive.target else d
+                for d in vm.record.drives
+            ],
+        )
+        # An active commit's old top gives its lease up *before* the record drops it: the
+        # moment getVmStats shows the chain without the top, a client may delete the top, and
+        # the delete takes its lease (a CI run lost that race after a libvirtd restart, when
+        # the release came a little late). A crash in between: recovery runs _done again.
+        vm_leases.reconcile(vm, self._storage, merged)
+        vm.record.merges, vm.record.drives = merged.merges, merged.drives
         vm.save()
         vm.clear_job_event(drive.target)
-        vm_leases.reconcile(vm, self._storage)  # an active commit's old top gives its lease up
         log.info("VM %s drive %s: merged %s into %s", vm.vm_id, drive.target, top, record.base)
 
     def _forget(self, vm: Vm, target: str) -> None:

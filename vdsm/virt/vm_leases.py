@@ -194,18 +194,20 @@ def detach_quietly(vm: Vm, leases: Iterable[VolumeLease]) -> None:
             log.warning("VM %s: %s", vm.vm_id, e.message)
 
 
-def reconcile(vm: Vm, storage: HostStorage) -> None:
-    """Make the running VM's leases what its record needs: attach what is missing, release
-    what no writer needs any more. Problems are logged, never raised: the operation that
-    called it has already succeeded, and the next reconcile retries."""
-    if not vm.record.leases:
+def reconcile(vm: Vm, storage: HostStorage, record: VmRecord | None = None) -> None:
+    """Make the running VM's leases what its record needs (or ``record``, the one it is about
+    to have): attach what is missing, release what no writer needs any more. Problems are
+    logged, never raised: the operation that called it has already succeeded, and the next
+    reconcile retries."""
+    record = record or vm.record
+    if not record.leases:
         return
     try:
         held = read_leases(vm.domain().XMLDesc(0))
     except (VdsmError, libvirt.libvirtError) as e:
         log.warning("VM %s: cannot read its leases: %s", vm.vm_id, e)
         return
-    want = needed(vm.record)
+    want = needed(record)
     for lease in sorted(want - held, key=_order):
         try:
             attach(vm, storage, lease)
