@@ -202,16 +202,18 @@ class _Command:
             self._cond.notify_all()
         self._signal(signal.SIGTERM)
 
-    def stop(self) -> None:
-        """Terminate the whole process group: SIGTERM, then SIGKILL after a grace period."""
+    def stop(self, grace: float | None = None) -> None:
+        """Terminate the whole process group: SIGTERM, then SIGKILL after a grace period
+        (``grace`` seconds, also the wait for the pipes after SIGKILL; None: the defaults)."""
+        term_grace = TERM_GRACE if grace is None else grace
         self._signal(signal.SIGTERM)
-        if self._wait_finished(TERM_GRACE):
+        if self._wait_finished(term_grace):
             return
         log.warning(
-            "pid %d ignored SIGTERM for %.1f s, killing its group", self.proc.pid, TERM_GRACE
+            "pid %d ignored SIGTERM for %.1f s, killing its group", self.proc.pid, term_grace
         )
         self._signal(signal.SIGKILL)
-        if not self._wait_finished(_PIPE_GRACE):
+        if not self._wait_finished(_PIPE_GRACE if grace is None else grace):
             log.warning(
                 "pid %d: output pipes still open after SIGKILL, output may be cut", self.proc.pid
             )
@@ -282,6 +284,7 @@ def run(
     cwd: str | os.PathLike[str] | None = None,
     env: Mapping[str, str] | None = None,
     ok_codes: Collection[int] = (0,),
+    stop_grace: float | None = None,
 ) -> CommandResult:
     """Run argv to completion and return its result.
 
@@ -289,6 +292,11 @@ def run(
     ``on_progress(percent)`` is called from a reader thread for every ``(N/100%)`` record on
     stdout (``qemu-img -p``). The child gets stdin from /dev/null and its own session, and
     is SIGKILLed by the kernel if this process dies first.
+
+    ``stop_grace`` (seconds) shortens the waits of a stop (after SIGTERM, and for the pipes
+    after SIGKILL) for a child that has nothing to clean up and may be stuck in the kernel,
+    where no signal reaches it (a read of storage that stopped answering): waiting for it is
+    time lost.
 
     Raises CommandError (cannot start, or an exit code not in ``ok_codes``; the message
     carries stderr), CommandTimeout, or CommandAborted (``cancellation`` was cancelled before
@@ -335,7 +343,7 @@ def run(
         if not command.wait(timeout):
             timed_out = True
         if not command.finished():
-            command.stop()
+            command.stop(stop_grace)
     except BaseException:
         # Interrupted while waiting (KeyboardInterrupt, ...): never leave the child behind.
         command.stop()
