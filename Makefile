@@ -16,7 +16,7 @@ RPM_TOP := $(CURDIR)/build/rpm
 TARBALL := $(RPM_TOP)/SOURCES/vdsm-$(VERSION).tar.gz
 PYTEST_ARGS ?=
 
-.PHONY: all venv host pki sanlock-binding lint test check demo cluster-demo rpm docs bench clean
+.PHONY: all venv host pki sanlock-binding lint test check demo cluster-demo rpm docs bench soak clean
 
 all: check
 
@@ -65,6 +65,13 @@ docs: $(STAMP)
 # The benchmark suite (not a test; CI runs only its smoke run): docs/benchmarks.md.
 bench: host venv sanlock-binding pki
 	$(VPY) -m bench
+
+# The randomized soak (not in CI, which runs a short one): SOAK_MOVES moves (default 200),
+# SOAK_SEED to run the same ones again, then the load run (30 moves under 50 callers and the
+# fuzzer); figures in build/soak.json and build/load.json (docs/reliability.md).
+soak: host venv sanlock-binding pki
+	$(VPY) -m tests.functional.soak
+	$(VPY) -m tests.functional.soak --moves 30 --load 50 --report build/load.json
 
 demo: host venv sanlock-binding pki
 	$(VPY) scripts/demo.py

@@ -30,6 +30,9 @@ pytest.register_assert_rewrite(
     "tests.functional.lsm_helpers",
     "tests.functional.vdsclient_helpers",
     "tests.functional.storage_helpers",
+    "tests.functional.fuzzer",
+    "tests.functional.soak",
+    "tests.functional.load",
 )
 
 

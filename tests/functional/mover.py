@@ -134,11 +134,11 @@ class Mover:
     def resume(self, *extra: str, **hooks: str) -> Done:
         return self.run(*extra, hooks=hooks, resume=True)
 
-    def start(self, *extra: str, **hooks: str) -> Running:
+    def start(self, *extra: str, dst: str | None = None, **hooks: str) -> Running:
         log = self.root / f"client-{time.monotonic_ns()}.log"
         with open(log, "w") as out:
             proc = subprocess.Popen(
-                self.argv(*extra), cwd=REPO, env=self.env(**hooks), stdout=out, stderr=out
+                self.argv(*extra, dst=dst), cwd=REPO, env=self.env(**hooks), stdout=out, stderr=out
             )
         return Running(proc, log)
 

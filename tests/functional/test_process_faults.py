@@ -3,6 +3,8 @@
 - The machine's libvirtd restarted while the mirror runs, and right after the merge was
   issued: QEMU (and its block jobs) outlive libvirtd, vdsmd reconnects, and the move goes on
   to the end with every write the guest saw acknowledged on the destination.
+- While libvirtd restarts, callers of list and getVmStats (eight threads, without pause) get
+  the VM Up, or 4001 (libvirt is not available) when libvirtd stays away: never 100.
 - The VM's QEMU killed during syncImageData: the move rolls back, the source chain whole and
   LEGAL, nothing left on the destination.
 - vdsmd's own state directory full: the record that cannot be written is an error the caller
@@ -11,8 +13,10 @@
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -34,6 +38,40 @@ from vdsm_guest import checker
 from vdsm_guest.build import GuestImage
 
 pytestmark = pytest.mark.libvirt
+
+
+def test_callers_while_libvirtd_restarts_never_get_an_unexpected_error(
+    moving_vms: VmFixture,
+) -> None:
+    vm_id = moving_vms.start()
+    pid = qemu_pid(vm_id)
+    answers: collections.Counter[tuple[str, int, str]] = collections.Counter()
+    stop = threading.Event()
+
+    def call() -> None:
+        rpc = moving_vms.daemon.xmlrpc()
+        while not stop.is_set():
+            for verb, reply in (("list", rpc.list()), ("getVmStats", rpc.getVmStats(vm_id))):
+                status = reply["status"]
+                if status["code"] == 0 and verb == "getVmStats":
+                    answers[(verb, 0, reply["statsList"][0]["status"])] += 1
+                else:
+                    answers[(verb, status["code"], status["message"][:200])] += 1
+
+    callers = [threading.Thread(target=call) for _ in range(8)]
+    for caller in callers:
+        caller.start()
+    try:
+        restart_libvirtd()
+        restart_libvirtd()  # twice: the second one against a connection made after the first
+    finally:
+        stop.set()
+        for caller in callers:
+            caller.join(timeout=60)
+    assert answers[("getVmStats", 0, "Up")] > 0, answers
+    unexpected = {k: n for k, n in answers.items() if k[1] not in (0, 4001) or k[2] == "Down"}
+    assert unexpected == {}, answers
+    assert qemu_pid(vm_id) == pid and moving_vms.stats(vm_id)["status"] == "Up"
 
 
 # wait_ready: the mirror runs (the sync is done); merge+: the merge job was just started.

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import libvirt
 
-from vdsm.errors import LibvirtError
+from vdsm.errors import LibvirtError, VdsmError
 
 log = logging.getLogger("vdsm.virt.connection")
 
@@ -180,3 +180,21 @@ def error_message(error: libvirt.libvirtError) -> str:
 
 def is_no_domain(error: libvirt.libvirtError) -> bool:
     return bool(error.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN)
+
+
+def is_connection_lost(error: libvirt.libvirtError) -> bool:
+    """The connection to libvirtd broke under the call (libvirtd restarted or died): libvirt's
+    RPC layer says so (``Cannot write data: Broken pipe``, ``client socket is closed``), not
+    the domain or the hypervisor. The next :meth:`Connection.get` reconnects."""
+    return error.get_error_domain() in (
+        libvirt.VIR_FROM_RPC,
+        libvirt.VIR_FROM_REMOTE,
+    ) or error.get_error_code() in (libvirt.VIR_ERR_NO_CONNECT, libvirt.VIR_ERR_INVALID_CONN)
+
+
+def failure(error: libvirt.libvirtError, what: str) -> VdsmError:
+    """The error for a libvirt call about ``what`` that failed: 4001 (LibvirtUnavailable) when
+    the connection to libvirtd was lost, otherwise the general error in libvirt's words."""
+    if is_connection_lost(error):
+        return LibvirtError(f"{what}: the connection to libvirtd was lost: {error_message(error)}")
+    return VdsmError(f"{what}: {error_message(error)}")

@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import libvirt
 
 from vdsm.errors import DriveNotFound, VdsmError, VmDown
 from vdsm.virt import domain_xml
-from vdsm.virt.connection import Connection, error_message, is_no_domain
+from vdsm.virt.connection import Connection, failure, is_connection_lost, is_no_domain
 from vdsm.virt.domain_xml import LiveDisk
 from vdsm.virt.drives import Drive
 from vdsm.virt.vm_store import VmRecord, VmStore
+
+T = TypeVar("T")
 
 log = logging.getLogger("vdsm.virt.vm")
 
@@ -98,23 +102,13 @@ class Vm:
 
     def domain(self) -> libvirt.virDomain:
         """The running domain; VmDown if QEMU is gone."""
-        try:
-            return self._connection.get().lookupByUUIDString(self.vm_id)
-        except libvirt.libvirtError as e:
-            if is_no_domain(e):
-                message = self.record.exit_message or "not running"
-                raise VmDown(f"VM {self.vm_id}: {message}") from None
-            raise VdsmError(f"VM {self.vm_id}: {error_message(e)}") from None
+        return self._ask(lambda dom: dom)
 
     def status(self) -> str:
         try:
-            state, _ = self.domain().state()
+            state, _ = self._ask(lambda dom: dom.state())
         except VmDown:
             return DOWN
-        except libvirt.libvirtError as e:  # it went away between the lookup and the question
-            if is_no_domain(e):
-                return DOWN
-            raise VdsmError(f"VM {self.vm_id}: {error_message(e)}") from None
         if state == libvirt.VIR_DOMAIN_PAUSED:
             return PAUSED
         if state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED):
@@ -122,12 +116,24 @@ class Vm:
         return DOWN
 
     def live_disks(self) -> dict[str, LiveDisk]:
-        try:
-            return domain_xml.read_disks(self.domain().XMLDesc(0))
-        except libvirt.libvirtError as e:  # it went away between the lookup and the question
-            if is_no_domain(e):
-                raise VmDown(f"VM {self.vm_id}: not running") from None
-            raise VdsmError(f"VM {self.vm_id}: {error_message(e)}") from None
+        return domain_xml.read_disks(self._ask(lambda dom: dom.XMLDesc(0)))
+
+    def _ask(self, question: Callable[[libvirt.virDomain], T]) -> T:
+        """``question`` put to the running domain. Asked once more, on a new connection, when
+        the connection to libvirtd broke under it: libvirtd restarted, and QEMU runs on (a
+        load run caught list and getVmStats answering 100 "Broken pipe" in that moment).
+        VmDown when QEMU is gone (also when it went between the lookup and the question),
+        4001 when libvirtd stays unreachable."""
+        for last in (False, True):
+            try:
+                return question(self._connection.get().lookupByUUIDString(self.vm_id))
+            except libvirt.libvirtError as e:
+                if is_no_domain(e):
+                    message = self.record.exit_message or "not running"
+                    raise VmDown(f"VM {self.vm_id}: {message}") from None
+                if last or not is_connection_lost(e):
+                    raise failure(e, f"VM {self.vm_id}") from None
+        raise AssertionError("unreachable")
 
     def sample(self) -> VmSample:
         """Status, then each drive's I/O counters and block job. A VM that stops while it is

@@ -18,7 +18,7 @@ import libvirt
 from vdsm.errors import NoSuchVM, VdsmError, VMCreateError, VmDown, VMExists
 from vdsm.storage.host_storage import HostStorage
 from vdsm.virt import domain_xml, drives, vm_leases, vm_spec
-from vdsm.virt.connection import Connection, error_message, is_no_domain
+from vdsm.virt.connection import Connection, error_message, failure, is_no_domain
 from vdsm.virt.drives import VolumeLink, parse_volume_path
 from vdsm.virt.vm import Vm
 from vdsm.virt.vm_store import VmRecord, VmStore
@@ -144,7 +144,7 @@ class VmManager:
                 self._connection.get().lookupByUUIDString(vm_id).destroy()
             except libvirt.libvirtError as e:
                 if not is_no_domain(e):
-                    raise VdsmError(f"VM {vm_id}: destroy: {error_message(e)}") from None
+                    raise failure(e, f"VM {vm_id}: destroy") from None
             self._store.remove(vm_id)
             with self._lock:
                 self._vms.pop(vm_id, None)

@@ -1,0 +1,43 @@
+"""The randomized soak, short (tests/functional/soak.py; `make soak` runs 200 moves, then the
+load run): one move for each interruption (none, the client killed then resumed, vdsmd
+killed, Ctrl-C, libvirtd restarted, the destination failing), on disks of random shapes under
+the guest's writes; after each, the disk fully on one side with every acknowledged write and
+nothing left on the other. Then two moves under load: 50 concurrent callers and the fuzzer
+(tests/functional/load.py), every answer checked, and the moves still verify.
+
+The seed is random and in the failure message: ``python -m tests.functional.soak --moves N
+--seed SEED [--load 50]`` runs the same moves again."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from tests.functional.soak import KINDS, soak
+
+pytestmark = pytest.mark.libvirt
+
+
+def test_a_short_soak_loses_nothing_and_leaves_nothing(tmp_path: Path) -> None:
+    seed = random.randrange(2**32)
+    lines: list[str] = []
+    figures = soak(tmp_path, len(KINDS), seed, out=lines.append)
+    story = "\n".join([f"seed {seed}", *lines])
+    assert figures.failure == "", story
+    assert sorted(m.kind for m in figures.moves) == sorted(KINDS), story
+    assert figures.summary()["writes_checked"] > 0, story
+
+
+def test_moves_under_50_callers_and_the_fuzzer_still_verify(tmp_path: Path) -> None:
+    seed = random.randrange(2**32)
+    lines: list[str] = []
+    figures = soak(tmp_path, 2, seed, out=lines.append, load=50)
+    story = "\n".join([f"seed {seed}", *lines, str(figures.load)])
+    assert figures.failure == "", story
+    assert len(figures.moves) == 2, story
+    load = figures.load
+    assert load["callers"] == 50 and load["requests"] > 500, story
+    assert load["fuzz_requests"] > 0 and load["failures"] == [], story
+    assert "100" not in load["answers_by_code"], story
