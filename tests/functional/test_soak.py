@@ -2,7 +2,7 @@
 load run): one move for each interruption (none, the client killed then resumed, vdsmd
 killed, Ctrl-C, libvirtd restarted, the destination failing), on disks of random shapes under
 the guest's writes; after each, the disk fully on one side with every acknowledged write and
-nothing left on the other. Then two moves under load: 50 concurrent callers and the fuzzer
+nothing left on the other. Then a move under load: 50 concurrent callers and the fuzzer
 (tests/functional/load.py), every answer checked, and the moves still verify.
 
 The seed is random and in the failure message: ``python -m tests.functional.soak --moves N
@@ -33,11 +33,13 @@ def test_a_short_soak_loses_nothing_and_leaves_nothing(tmp_path: Path) -> None:
 def test_moves_under_50_callers_and_the_fuzzer_still_verify(tmp_path: Path) -> None:
     seed = random.randrange(2**32)
     lines: list[str] = []
-    figures = soak(tmp_path, 2, seed, out=lines.append, load=50)
+    # One move: under this load a move takes about 5 times as long (docs/reliability.md),
+    # and the suite's time budget has room for one; `make soak` runs 30.
+    figures = soak(tmp_path, 1, seed, out=lines.append, load=50)
     story = "\n".join([f"seed {seed}", *lines, str(figures.load)])
     assert figures.failure == "", story
-    assert len(figures.moves) == 2, story
+    assert len(figures.moves) == 1, story
     load = figures.load
-    assert load["callers"] == 50 and load["requests"] > 500, story
+    assert load["callers"] == 50 and load["requests"] > 200, story
     assert load["fuzz_requests"] > 0 and load["failures"] == [], story
     assert "100" not in load["answers_by_code"], story
