@@ -50,7 +50,14 @@ from typing import Any
 from tests.fakes.faultfs import FaultFs
 from tests.functional.daemon_helpers import REPO, VdsmdProcess, new_uuid, running, wait_task
 from tests.functional.load import Load, fuzz_target
-from tests.functional.lsm_helpers import guest_params, restart_libvirtd, virsh, wait_writes
+from tests.functional.lsm_helpers import (
+    disk,
+    guest_params,
+    qemu_pid,
+    restart_libvirtd,
+    virsh,
+    wait_writes,
+)
 from tests.functional.mover import Mover, open_files
 from tests.functional.storage_helpers import BLANK, Storage, ok
 from vdsm_cli.move.fault import TEST_PAUSE_AT, TEST_STOP_AT
@@ -221,16 +228,7 @@ class Soak:
 
     def start_vm(self, img: str, leaf: str) -> tuple[str, Path]:
         vm_id = new_uuid()
-        device = {
-            "type": "disk",
-            "device": "disk",
-            "domainID": self.st.sd,
-            "poolID": self.st.sp,
-            "imageID": img,
-            "volumeID": leaf,
-            "iface": "virtio",
-            "index": 0,
-        }
+        device = disk(self.st, img, leaf)
         params = {
             "vmId": vm_id,
             "vmName": f"soak-{vm_id[:8]}",
@@ -297,7 +295,7 @@ class Soak:
         """Fully on one side with every acknowledged write: (side, chain length, writes the
         guest logged as acknowledged, all checked); SoakFailure otherwise."""
         stats = self.stats(view.vm_id)
-        qemu = self._qemu_pid(view.vm_id)
+        qemu = qemu_pid(view.vm_id)
         if stats["status"] != "Up" or qemu != pid:
             raise SoakFailure(f"the VM stopped: {stats['status']}, QEMU {pid} -> {qemu}")
         if stats.get("blockJobs"):
@@ -335,11 +333,6 @@ class Soak:
                 f"the guest checker: {lost} lost: {[str(f) for f in result.failures]}"
             )
         return side, len(chain), result.writes_logged
-
-    @staticmethod
-    def _qemu_pid(vm_id: str) -> int:
-        name = virsh("domname", vm_id).strip()
-        return int(Path(f"/run/libvirt/qemu/{name}.pid").read_text().strip())
 
 
 @dataclass
@@ -415,7 +408,7 @@ def soak(
                 vm_id, console = s.start_vm(img, chain[-1])
                 view = DiskView(s, vm_id, img, chain[0], root / f"vm-{len(s.vm_ids)}")
                 view.work_dir.mkdir()
-                pid = s._qemu_pid(vm_id)
+                pid = qemu_pid(vm_id)
                 side, checked_before = "src", 0
                 for _ in range(rng.randint(*MOVES_PER_VM)):
                     if len(figures.moves) >= moves:
