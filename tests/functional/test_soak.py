@@ -1,7 +1,7 @@
 """The randomized soak, short (tests/functional/soak.py; `make soak` runs 200 moves, then the
 load run): one move for each interruption (none, the client killed then resumed, vdsmd
-killed, Ctrl-C, libvirtd restarted, the destination failing), on disks of random shapes under
-the guest's writes; after each, the disk fully on one side with every acknowledged write and
+killed, Ctrl-C, libvirtd restarted, the destination failing), on disks of random small shapes
+under the guest's writes; after each, the disk fully on one side with every acknowledged write and
 nothing left on the other. Then a move under load: 50 concurrent callers and the fuzzer
 (tests/functional/load.py), every answer checked, and the moves still verify.
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.functional.soak import KINDS, soak
+from tests.functional.soak import KINDS, SMALL_SHAPES, soak
 
 pytestmark = pytest.mark.libvirt
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.libvirt
 def test_a_short_soak_loses_nothing_and_leaves_nothing(tmp_path: Path) -> None:
     seed = random.randrange(2**32)
     lines: list[str] = []
-    figures = soak(tmp_path, len(KINDS), seed, out=lines.append)
+    figures = soak(tmp_path, len(KINDS), seed, out=lines.append, shapes=SMALL_SHAPES)
     story = "\n".join([f"seed {seed}", *lines])
     assert figures.failure == "", story
     assert sorted(m.kind for m in figures.moves) == sorted(KINDS), story
@@ -35,7 +35,7 @@ def test_moves_under_50_callers_and_the_fuzzer_still_verify(tmp_path: Path) -> N
     lines: list[str] = []
     # One move: under this load a move takes about 5 times as long (docs/reliability.md),
     # and the suite's time budget has room for one; `make soak` runs 30.
-    figures = soak(tmp_path, 1, seed, out=lines.append, load=50)
+    figures = soak(tmp_path, 1, seed, out=lines.append, load=50, shapes=SMALL_SHAPES)
     story = "\n".join([f"seed {seed}", *lines, str(figures.load)])
     assert figures.failure == "", story
     assert len(figures.moves) == 1, story

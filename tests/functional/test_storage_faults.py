@@ -5,7 +5,10 @@ real (vdsmd, sanlock on the domain's ids file, qemu-img, QEMU and libvirt).
 A destination whose writes fail during the clone (EIO), the sync (EIO or ENOSPC) or under the
 mirror (EIO, the guest writing): moveDisk rolls back and exits 1 with the cause and the volume
 in its error; the VM never stops and runs on the source, whose chain is whole and LEGAL, with
-every acknowledged write; nothing of the image is left on the destination.
+every acknowledged write; nothing of the image is left on the destination. A destination that
+fails during the merge (after the pivot, so the move cannot go back): moveDisk stops (exit 4)
+naming the merge and the volume, the VM runs on the destination with the auto-snapshot still
+in its chain, every volume LEGAL, and --resume finishes once the storage heals.
 
 A destination domain whose storage stops answering: vdsmd goes on answering every verb that
 does not touch it within a second, refuses the verbs on it with 379 at once, reports it in
@@ -27,8 +30,16 @@ import pytest
 
 from tests.fakes.faultfs import FaultFs
 from tests.functional.daemon_helpers import VdsmdProcess, running
-from tests.functional.lsm_helpers import VmFixture, guest_params, wait_writes
-from tests.functional.mover import PREFILL, PREFILL_OFFSET, Mover, assert_on_source, prefill
+from tests.functional.lsm_helpers import VmFixture, guest_params, qemu_pid, wait_writes
+from tests.functional.mover import (
+    PREFILL,
+    PREFILL_OFFSET,
+    Mover,
+    assert_on_destination,
+    assert_on_source,
+    images,
+    prefill,
+)
 from tests.functional.storage_helpers import Storage, code, ok
 from vdsm_cli.move.fault import TEST_PAUSE_AT
 from vdsm_guest import checker
@@ -156,6 +167,49 @@ def test_destination_failing_under_the_mirror_rolls_back(
     assert snapshot in out, out  # the volume the mirror was writing
     wait_writes(console, wait_writes(console, 0) + 20)  # the guest goes on writing
     assert_on_source(m)
+    disk = Path(vms.stats(vm_id)["disks"]["vda"]["path"])
+    result = checker.check(disk, "qcow2", console)
+    assert result.ok, result.failures
+
+
+def test_destination_failing_during_the_merge_stops_then_resumes(
+    faulty: FaultyDomain, guest: GuestImage, tmp_path: Path
+) -> None:
+    """After the pivot the VM runs on the destination and the move cannot go back: the merge
+    of the auto-snapshot into the leaf fails when the leaf's writes fail (EIO). The move stops
+    (exit 4) naming the merge, the volume and what is left; the VM keeps running on the
+    destination with the auto-snapshot still in its chain, every volume LEGAL, the source
+    gone; once the storage heals, --resume finishes the merge."""
+    vms, st = faulty.vms, faulty.vms.storage
+    vm_id = vms.start(**guest_params(guest, slots=64, pause=0.01))
+    console = Path(vms.stats(vm_id)["consoleLog"])
+    wait_writes(console, 20)
+    m = Mover(vms, vm_id, tmp_path)
+    client = m.start(**{TEST_PAUSE_AT: "merge"})  # pivoted, the source deleted
+    client.wait_paused()
+    # The merge commits the auto-snapshot (the active layer) into the leaf: the leaf's data
+    # file is what it writes; the guest writes the auto-snapshot, which still works.
+    faulty.fs.set("eio", faulty.volume_path(vms.leaf))
+    client.signal(signal.SIGCONT)
+    code_, out = client.finish()
+    assert code_ == 4, out
+    assert "step merge" in out and "live merge" in out, out
+    assert f"could not write volume {vms.leaf} (an I/O error" in out, out
+    assert "--resume" in out, out  # what is left, and how to finish it
+    wait_writes(console, wait_writes(console, 0) + 20)  # the guest goes on writing
+    stats = vms.stats(vm_id)
+    chain = [v["volumeID"] for v in stats["disks"]["vda"]["volumeChain"]]
+    assert stats["status"] == "Up" and qemu_pid(vm_id) == m.pid, "the VM must never stop"
+    assert stats["disks"]["vda"]["domainID"] == st.sd2
+    assert chain[:-1] == m.chain and len(chain) == len(m.chain) + 1, chain  # not merged
+    for vol in chain:
+        info = vms.daemon.api().volume_info(st.sd2, st.sp, vms.img, vol)
+        assert info["legality"] == "LEGAL", (vol, info)
+    assert vms.img not in images(vms, st.sd)  # the source was deleted before the merge
+    faulty.fs.heal()
+    done = m.resume()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert_on_destination(m, merged=True)
     disk = Path(vms.stats(vm_id)["disks"]["vda"]["path"])
     result = checker.check(disk, "qcow2", console)
     assert result.ok, result.failures

@@ -384,10 +384,14 @@ class MoveContext:
                 now = self.clock()
                 gone_since = now if gone_since is None else gone_since
                 if now - gone_since >= MERGE_GONE_GRACE:
+                    # libvirt reports only that the commit job failed, not why; what can
+                    # fail is QEMU writing the base or reading the top.
                     raise StepFailed(
                         f"the live merge of {j.snapshot_volume} into {j.leaf} in domain "
-                        f"{domain_id} failed: its job ended and the chain is unchanged "
-                        f"(the log of vdsmd on {self.vm_host.address} has the cause; flow id "
+                        f"{domain_id} failed: its job ended and the chain is unchanged; QEMU "
+                        f"could not write volume {j.leaf} (an I/O error or no space left) or "
+                        f"read volume {j.snapshot_volume} (the log of vdsmd on "
+                        f"{self.vm_host.address} has libvirt's last event; flow id "
                         f"{self.vm_host.client.flow_id})"
                     )
             poller.pause()
