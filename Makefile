@@ -72,6 +72,7 @@ bench: host venv sanlock-binding pki
 soak: host venv sanlock-binding pki
 	$(VPY) -m tests.functional.soak
 	$(VPY) -m tests.functional.soak --moves 30 --load 50 --report build/load.json
+	$(VPY) -m tests.functional.soak --moves 50 --hosts 2 --report build/soak-2hosts.json
 
 demo: host venv sanlock-binding pki
 	$(VPY) scripts/demo.py

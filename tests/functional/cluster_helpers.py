@@ -85,7 +85,7 @@ def make_pool(cluster: Cluster, storage: Path) -> PoolIds:
     pool = PoolIds(new_uuid(), new_uuid(), new_uuid())
     rpc1 = spm.xmlrpc()
     for uuid, name in ((pool.sd, "src"), (pool.sd2, "dst")):
-        (storage / name).mkdir(parents=True)
+        (storage / name).mkdir(parents=True, exist_ok=True)  # or a mount point made by the caller
         ok(rpc1.createStorageDomain(4, uuid, name, str(storage / name), 1))
     ok(rpc1.createStoragePool(0, pool.sp, "dc", pool.sd, [pool.sd, pool.sd2], 1))
     ok(rpc1.connectStoragePool(pool.sp, 1, "", pool.sd, 1))

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from tests.functional.daemon_helpers import REPO, VdsmdProcess, new_uuid, wait_task
 from tests.functional.storage_helpers import Storage, ok
@@ -51,7 +51,15 @@ def restart_libvirtd() -> None:
     )
 
 
-def disk(storage: Storage, img: str, vol: str) -> dict[str, Any]:
+class PoolIds(Protocol):
+    """A pool's ids, whoever built it (storage_helpers.Storage, cluster_helpers.make_pool)."""
+
+    sp: str
+    sd: str  # the source domain
+    sd2: str  # the destination domain
+
+
+def disk(storage: PoolIds, img: str, vol: str) -> dict[str, Any]:
     return {
         "type": "disk",
         "device": "disk",

@@ -26,19 +26,13 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from tests.functional.daemon_helpers import REPO, VdsmdProcess
-from tests.functional.lsm_helpers import chain_of, qemu_pid
+from tests.functional.lsm_helpers import PoolIds, chain_of, qemu_pid
 
 MiB = 1024**2
 PREFILL = 24 * MiB  # data in the base, so the sync has something real to copy
 PREFILL_OFFSET = 256 * MiB  # where it lies: far from the guest's write slots
 CLI_TIMEOUT = 180
 Done = subprocess.CompletedProcess[str]
-
-
-class PoolIds(Protocol):
-    sp: str
-    sd: str  # the source domain
-    sd2: str  # the destination domain
 
 
 class MovingVms(Protocol):

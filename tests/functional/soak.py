@@ -16,7 +16,11 @@ domains a few times. Each move draws an interruption:
 - ``vdsmd_kill``: vdsmd SIGKILLed while the client waits at a random step, restarted (and made
   SPM again, as the engine would), the client goes on, ``--resume`` if it gave up;
 - ``ctrl_c``: SIGINT to the client at a random step (a rollback, or past the pivot a finish);
-- ``libvirtd_restart``: the machine's libvirtd restarted while the client waits at a random step;
+- ``libvirtd_restart``: the machine's libvirtd restarted while the client waits at a random step
+  (one host only);
+- ``spm_kill`` (two hosts only): the SPM's vdsmd SIGKILLed while the client waits at a random
+  step, restarted once it rejoined the pool and made SPM again (the engine's part); the VM
+  host's vdsmd is ``vdsmd_kill``'s;
 - ``storage_fault``: the destination's image directory fails every write with EIO from a
   random step before the pivot (clone, mirror or sync), healed once the client is done.
 
@@ -25,9 +29,15 @@ the VM runs in the same QEMU, its whole chain is in one domain and LEGAL, the ot
 nothing of the image (no volume, no directory, no file open by QEMU), and every write the guest
 logged as acknowledged is on the disk where the VM now runs (vdsm_guest.checker).
 
-Run ``make soak`` (SOAK_MOVES, default 200; SOAK_SEED) or ``python -m tests.functional.soak
---moves N [--seed S] [--report build/soak.json]``; CI runs a short one (test_soak.py). It
-prints one line per move and the figures at the end, and writes them as JSON.
+On two hosts (``--hosts 2``), the same on a pool of the multi-host harness: host 1 is the
+SPM (the clone and the sync run there), host 2 runs the VMs (the snapshot, the mirror, the
+pivot and the merge), each host with its own sanlock daemon, so the volume leases are on; the
+client finds the SPM among ``--hosts``, and after each move the VM's QEMU is checked on host 2.
+
+Run ``make soak`` (SOAK_MOVES, default 200; SOAK_SEED; then the load run and the two-host
+soak) or ``python -m tests.functional.soak --moves N [--seed S] [--hosts 2] [--report
+build/soak.json]``; CI runs a short one of each (test_soak.py). It prints one line per move
+and the figures at the end, and writes them as JSON.
 """
 
 from __future__ import annotations
@@ -48,9 +58,12 @@ from pathlib import Path
 from typing import Any
 
 from tests.fakes.faultfs import FaultFs
+from tests.functional.cluster_helpers import joined, make_pool, spm_start, vdsmd_of, wait_for
+from tests.functional.cluster_helpers import qemu_pid as cluster_qemu_pid
 from tests.functional.daemon_helpers import REPO, VdsmdProcess, new_uuid, running, wait_task
 from tests.functional.load import Load, fuzz_target
 from tests.functional.lsm_helpers import (
+    PoolIds,
     disk,
     guest_params,
     qemu_pid,
@@ -64,9 +77,23 @@ from vdsm_cli.move.fault import TEST_PAUSE_AT, TEST_STOP_AT
 from vdsm_cli.move.steps import FORWARD_STEPS
 from vdsm_guest import checker
 from vdsm_guest.build import GuestImage, ensure_guest
+from vdsm_guest.cluster import Cluster, ClusterHost
+from vdsm_guest.libvirt_daemon import LibvirtDaemonError
 
 MiB = 1024**2
 KINDS = ("none", "client_kill", "vdsmd_kill", "ctrl_c", "libvirtd_restart", "storage_fault")
+# On two hosts: the SPM's vdsmd killed too (the VM host's is vdsmd_kill); libvirtd's restart
+# is the one-host soak's (the harness's libvirtd lives in a mount namespace that a restart
+# would not keep, and it is the VM host's business alone).
+TWO_HOST_KINDS = (
+    "none",
+    "client_kill",
+    "vdsmd_kill",
+    "spm_kill",
+    "ctrl_c",
+    "storage_fault",
+)
+VDSMD_ARGS = ["--replication-convergence-window", "3"]
 # Under load (--load), every kind but vdsmd's kill: while vdsmd is down the callers would only
 # count refused connections, and the fuzzer's checks would fail on them.
 LOAD_KINDS = tuple(k for k in KINDS if k != "vdsmd_kill")
@@ -83,6 +110,7 @@ MOVES_PER_VM = (2, 4)  # each VM's disk is moved this many times (at random), ba
 FULL_SHAPES = ((256, 512, 1024), 4)  # sizes in MiB, most volumes in a chain
 SMALL_SHAPES = ((128, 256), 2)
 RESUME_TRIES = 3
+RESUME_PAUSE = 3.0  # seconds between two --resume (after the first)
 
 
 class SoakFailure(AssertionError):
@@ -133,6 +161,7 @@ class Figures:
 
     seed: int
     moves_asked: int
+    hosts: int = 1
     moves: list[MoveResult] = field(default_factory=list)
     failure: str = ""
     seconds: float = 0.0
@@ -143,6 +172,7 @@ class Figures:
         ended = Counter(f"{m.kind}:{'moved' if m.moved else 'stayed'}" for m in self.moves)
         return {
             "seed": self.seed,
+            "hosts": self.hosts,
             "moves_asked": self.moves_asked,
             "moves": len(self.moves),
             "by_interruption": dict(sorted(kinds.items())),
@@ -160,13 +190,17 @@ class Figures:
 
 
 class Soak:
-    """One vdsmd, a pool of two domains on the fault file system, and the moves."""
+    """A pool of two domains on the fault file system, and the moves. On one host (``hosts``
+    1): one vdsmd, the SPM, runs the VMs on the machine's libvirtd. On two (the multi-host
+    harness, vdsm_guest.cluster): host 1 is the SPM, host 2 runs the VMs on a libvirtd of its
+    own, and the client is told both (``--hosts``)."""
 
-    def __init__(self, root: Path, rng: random.Random, guest: GuestImage) -> None:
-        self.root, self.rng, self.guest = root, rng, guest
+    def __init__(self, root: Path, rng: random.Random, guest: GuestImage, hosts: int = 1) -> None:
+        self.root, self.rng, self.guest, self.hosts = root, rng, guest, hosts
         self.fs: dict[str, FaultFs] = {}
-        self.daemon = VdsmdProcess(root / "vdsmd", ["--replication-convergence-window", "3"])
-        self.storage: Storage | None = None
+        self.one_host = VdsmdProcess(root / "vdsmd", VDSMD_ARGS) if hosts == 1 else None
+        self.cluster: Cluster | None = None
+        self.pool: PoolIds | None = None
         self.vm_ids: list[str] = []
         self.images: list[str] = []
 
@@ -179,18 +213,89 @@ class Soak:
                         self.root / f"{side}-backing", self.root / side, self.root / f"{side}-fault"
                     )
                 )
-            stack.enter_context(running(self.daemon))
-            self.storage = Storage(self.daemon, self.root)
+            if self.one_host is not None:
+                stack.enter_context(running(self.one_host))
+                self.pool = Storage(self.one_host, self.root)
+            else:
+                self.cluster = stack.enter_context(
+                    Cluster(
+                        self.root / "cluster",
+                        hosts=2,
+                        storage_roots=[self.root],
+                        extra_args=VDSMD_ARGS,
+                        vdsmd_class=VdsmdProcess,
+                        vm_hosts=(2,),
+                    )
+                )
+                self.pool = make_pool(self.cluster, self.root)
             try:
                 yield self
             finally:
                 for vm_id in self.vm_ids:
-                    virsh("destroy", vm_id)
+                    self.virsh("destroy", vm_id)
 
     @property
-    def st(self) -> Storage:
-        assert self.storage is not None
-        return self.storage
+    def st(self) -> PoolIds:
+        assert self.pool is not None
+        return self.pool
+
+    # --- the hosts -------------------------------------------------------------------------
+
+    def host(self, index: int) -> ClusterHost:
+        assert self.cluster is not None
+        return self.cluster.host(index)
+
+    @property
+    def daemon(self) -> VdsmdProcess:
+        """The vdsmd of the VMs' host (HOST on the client's command line)."""
+        return self.one_host if self.one_host is not None else vdsmd_of(self.host(2))
+
+    @property
+    def spm(self) -> VdsmdProcess:
+        return self.one_host if self.one_host is not None else vdsmd_of(self.host(1))
+
+    def virsh(self, *args: str) -> None:
+        """virsh on the VMs' libvirtd; as lsm_helpers.virsh, its failure is not an error (a
+        VM destroyed twice, at the end)."""
+        if self.cluster is None:
+            virsh(*args)
+            return
+        libvirt = self.host(2).libvirt
+        if libvirt is not None and libvirt.running:
+            with contextlib.suppress(LibvirtDaemonError):
+                libvirt.virsh(*args)
+
+    def qemu_pid(self, vm_id: str) -> int:
+        return qemu_pid(vm_id) if self.cluster is None else cluster_qemu_pid(self.host(2), vm_id)
+
+    def mover(self, view: DiskView) -> Mover:
+        if self.cluster is None:
+            return Mover(view, view.vm_id, view.work_dir)
+        return Mover(
+            view,
+            view.vm_id,
+            view.work_dir,
+            pid_of=self.qemu_pid,
+            options=("--pki-dir", str(self.cluster.pki.root)),
+            extra=("--hosts", self.host(1).vdsmd.address),
+        )
+
+    def kill_vdsmd(self, spm: bool) -> None:
+        """SIGKILL to the VMs' host's vdsmd (``spm``: to the SPM's), then started again; the
+        SPM's is made SPM again, as the engine would. On two hosts, once it rejoined the
+        pool (a few seconds of sanlock's)."""
+        if self.cluster is None:
+            self.daemon.kill()
+            self.daemon.restart()  # and spmStart (VdsmdProcess.spm_pools)
+            return
+        host = self.host(1 if spm else 2)
+        host.kill_vdsmd()
+        host.start_vdsmd()
+        wait_for(lambda: joined(host, [self.st.sd, self.st.sd2]), "rejoined", timeout=60)
+        if spm:
+            status = spm_start(host, self.st.sp)
+            if status["taskResult"] != "success":
+                raise SoakFailure(f"spmStart after the SPM's vdsmd was killed: {status}")
 
     def domain(self, side: str) -> str:
         return self.st.sd if side == "src" else self.st.sd2
@@ -201,7 +306,7 @@ class Soak:
         """The image (on the source domain) and its chain, base first."""
         img, chain = new_uuid(), [new_uuid() for _ in range(shape.volumes)]
         self.images.append(img)
-        rpc = self.st.rpc
+        rpc = self.spm.xmlrpc()
         parent = BLANK
         for i, vol in enumerate(chain):
             fmt, allocation = (shape.base_format, shape.allocation) if i == 0 else ("COW", "SPARSE")
@@ -221,7 +326,7 @@ class Soak:
                     parent,
                 )
             )
-            status = wait_task(self.daemon, reply["uuid"])
+            status = wait_task(self.spm, reply["uuid"])
             assert status["taskResult"] == "success", status
             parent = vol
         if shape.base_format == "RAW":  # data far from the guest's slots, for the sync to copy
@@ -258,7 +363,7 @@ class Soak:
         """Move the disk to ``to_side`` with interruption ``kind``; every client exit code
         (the move, then each --resume) and the point drawn."""
         dst = self.domain(to_side)
-        m = Mover(view, view.vm_id, view.work_dir)
+        m = self.mover(view)
         codes: list[int] = []
         point = ""
         if kind == "none":
@@ -270,9 +375,8 @@ class Soak:
             point = self.rng.choice(FAULT_POINTS if kind == "storage_fault" else FORWARD_STEPS)
             client = m.start(dst=dst, **{TEST_PAUSE_AT: point})
             client.wait_paused()
-            if kind == "vdsmd_kill":
-                self.daemon.kill()
-                self.daemon.restart()
+            if kind in ("vdsmd_kill", "spm_kill"):
+                self.kill_vdsmd(spm=kind == "spm_kill")
                 client.signal(signal.SIGCONT)
             elif kind == "ctrl_c":
                 client.signal(signal.SIGINT, signal.SIGCONT)
@@ -286,12 +390,24 @@ class Soak:
                 codes.append(client.finish()[0])
             finally:
                 self.fs[to_side].heal()
-        for _ in range(RESUME_TRIES):
+        last = ""
+        for attempt in range(RESUME_TRIES):
             if m.journal() is None:
                 break
-            codes.append(m.resume().returncode)
+            if attempt:
+                # As an operator would, not at once: a lease whose release failed under the
+                # fault is written free by its host's vdsmd within seconds of the storage
+                # working again (volume_lease.StaleLeases), and until then the rollback's
+                # delete on another host is refused.
+                time.sleep(RESUME_PAUSE)
+            resumed = m.resume()
+            codes.append(resumed.returncode)
+            last = resumed.stderr.strip()[-3000:]
         if m.journal() is not None:
-            raise SoakFailure(f"the journal is still there after {RESUME_TRIES} --resume: {codes}")
+            raise SoakFailure(
+                f"the journal is still there after {RESUME_TRIES} --resume: {codes}; the last "
+                f"one said: {last}"
+            )
         return point, codes
 
     # --- the checks --------------------------------------------------------------------------
@@ -300,7 +416,7 @@ class Soak:
         """Fully on one side with every acknowledged write: (side, chain length, writes the
         guest logged as acknowledged, all checked); SoakFailure otherwise."""
         stats = self.stats(view.vm_id)
-        qemu = qemu_pid(view.vm_id)
+        qemu = self.qemu_pid(view.vm_id)
         if stats["status"] != "Up" or qemu != pid:
             raise SoakFailure(f"the VM stopped: {stats['status']}, QEMU {pid} -> {qemu}")
         if stats.get("blockJobs"):
@@ -355,14 +471,14 @@ class DiskView:
         return self.soak.daemon
 
     @property
-    def storage(self) -> Storage:
+    def storage(self) -> PoolIds:
         return self.soak.st
 
     def stats(self, vm_id: str) -> dict[str, Any]:
         return self.soak.stats(vm_id)
 
 
-def expect_outcome(kind: str, codes: list[int], moved: bool) -> None:
+def expect_outcome(kind: str, codes: list[int], moved: bool, hosts: int = 1) -> None:
     """The outcomes that are certain: a move left alone finishes; a destination that fails
     before the pivot rolls back (exit 1); a killed client was killed; a Ctrl-C rolls back (130)
     or, past the pivot, finishes (0). The other kinds may go either way: only the checks hold."""
@@ -371,8 +487,12 @@ def expect_outcome(kind: str, codes: list[int], moved: bool) -> None:
         raise SoakFailure(f"a move left alone ended with {codes}, moved: {moved}")
     # A destination that fails every write also fails the rollback's deletes there (each first
     # writes its volume's ILLEGAL mark): the client then stops (4) naming what is left, and
-    # --resume, once the storage is healed, finishes the rollback (1).
-    if kind == "storage_fault" and (codes not in ([1], [4, 1]) or moved):
+    # --resume, once the storage is healed, finishes the rollback (1). On two hosts the first
+    # --resume may still be refused (4): the VM host's release of the mirror's lease failed
+    # under the fault, and its vdsmd writes the lease free only a moment after the storage
+    # heals (volume_lease.StaleLeases); until then the SPM's delete finds it held.
+    rolled_back = ([1], [4, 1], [4, 4, 1]) if hosts == 2 else ([1], [4, 1])
+    if kind == "storage_fault" and (codes not in rolled_back or moved):
         raise SoakFailure(f"a move whose destination failed ended with {codes}, moved: {moved}")
     if kind == "client_kill" and first != -signal.SIGKILL:
         raise SoakFailure(f"the client was to be killed, it ended with {codes}")
@@ -394,15 +514,18 @@ def soak(
     out: Callable[[str], object] = print,
     load: int = 0,
     shapes: tuple[tuple[int, ...], int] = FULL_SHAPES,
+    hosts: int = 1,
 ) -> Figures:
     """Run ``moves`` moves (with ``load`` concurrent callers and the fuzzer all along, when
     not 0) on disks drawn from ``shapes``; the figures, with ``failure`` set if a check
     failed."""
     rng = random.Random(seed)
-    figures = Figures(seed=seed, moves_asked=moves)
-    plan = kinds_for(moves, rng, LOAD_KINDS if load else KINDS)
+    figures = Figures(seed=seed, moves_asked=moves, hosts=hosts)
+    if load and hosts != 1:
+        raise ValueError("the load run is on one host")
+    plan = kinds_for(moves, rng, LOAD_KINDS if load else KINDS if hosts == 1 else TWO_HOST_KINDS)
     started = time.monotonic()
-    with Soak(root, rng, ensure_guest()).running() as s:
+    with Soak(root, rng, ensure_guest(), hosts).running() as s:
         callers = None
         if load:
             (root / "fuzz").mkdir()
@@ -419,7 +542,7 @@ def soak(
                 vm_id, console = s.start_vm(img, chain[-1])
                 view = DiskView(s, vm_id, img, chain[0], root / f"vm-{len(s.vm_ids)}")
                 view.work_dir.mkdir()
-                pid = qemu_pid(vm_id)
+                pid = s.qemu_pid(vm_id)
                 side, checked_before = "src", 0
                 for _ in range(rng.randint(*MOVES_PER_VM)):
                     if len(figures.moves) >= moves:
@@ -430,7 +553,7 @@ def soak(
                     point, codes = s.move(view, to_side, kind)
                     try:
                         side, length, acknowledged = s.check(view, pid, console)
-                        expect_outcome(kind, codes, moved=side == to_side)
+                        expect_outcome(kind, codes, moved=side == to_side, hosts=hosts)
                     except SoakFailure as e:
                         where = f" at {point}" if point else ""
                         raise SoakFailure(f"{kind}{where} ({shape}), exit {codes}: {e}") from None
@@ -455,7 +578,7 @@ def soak(
                         f"chain {length}, {result.writes_new} new writes checked "
                         f"({acknowledged} in all), {result.seconds:.1f}s"
                     )
-                virsh("destroy", vm_id)
+                s.virsh("destroy", vm_id)
         except SoakFailure as e:
             figures.failure = f"move {len(figures.moves) + 1}: {e}"
             out(f"FAILED: {figures.failure}")
@@ -481,6 +604,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="CALLERS",
         help="that many concurrent callers, and the fuzzer, all along the moves (default: none)",
     )
+    parser.add_argument(
+        "--hosts",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="1: one vdsmd, the SPM, runs the VMs; 2: host 1 the SPM, host 2 the VMs (default 1)",
+    )
     parser.add_argument("--report", type=Path, default=REPO / "build" / "soak.json")
     parser.add_argument(
         "--work-dir", type=Path, default=None, help="default: a new one under /var/tmp"
@@ -490,8 +620,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--moves must be 1 or more")
     if args.load < 0:
         parser.error("--load must be 0 (none) or more callers")
+    if args.load and args.hosts != 1:
+        parser.error("--load runs on one host (--hosts 1)")
     root = args.work_dir or Path(tempfile.mkdtemp(prefix="vdsm-soak-", dir="/var/tmp"))
-    figures = soak(root, args.moves, args.seed, load=args.load)
+    figures = soak(root, args.moves, args.seed, load=args.load, hosts=args.hosts)
     summary = figures.summary()
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.write_text(

@@ -14,6 +14,8 @@ with --hosts, so that it finds the SPM (getSpmStatus) and the VM (list) itself:
   client sends the task to host 2 instead, and the move goes through.
 - The client killed after the pivot, while the SPM deletes the source, and the SPM's vdsmd
   killed too; host 2 takes the role: ``--resume`` finds it and finishes on the destination.
+- The destination failing under the mirror: the lease host 2 could not release under the
+  fault is written free by host 2's vdsmd once the storage heals; --resume rolls back.
 - The pre-flight: a destination the VM's host never joined, a --spm-host that is not the SPM,
   a single-host command line whose host is not the SPM: refused, nothing changed.
 
@@ -32,6 +34,7 @@ from typing import Any
 
 import pytest
 
+from tests.fakes.faultfs import FaultFs
 from tests.functional.cluster_helpers import (
     TwoHosts,
     copies_of,
@@ -39,6 +42,7 @@ from tests.functional.cluster_helpers import (
     qemu_pid,
     spm_start,
     two_hosts_factory,
+    vdsmd_of,
     wait_for,
 )
 from tests.functional.daemon_helpers import new_uuid
@@ -222,6 +226,59 @@ def test_resume_after_the_pivot_finds_the_spm_that_took_over(
     assert f"the SPM moved from {spm} (host id 1, lver 1) to {vm_host} (host id 2" in resumed.stdout
     assert f"(deleteVolume) on the SPM {vm_host}" in resumed.stdout  # delete_snapshot
     assert_on_destination(m)
+
+
+# --- the destination failing under the mirror -----------------------------------------------
+
+
+def test_destination_failing_under_the_mirror_rolls_back_and_frees_its_lease(
+    tmp_path: Path, guest: GuestImage
+) -> None:
+    """The destination (on the FAKE fault file system) fails every write of the image's
+    directory once the mirror runs: the mirror fails, and the release of its lease by host 2's
+    QEMU fails too (sanlock cannot write the lease free, and forgets it: on the storage it
+    stays owned by host 2, alive). The rollback's delete on host 1 cannot delete there either,
+    so the client stops (exit 4). Once the storage heals, host 2's vdsmd writes the lease free
+    (volume_lease.StaleLeases): --resume, retried as an operator would, finishes the rollback
+    (exit 1) and nothing is left."""
+    with (
+        FaultFs(tmp_path / "dst-backing", tmp_path / "dst", tmp_path / "dst-fault") as fs,
+        two_hosts_factory(tmp_path) as make,
+    ):
+        pool = make("--replication-convergence-window", "3")
+        vm_id = pool.start(**guest_params(guest, slots=64, pause=0))
+        console = Path(pool.stats(vm_id)["consoleLog"])
+        wait_writes(console, 20)
+        m = pool.mover(vm_id)
+        client = m.start(**{TEST_PAUSE_AT: "sync"})  # the mirror runs, the guest writes
+        client.wait_paused()
+        fs.set("eio", f"{pool.storage.sd2}/images/{pool.img}")
+        client.signal(signal.SIGCONT)
+        code, out = client.finish()
+        assert code == 4, out
+        assert "Lease write error" in out or "Input/output error" in out, out
+        fs.heal()
+        log = vdsmd_of(pool.vm_host).log
+        wait_for(lambda: "written free (its release had failed)" in log(), "the lease freed", 30)
+        done = m.resume()
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "rolled back" in done.stderr, done.stderr
+        assert_on_source(m)
+        # No lease of the destination held anywhere: on the storage, nobody owns any.
+        for vol in m.chain:
+            lease = tmp_path / "dst" / pool.storage.sd2 / "images" / pool.img / f"{vol}.lease"
+            assert not lease.exists(), lease
+        qemu = qemu_pid(pool.vm_host, vm_id)
+        for host in pool.cluster:
+            volume_leases = {
+                lease: pid
+                for lease, pid in held_leases(host.sanlock.status()).items()
+                if lease[1] != "SDM"
+            }
+            expected = {(pool.storage.sd, m.chain[-1]): qemu} if host is pool.vm_host else {}
+            assert volume_leases == expected, (host, volume_leases)
+        result = checker.check(Path(pool.stats(vm_id)["disks"]["vda"]["path"]), "qcow2", console)
+        assert result.ok, result.failures
 
 
 # --- pre-flight ---------------------------------------------------------------------------------

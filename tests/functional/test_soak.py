@@ -5,8 +5,11 @@ under the guest's writes; after each, the disk fully on one side with every ackn
 nothing left on the other. Then a move under load: 50 concurrent callers and the fuzzer
 (tests/functional/load.py), every answer checked, and the moves still verify.
 
+The short soak runs on two hosts as well (host 1 the SPM, host 2 the VMs; the SPM's vdsmd
+killed among the interruptions).
+
 The seed is random and in the failure message: ``python -m tests.functional.soak --moves N
---seed SEED [--load 50]`` runs the same moves again."""
+--seed SEED [--load 50 | --hosts 2]`` runs the same moves again."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.functional.soak import KINDS, SMALL_SHAPES, soak
+from tests.functional.soak import KINDS, SMALL_SHAPES, TWO_HOST_KINDS, soak
 
 pytestmark = pytest.mark.libvirt
 
@@ -27,6 +30,20 @@ def test_a_short_soak_loses_nothing_and_leaves_nothing(tmp_path: Path) -> None:
     story = "\n".join([f"seed {seed}", *lines])
     assert figures.failure == "", story
     assert sorted(m.kind for m in figures.moves) == sorted(KINDS), story
+    assert figures.summary()["writes_checked"] > 0, story
+
+
+def test_a_short_soak_on_two_hosts_loses_nothing_and_leaves_nothing(tmp_path: Path) -> None:
+    """Host 1 the SPM, host 2 the VMs: one move for each interruption, the SPM's vdsmd
+    killed among them."""
+    seed = random.randrange(2**32)
+    lines: list[str] = []
+    figures = soak(
+        tmp_path, len(TWO_HOST_KINDS), seed, out=lines.append, shapes=SMALL_SHAPES, hosts=2
+    )
+    story = "\n".join([f"seed {seed}, two hosts", *lines])
+    assert figures.failure == "", story
+    assert sorted(m.kind for m in figures.moves) == sorted(TWO_HOST_KINDS), story
     assert figures.summary()["writes_checked"] > 0, story
 
 

@@ -261,13 +261,20 @@ def test_a_hung_domain_never_freezes_the_agent(tmp_path: Path) -> None:
             assert code(answers_within(1, lambda: rpc.getStorageDomainInfo(st.sd))) == 0
             refused = answers_within(1, lambda: rpc.getStorageDomainInfo(st.sd2))
             assert code(refused) == 379 and st.sd2 in refused["status"]["message"], refused
+            # The pool answers: the hung member is marked, the others are as they were.
             pool = answers_within(1, lambda: rpc.getStoragePoolInfo(st.sp))
-            assert code(pool) in (0, 379), pool
+            assert code(pool) == 0, pool
+            member = pool["dominfo"][st.sd2]
+            assert (member["status"], member["code"]) == ("Inaccessible", 379), member
+            assert "does not answer" in member["error"] and "diskfree" not in member, member
+            assert pool["dominfo"][st.sd]["status"] == "Active", pool
+            assert int(pool["dominfo"][st.sd]["diskfree"]) > 0, pool
 
             fs.heal()  # the storage comes back: valid again, without a restart
             back = wait_stats(daemon, st.sd2, True, timeout=30)
             assert back["code"] == 0 and back["error"] == "", back
             assert code(rpc.getStorageDomainInfo(st.sd2)) == 0
+            assert ok(rpc.getStoragePoolInfo(st.sp))["dominfo"][st.sd2]["status"] == "Active"
 
             fs.set("hang", "/")  # and SIGTERM still stops vdsmd while it hangs
             wait_stats(daemon, st.sd2, False, timeout=PROBE_TIMEOUT + 8)

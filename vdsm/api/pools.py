@@ -6,8 +6,8 @@ import time
 from typing import Any
 
 from vdsm import validation
-from vdsm.errors import IsSpm, StorageDomainDoesNotExist, VdsmError
-from vdsm.storage import image
+from vdsm.errors import IsSpm, StorageDomainAccessError, StorageDomainDoesNotExist, VdsmError
+from vdsm.storage import image, os_errors
 from vdsm.storage import volume as volumes
 from vdsm.storage.clusterlock import JoinState
 from vdsm.storage.constants import BLANK_UUID, DomainClass, DomainType
@@ -72,8 +72,13 @@ class PoolsAPI:
             entry: dict[str, Any] = {"status": status}
             try:
                 stats = self._storage.repository.domain(sd_uuid).stats()
-            except StorageDomainDoesNotExist:
-                entry["status"] = "Inaccessible"
+            except (StorageDomainDoesNotExist, StorageDomainAccessError) as e:
+                # One member that is gone or does not answer is that member's status, not a
+                # failure of the whole pool (only the master's metadata is needed to answer).
+                entry.update(status="Inaccessible", code=e.code, error=e.message)
+            except OSError as e:  # statvfs of a domain whose storage fails (EIO)
+                failure = os_errors.general("statvfs", sd_uuid, e)
+                entry.update(status="Inaccessible", code=failure.code, error=failure.message)
             else:
                 entry["disktotal"] = str(stats.total_bytes)
                 entry["diskfree"] = str(stats.free_bytes)

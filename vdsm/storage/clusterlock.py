@@ -50,6 +50,10 @@ SDM_OFFSET = 1 * MiB  # VDSM's SDM_LEASE_SLOT 1
 VOLUME_LEASE_SIZE = MiB
 MAX_HOST_ID = 250
 
+# What an acquire answers when someone holds the lease now: another live host (sanlock's
+# SANLK_ACQUIRE_IDLIVE, _OWNED, _OTHER) or another process of this host (EEXIST, EBUSY).
+_HELD_ELSEWHERE = frozenset({243, 244, 245, errno.EEXIST, errno.EBUSY})
+
 # get_hosts answers EAGAIN until the daemon has renewed the delta lease once after a join.
 _GET_HOSTS_RETRIES = 20
 _GET_HOSTS_PAUSE = 0.25
@@ -347,6 +351,29 @@ class LeaseHolder:
             raise ReleaseLockFailure(
                 f"lease {resource} of domain {sd_uuid}: {_reason(e)}"
             ) from None
+
+    def clear_stale(self, sd_uuid: str, resource: str, path: Path, offset: int) -> bool:
+        """Write free a lease whose release failed on this host. sanlock forgets a lease it
+        failed to release (the write of the free leader met an I/O error), but the lease on
+        the storage still names this host as its owner, and this host is alive: every other
+        host is refused it ("held by another host") for as long as this host lives. This host
+        may acquire it again (sanlock: it is already the owner) and release it, which writes
+        it free. True when done; False when it is not this host's to clear any more (another
+        host or another process here holds it now, or its file is gone); AcquireLockFailure
+        or ReleaseLockFailure while the storage still fails (try again later)."""
+        fd = self._registration()
+        disks = [(str(path), offset)]
+        try:
+            with self._calls:
+                sanlock.acquire(sd_uuid.encode(), resource.encode(), disks, slkfd=fd)
+        except sanlock.SanlockException as e:
+            if abs(_rc(e)) in _HELD_ELSEWHERE or abs(_rc(e)) == errno.ENOENT:
+                return False
+            raise AcquireLockFailure(
+                f"lease {resource} of domain {sd_uuid}: {_reason(e)}"
+            ) from None
+        self.release(sd_uuid, resource, path, offset)
+        return True
 
     def held(self) -> list[tuple[str, str, int]]:
         """(lockspace, resource, lver) of every lease this process holds, from the daemon."""

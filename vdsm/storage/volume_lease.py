@@ -11,6 +11,11 @@ its lease, so sanlock refuses a second writer anywhere in the pool:
   delete removes. A volume that a VM runs on elsewhere is then refused ("held by another host")
   before anything is changed.
 
+A release that fails (the storage failed the write that frees the lease) leaves the lease on
+the storage owned by this host, which sanlock has forgotten: no other host can take it while
+this one lives, so a rollback's delete on the SPM would be refused for ever. :class:`StaleLeases`
+keeps each such lease and writes it free (acquire again, release) once the storage works.
+
 Leases are on where ``volume_leases`` is set (the default) and the volume's domain is one whose
 lockspace this host joined (connectStoragePool): sanlock needs the join to acquire anything, and
 says so only as ENOSPC, so the join is checked first and named in the error.
@@ -19,6 +24,8 @@ says so only as ENOSPC, so the join is checked first and named in the error.
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +39,9 @@ from vdsm.storage.pool_connection import PoolConnections
 from vdsm.storage.volume import Volume
 
 log = logging.getLogger("vdsm.storage.volume_lease")
+
+# Seconds between two tries to write free the leases whose release failed.
+STALE_RETRY_INTERVAL = 1.0
 
 # Seconds a lease step waits for this host to finish joining a connected domain's lockspace
 # (a join takes 2-3 io_timeouts: 30 s covers io_timeout 10), bounded so no verb hangs.
@@ -61,6 +71,62 @@ class VolumeLease:
         return f"lease of volume {self.vol_uuid} (domain {self.sd_uuid})"
 
 
+class StaleLeases:
+    """Leases whose release failed on this host, written free by a thread of their own as soon
+    as the storage lets it (:meth:`LeaseHolder.clear_stale`), every ``interval`` seconds. In
+    memory only: a vdsmd that restarts before the storage works again forgets them (the
+    lease then stays owned by this host until the host leaves the lockspace)."""
+
+    def __init__(self, holder: LeaseHolder, interval: float = STALE_RETRY_INTERVAL) -> None:
+        self._holder = holder
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._pending: dict[VolumeLease, str] = {}  # the lease, and why its release failed
+        self._thread: threading.Thread | None = None
+
+    def add(self, lease: VolumeLease, why: str) -> None:
+        with self._lock:
+            self._pending[lease] = why
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="stale-leases", daemon=True)
+                self._thread.start()
+        log.warning(
+            "%s: its release failed (%s); it is written free once the storage lets it",
+            lease.describe(),
+            why,
+        )
+
+    def pending(self) -> list[VolumeLease]:
+        with self._lock:
+            return list(self._pending)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self._interval)
+            with self._lock:
+                leases = list(self._pending)
+                if not leases:
+                    self._thread = None
+                    return
+            for lease in leases:
+                self._try(lease)
+
+    def _try(self, lease: VolumeLease) -> None:
+        try:
+            cleared = self._holder.clear_stale(
+                lease.sd_uuid, lease.vol_uuid, lease.path, lease.offset
+            )
+        except VdsmError as e:
+            log.debug("%s: still cannot be written free: %s", lease.describe(), e.message)
+            return
+        with self._lock:
+            self._pending.pop(lease, None)
+        if cleared:
+            log.info("%s: written free (its release had failed)", lease.describe())
+        else:
+            log.info("%s: held elsewhere now, or gone: nothing to write free", lease.describe())
+
+
 class VolumeLeases:
     """This host's view of volume leases: on or off, joined or not, and vdsmd's own holds."""
 
@@ -76,6 +142,7 @@ class VolumeLeases:
         self._connections = connections
         self.enabled = enabled
         self.join_wait = join_wait
+        self.stale = StaleLeases(holder)
 
     def host_id(self, sd_uuid: str) -> int:
         """This host's id in the domain's lockspace; 661 if this host has not joined it."""
@@ -114,10 +181,10 @@ class VolumeLeases:
         a refusal changes nothing); 651 naming the volume when one is held elsewhere. The body
         may release one early (before it removes the volume's lease file)."""
         if not self.enabled:
-            yield HeldLeases(self._holder, [])
+            yield HeldLeases(self._holder, [], self.stale)
             return
         acquired: list[VolumeLease] = []
-        held = HeldLeases(self._holder, acquired)
+        held = HeldLeases(self._holder, acquired, self.stale)
         try:
             for vol in vols:
                 lease = VolumeLease.of(vol)
@@ -140,9 +207,10 @@ class VolumeLeases:
 class HeldLeases:
     """The leases one :meth:`VolumeLeases.held` block holds."""
 
-    def __init__(self, holder: LeaseHolder, leases: list[VolumeLease]) -> None:
+    def __init__(self, holder: LeaseHolder, leases: list[VolumeLease], stale: StaleLeases) -> None:
         self._holder = holder
         self._leases = leases
+        self._stale = stale
 
     def release(self, vol: Volume) -> None:
         """Release ``vol``'s lease now, if this block holds it."""
@@ -155,7 +223,7 @@ class HeldLeases:
         try:
             self._holder.release(lease.sd_uuid, lease.vol_uuid, lease.path, lease.offset)
         except VdsmError as e:
-            log.warning("%s: release: %s", lease.describe(), e.message)
+            self._stale.add(lease, e.message)
 
 
 def ensure_formatted(vol: Volume) -> None:

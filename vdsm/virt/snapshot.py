@@ -57,7 +57,7 @@ def snapshot(vm: Vm, storage: HostStorage, snap_drives: list[dict[str, Any]]) ->
         try:
             dom.snapshotCreateXML(_snapshot_xml(vm, plan), FLAGS)
         except libvirt.libvirtError as e:
-            vm_leases.detach_quietly(vm, attached)
+            vm_leases.detach_quietly(vm, storage, attached)
             raise SnapshotError(f"VM {vm.vm_id}: libvirt: {error_message(e)}") from None
         crash_point.reached("snapshot:switched")
         for drive, chain in plan:

@@ -179,19 +179,22 @@ def attach_all(vm: Vm, storage: HostStorage, leases: Sequence[VolumeLease]) -> l
             if attach(vm, storage, lease):
                 attached.append(lease)
     except Exception:
-        detach_quietly(vm, attached)
+        detach_quietly(vm, storage, attached)
         raise
     return attached
 
 
-def detach_quietly(vm: Vm, leases: Iterable[VolumeLease]) -> None:
-    """Release leases on a failure path: a release that fails is logged, and the next
-    :func:`reconcile` (at the latest, the next start of vdsmd) retries it."""
+def detach_quietly(vm: Vm, storage: HostStorage, leases: Iterable[VolumeLease]) -> None:
+    """Release leases without raising: a release that fails is logged, the next
+    :func:`reconcile` (at the latest, the next start of vdsmd) retries libvirt's side, and the
+    lease goes to the stale leases to be written free on the storage (sanlock may have
+    forgotten it already, leaving it owned by this host there)."""
     for lease in leases:
         try:
             detach(vm, lease)
         except VdsmError as e:
             log.warning("VM %s: %s", vm.vm_id, e.message)
+            storage.leases.stale.add(lease, e.message)
 
 
 def reconcile(vm: Vm, storage: HostStorage, record: VmRecord | None = None) -> None:
@@ -213,7 +216,7 @@ def reconcile(vm: Vm, storage: HostStorage, record: VmRecord | None = None) -> N
             attach(vm, storage, lease)
         except VdsmError as e:
             log.error("VM %s: a writer lacks its lease: %s", vm.vm_id, e.message)
-    detach_quietly(vm, sorted(held - want, key=_order))
+    detach_quietly(vm, storage, sorted(held - want, key=_order))
 
 
 def _order(lease: VolumeLease) -> tuple[str, str]:
