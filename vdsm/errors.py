@@ -558,6 +558,7 @@ ERROR_TYPES: tuple[type[VdsmError], ...] = (
     StorageDomainMetadataNotFound,
     StorageDomainAlreadyExists,
     StorageDomainLayoutError,
+    StorageDomainAccessError,
     StorageDomainAlreadyAttached,
     NoSpaceLeftOnDomain,
     StorageServerActionError,

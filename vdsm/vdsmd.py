@@ -121,6 +121,9 @@ class Daemon:
                 self.merges,
                 copy_rate_limit=cfg.copy_rate_limit_bytes,
             ),
+            # A read of domain storage waits as long as a domain check may: past it, the
+            # monitor calls the domain not answering too.
+            storage_read_timeout=cfg.domain_probe_timeout,
         )
         ssl_context = None
         if cfg.tls:

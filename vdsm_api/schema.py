@@ -155,6 +155,9 @@ class Verb:
     xmlrpc_merge: bool
     errors: tuple[int, ...]
     spm: bool = False
+    # It only reads domain storage, in the request: bounded by the dispatcher, since storage
+    # that stops answering would hold the caller for as long as it stays silent.
+    storage_read: bool = False
 
     @property
     def title(self) -> str:
@@ -291,6 +294,7 @@ def _verb(
         xmlrpc_merge=bool(returns.get("xmlrpc_merge", False)),
         errors=tuple(spec.get("errors") or ()),
         spm=bool(spec.get("spm", False)),
+        storage_read=bool(spec.get("storage_read", False)),
     )
 
 

@@ -95,6 +95,14 @@ class Load:
             thread.join(timeout=120)
             if thread.is_alive():
                 self._failed(f"{thread.name} did not stop within 120 s (a call hangs)")
+        # A fuzzed create that happened to be good started a VM (as test_fuzz's clean-up
+        # says): destroy every VM that is not the soak's, or it outlives the run.
+        rpc = self.daemon.xmlrpc()
+        ours = set(self.vm_ids())
+        for vm in rpc.list().get("vmList", []):
+            vm_id = vm["vmId"] if isinstance(vm, dict) else vm
+            if vm_id not in ours:
+                rpc.destroy(vm_id)
         return self.figures
 
     def _spawn(self, target: Callable[..., None], arg: object, name: str) -> None:

@@ -515,15 +515,19 @@ def soak(
     load: int = 0,
     shapes: tuple[tuple[int, ...], int] = FULL_SHAPES,
     hosts: int = 1,
+    kinds: tuple[str, ...] | None = None,
 ) -> Figures:
     """Run ``moves`` moves (with ``load`` concurrent callers and the fuzzer all along, when
-    not 0) on disks drawn from ``shapes``; the figures, with ``failure`` set if a check
-    failed."""
+    not 0) on disks drawn from ``shapes``, on ``hosts`` hosts, each interrupted by one of
+    ``kinds`` (by default every kind that applies); the figures, with ``failure`` set if a
+    check failed."""
     rng = random.Random(seed)
     figures = Figures(seed=seed, moves_asked=moves, hosts=hosts)
     if load and hosts != 1:
         raise ValueError("the load run is on one host")
-    plan = kinds_for(moves, rng, LOAD_KINDS if load else KINDS if hosts == 1 else TWO_HOST_KINDS)
+    if kinds is None:
+        kinds = LOAD_KINDS if load else KINDS if hosts == 1 else TWO_HOST_KINDS
+    plan = kinds_for(moves, rng, kinds)
     started = time.monotonic()
     with Soak(root, rng, ensure_guest(), hosts).running() as s:
         callers = None

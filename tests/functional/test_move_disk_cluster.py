@@ -50,6 +50,7 @@ from tests.functional.lease_helpers import held_leases
 from tests.functional.lsm_helpers import guest_params, wait_writes
 from tests.functional.mover import (
     PREFILL,
+    Mover,
     assert_on_destination,
     assert_on_source,
     world,
@@ -71,6 +72,20 @@ def two_hosts(tmp_path: Path) -> Iterator[Callable[..., TwoHosts]]:
     flags for both hosts."""
     with two_hosts_factory(tmp_path) as make:
         yield make
+
+
+def assert_only_the_source_leaf_held(pool: TwoHosts, vm_id: str, m: Mover) -> None:
+    """Of the volume leases, every host's sanlock daemon lists only host 2's QEMU holding the
+    source leaf's: no twin's, no lease held by nobody's VM."""
+    qemu = qemu_pid(pool.vm_host, vm_id)
+    for host in pool.cluster:
+        volume_leases = {
+            lease: pid
+            for lease, pid in held_leases(host.sanlock.status()).items()
+            if lease[1] != "SDM"
+        }
+        expected = {(pool.storage.sd, m.chain[-1]): qemu} if host is pool.vm_host else {}
+        assert volume_leases == expected, (host, volume_leases)
 
 
 # --- the move across hosts ----------------------------------------------------------------------
@@ -163,17 +178,8 @@ def test_spm_killed_during_the_sync_rolls_back(
     else:
         assert f"the SPM {spm} took the role again (lver 1 → 2) (after {spm}: cannot" in text
     assert_on_source(m)
-    # No lease held by nobody's VM: of the volume leases, host 2's QEMU holds its leaf's, and
-    # no host holds a twin's (only SDM besides, on the new SPM).
-    qemu = qemu_pid(pool.vm_host, vm_id)
-    for host in pool.cluster:
-        volume_leases = {
-            lease: pid
-            for lease, pid in held_leases(host.sanlock.status()).items()
-            if lease[1] != "SDM"
-        }
-        expected = {(pool.storage.sd, m.chain[-1]): qemu} if host is pool.vm_host else {}
-        assert volume_leases == expected, (host, volume_leases)
+    # No lease held by nobody's VM (only SDM besides, on the new SPM).
+    assert_only_the_source_leaf_held(pool, vm_id, m)
     # The new SPM rolled the sync back; none of its copies runs; both hosts agree.
     status = taker.api().task_status(task)
     assert (status["taskResult"], status["code"]) == ("cleanSuccess", 411), status
@@ -268,15 +274,7 @@ def test_destination_failing_under_the_mirror_rolls_back_and_frees_its_lease(
         for vol in m.chain:
             lease = tmp_path / "dst" / pool.storage.sd2 / "images" / pool.img / f"{vol}.lease"
             assert not lease.exists(), lease
-        qemu = qemu_pid(pool.vm_host, vm_id)
-        for host in pool.cluster:
-            volume_leases = {
-                lease: pid
-                for lease, pid in held_leases(host.sanlock.status()).items()
-                if lease[1] != "SDM"
-            }
-            expected = {(pool.storage.sd, m.chain[-1]): qemu} if host is pool.vm_host else {}
-            assert volume_leases == expected, (host, volume_leases)
+        assert_only_the_source_leaf_held(pool, vm_id, m)
         result = checker.check(Path(pool.stats(vm_id)["disks"]["vda"]["path"]), "qcow2", console)
         assert result.ok, result.failures
 

@@ -19,6 +19,7 @@ domain valid again when the storage answers again, without a restart.
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -221,11 +222,19 @@ PROBE_TIMEOUT = 2  # vdsmd's --domain-probe-timeout here (the monitors check eve
 
 
 def answers_within(seconds: float, call: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """``call()``'s reply, which must come within ``seconds`` (measured here, generously)."""
+    """``call()``'s reply, which must come within ``seconds`` (measured here, generously).
+    The call runs in a thread of its own, so a call that hangs fails the test instead of
+    hanging it (the thread ends when the storage answers again)."""
+    outcome: dict[str, Any] = {}
     started = time.monotonic()
-    reply = call()
+    caller = threading.Thread(target=lambda: outcome.update(reply=call()), daemon=True)
+    caller.start()
+    caller.join(seconds)
     took = time.monotonic() - started
-    assert took < seconds, (took, reply)
+    assert not caller.is_alive(), f"no answer within {seconds}s"
+    assert "reply" in outcome, "the call raised (see the thread's traceback above)"
+    assert took < seconds, (took, outcome["reply"])
+    reply: dict[str, Any] = outcome["reply"]
     return reply
 
 
@@ -251,6 +260,12 @@ def test_a_hung_domain_never_freezes_the_agent(tmp_path: Path) -> None:
             wait_stats(daemon, st.sd2, True, timeout=30)
 
             fs.set("hang", "/")  # every operation on the destination domain's mount blocks
+            # At once, before the monitor can have marked the domain: a verb that reads it
+            # blocks in the kernel, and its caller gets 379 once the bound (the probe
+            # timeout) has passed, not whenever the storage answers again.
+            early = answers_within(PROBE_TIMEOUT + 2, lambda: daemon.xmlrpc().getImagesList(st.sd2))
+            assert code(early) == 379, early
+            assert f"did not finish within {PROBE_TIMEOUT}s" in early["status"]["message"], early
             hung = wait_stats(daemon, st.sd2, False, timeout=PROBE_TIMEOUT + 8)
             assert hung["code"] == 379 and "does not answer" in hung["error"], hung
             assert float(hung["lastCheck"]) >= PROBE_TIMEOUT - 1, hung

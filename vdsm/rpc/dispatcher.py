@@ -9,16 +9,28 @@ The dispatcher resolves each verb's ``call`` (``<namespace>.<method>``) once, at
 a schema naming a method the API lacks fails the daemon's start, not a caller's request.
 Errors pass through as vdsm.errors types; an unexpected exception becomes GeneralException
 (100) with a message naming it, and its traceback goes to the log.
+
+A verb that only reads domain storage (``storage_read`` in the schema: getVolumesList,
+getStorageDomainInfo, ...) runs in a thread of its own, and its caller waits at most
+``storage_read_timeout`` seconds: storage that stops answering blocks the reading thread in
+the kernel (no signal reaches it), and before the domain monitor has marked the domain as not
+answering (vdsm/storage/domain_health.py), nothing else would stop the caller from waiting
+as long as the storage stays silent. Past the bound the caller gets 379 and the thread is left
+to finish whenever the storage answers; it changes nothing, so nothing is half-done. Verbs that
+change storage are not bounded this way: answering an error while the change may still
+happen would be a lie, so they wait for the storage's answer (the monitor's refusal, once it
+marked the domain, stops them before they touch it).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from vdsm.errors import VdsmError
+from vdsm.errors import StorageDomainAccessError, VdsmError
 from vdsm.validation import shown
 from vdsm_api.schema import Schema, Verb
 
@@ -26,11 +38,19 @@ log = logging.getLogger("vdsm.api")
 
 # Characters of arguments, flow ids and error messages a log line quotes at most.
 BRIEF_LENGTH = 500
+# Seconds a storage-reading verb may take by default (vdsmd passes its domain probe timeout).
+STORAGE_READ_TIMEOUT = 10.0
 
 
 class Dispatcher:
-    def __init__(self, schema: Schema, namespaces: Mapping[str, object]) -> None:
+    def __init__(
+        self,
+        schema: Schema,
+        namespaces: Mapping[str, object],
+        storage_read_timeout: float = STORAGE_READ_TIMEOUT,
+    ) -> None:
         self.schema = schema
+        self.storage_read_timeout = storage_read_timeout
         self._methods: dict[str, Callable[..., Any]] = {}
         for verb in schema.verbs:
             namespace, _, method = verb.call.partition(".")
@@ -45,7 +65,11 @@ class Dispatcher:
         flow = _safe(flow_id)
         log.debug("START %s flow_id=%s args=%s", verb.title, flow, _brief(kwargs))
         try:
-            result = self._methods[verb.call](**kwargs)
+            method = self._methods[verb.call]
+            if verb.storage_read:
+                result = self._bounded(verb, method, kwargs)
+            else:
+                result = method(**kwargs)
         except VdsmError as e:
             log.info(
                 "FINISH %s flow_id=%s code=%d duration=%.3fs: %s",
@@ -66,6 +90,30 @@ class Dispatcher:
             time.monotonic() - started,
         )
         return result
+
+    def _bounded(self, verb: Verb, method: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+        """``method(**kwargs)`` in a thread of its own, waited for at most the bound."""
+        outcome: dict[str, Any] = {}
+        finished = threading.Event()
+
+        def run() -> None:
+            try:
+                outcome["result"] = method(**kwargs)
+            except BaseException as e:  # handed to the caller's thread, which handles it
+                outcome["error"] = e
+            finally:
+                finished.set()
+
+        threading.Thread(target=run, name=f"read-{verb.call}", daemon=True).start()
+        if not finished.wait(self.storage_read_timeout):
+            raise StorageDomainAccessError(
+                f"{verb.title} did not finish within {self.storage_read_timeout:g}s: the "
+                "storage it reads does not answer (repoStats tells when its domain answers "
+                "again)"
+            )
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["result"]
 
 
 def _safe(flow_id: str | None) -> str:
