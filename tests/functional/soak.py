@@ -196,7 +196,7 @@ class Soak:
     own, and the client is told both (``--hosts``)."""
 
     def __init__(self, root: Path, rng: random.Random, guest: GuestImage, hosts: int = 1) -> None:
-        self.root, self.rng, self.guest, self.hosts = root, rng, guest, hosts
+        self.root, self.rng, self.guest = root, rng, guest
         self.fs: dict[str, FaultFs] = {}
         self.one_host = VdsmdProcess(root / "vdsmd", VDSMD_ARGS) if hosts == 1 else None
         self.cluster: Cluster | None = None

@@ -96,10 +96,6 @@ class StaleLeases:
             why,
         )
 
-    def pending(self) -> list[VolumeLease]:
-        with self._lock:
-            return list(self._pending)
-
     def _run(self) -> None:
         while True:
             time.sleep(self._interval)

@@ -185,16 +185,15 @@ def attach_all(vm: Vm, storage: HostStorage, leases: Sequence[VolumeLease]) -> l
 
 
 def detach_quietly(vm: Vm, storage: HostStorage, leases: Iterable[VolumeLease]) -> None:
-    """Release leases without raising: a release that fails is logged, the next
-    :func:`reconcile` (at the latest, the next start of vdsmd) retries libvirt's side, and the
-    lease goes to the stale leases to be written free on the storage (sanlock may have
-    forgotten it already, leaving it owned by this host there)."""
+    """Release leases without raising: a release that fails goes to the stale leases (which log
+    it), to be written free on the storage (sanlock may have forgotten it already, leaving it
+    owned by this host there), and the next :func:`reconcile` (at the latest, the next start
+    of vdsmd) retries libvirt's side."""
     for lease in leases:
         try:
             detach(vm, lease)
         except VdsmError as e:
-            log.warning("VM %s: %s", vm.vm_id, e.message)
-            storage.leases.stale.add(lease, e.message)
+            storage.leases.stale.add(lease, f"VM {vm.vm_id}: {e.message}")  # it logs why
 
 
 def reconcile(vm: Vm, storage: HostStorage, record: VmRecord | None = None) -> None:
