@@ -84,6 +84,10 @@ class Config:
     # runs (bench: a guest saturating the disk kept 0.2-0.3x of its throughput); a cap
     # trades a longer copy for the guests' share.
     copy_rate_limit: int = 0
+    # The mirror's rate adapts to the guests' I/O (virt/copy_governor.py): full speed while
+    # they are idle, held back while their operations take longer than the disk gives them
+    # alone, never below a floor; a bandwidth given to diskReplicateStart is still the ceiling.
+    adaptive_copy_rate: bool = True
     # sanlock's io_timeout (seconds) written into each new domain's lockspace; every host then
     # joins with the value stored there. VDSM's production value: a host that stops renewing
     # is declared dead (its leases free) after 8 x io_timeout + 60 s, 140 s at 10. Test
@@ -103,6 +107,10 @@ class Config:
     # metadata, from a child process) before every verb on the domain is refused with 379
     # instead of blocking on it (domain_health.DEFAULT_PROBE_TIMEOUT).
     domain_probe_timeout: float = 10.0
+    # Seconds a domain's answer to a probe vouches for it: a verb that touches a domain whose
+    # last answer is older probes it first, so it meets a bounded probe instead of a hung
+    # storage (domain_health.DEFAULT_FRESH_FOR); 0 probes before every touch.
+    domain_probe_fresh: float = 1.0
     # Volume leases in pools whose domains have sanlock lockspaces: a running VM's top volume
     # lease is held by its QEMU process (libvirt's sanlock lock manager must be configured:
     # lock_manager = "sanlock" in qemu.conf), and vdsmd holds the lease of every volume a task
@@ -157,6 +165,8 @@ class Config:
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name}: must be more than 0 seconds")
+        if self.domain_probe_fresh < 0:
+            raise ConfigError("domain_probe_fresh: must be 0 or more seconds")
         if self.max_request_bytes < 1024:
             raise ConfigError("max_request_bytes: must be at least 1024")
         if self.tls:
@@ -222,6 +232,7 @@ HELP = {
     "max_concurrent_copies": "qemu-img copy tasks run at once; more wait their turn",
     "copy_rate_limit": "MiB/s each syncImageData copy may read (qemu-img convert -r), "
     "leaving guests on the same storage their share; 0: no limit",
+    "adaptive_copy_rate": "the mirror yields to the guests' I/O (full speed while they are idle)",
     "sanlock_io_timeout": "sanlock io_timeout (seconds) of new domains' lockspaces; a dead "
     "host's leases free after 8 x this + 60 s",
     "host_id_timeout": "seconds spmStart waits for this host to join the master's lockspace",
@@ -229,6 +240,8 @@ HELP = {
     "domain_monitor_interval": "seconds between checks of each connected domain (repoStats)",
     "domain_probe_timeout": "seconds a domain's storage has to answer a check before verbs on "
     "it are refused (379) instead of blocking",
+    "domain_probe_fresh": "seconds a domain's answer to a probe vouches for it before a verb "
+    "touching it probes again (0: before every touch)",
     "volume_leases": "hold volume leases (VMs through libvirt's sanlock lock manager, tasks "
     "in vdsmd) in pools with sanlock",
     "max_request_bytes": "largest API request body accepted",

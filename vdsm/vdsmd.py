@@ -59,7 +59,8 @@ class Daemon:
     def __init__(self, cfg: config.Config) -> None:
         self.cfg = cfg
         repository = StorageRepository(
-            cfg.state_dir / "storage", DomainHealth(cfg.domain_probe_timeout)
+            cfg.state_dir / "storage",
+            DomainHealth(cfg.domain_probe_timeout, cfg.domain_probe_fresh),
         )
         self.tasks = TaskManager(
             rollback_steps=rollback_steps.table(),
@@ -103,7 +104,9 @@ class Daemon:
             boot_dir=cfg.boot_dir,
         )
         self.replications = Replications(
-            self.storage, convergence_window=cfg.replication_convergence_window
+            self.storage,
+            convergence_window=cfg.replication_convergence_window,
+            guest_io=self.vms.guest_io if cfg.adaptive_copy_rate else None,
         )
         self.merges = Merges(self.storage)
         log.info("recovered VMs: %s", self.vms.recover())

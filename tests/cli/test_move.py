@@ -411,3 +411,23 @@ def test_json_events_of_a_move() -> None:
     assert (events[1]["role"], events[1]["host"]) == ("SPM", HOST1)
     assert events[3]["rate"] == 50.0 and events[3]["stepEta"] == 0.8
     assert events[4] == {"event": "stepDone", "step": "sync", "seconds": 1.5, "bytes": 100}
+
+
+def test_progress_says_when_and_why_vdsmd_holds_the_copy_back() -> None:
+    out = io.StringIO()
+    reporter = Reporter(out, json_lines=True, live=False, clock=lambda: 0.0)
+    reporter.start({"title": "t", "spmAddress": HOST1}, ["wait_ready"], {}, ROLLBACK_STEPS)
+    reporter.step("wait_ready", TITLES["wait_ready"], FORWARD, ("VM host", HOST1))
+    reporter.progress(10, 100, held_back="guests busy (200 op/s)")
+    reporter.progress(20, 100)
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [e.get("heldBack") for e in events if e["event"] == "progress"] == [
+        "guests busy (200 op/s)",
+        None,
+    ]
+    text = io.StringIO()
+    plain = Reporter(text, json_lines=False, live=False, clock=lambda: 0.0)
+    plain.start({"title": "t", "spmAddress": HOST1}, ["wait_ready"], {}, ROLLBACK_STEPS)
+    plain.step("wait_ready", TITLES["wait_ready"], FORWARD, ("VM host", HOST1))
+    plain.progress(100, 100, held_back="guests busy\x1b[2J")
+    assert "held back: guests busy\\x1b[2J" in text.getvalue(), text.getvalue()

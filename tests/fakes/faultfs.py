@@ -13,12 +13,18 @@ The fault is one line in a control file outside the mount, read again whenever i
     enospc PREFIX         ... with ENOSPC
     eio-read PREFIX       reads of files under PREFIX fail with EIO (a bad sector)
     hang PREFIX           every operation under PREFIX blocks until the fault changes
+                          (but a caller being killed gets EINTR: see below)
 
 PREFIX is a path relative to the mount (``sd/images/IMG/VOL``), or ``/`` for everything. Two
 more words, ``START END``, limit eio, enospc and eio-read to I/O that touches bytes
 [START, END) of the file (a bad region the guest never reads, say).
 Creating, truncating and reading files is never failed by eio or enospc: a copy fails when it
 writes, as on a full or broken disk; eio-read fails reads only.
+
+A hung operation waits as on a hard NFS mount, whose waits only SIGKILL interrupts (nfs(5)):
+a caller with SIGKILL pending (killed, or a thread of a process that exits) gets EINTR, and no
+other signal reaches it. A plain FUSE server that does not answer would instead hold a dying
+process forever: the kernel waits for the answer to a request it already sent, uninterruptibly.
 
 Run as ``python tests/fakes/faultfs.py BACKING MOUNTPOINT CONTROL``; tests use :class:`FaultFs`.
 """
@@ -38,6 +44,7 @@ from typing import Any
 MODES = ("ok", "eio", "enospc", "eio-read", "hang")
 FAILED_WITH = {"eio": errno.EIO, "enospc": errno.ENOSPC, "eio-read": errno.EIO}
 POLL = 0.05  # seconds between two looks at the control file while hung
+SIGKILL_BIT = 1 << (9 - 1)  # SIGKILL in /proc/<tid>/status's SigPnd and ShdPnd masks
 MOUNT_TIMEOUT = 10.0
 
 
@@ -82,10 +89,29 @@ class Fault:
         return mode
 
 
+def being_killed(tid: int) -> bool:
+    """Whether the thread (a FUSE request's caller) has SIGKILL pending: it was killed, or its
+    process is exiting (the exit sends SIGKILL to every other thread)."""
+    try:
+        status = Path(f"/proc/{tid}/status").read_text()
+    except OSError:
+        return True  # gone already: nobody waits for the answer
+    for line in status.splitlines():
+        name, _, mask = line.partition(":")
+        if name in ("SigPnd", "ShdPnd") and int(mask, 16) & SIGKILL_BIT:
+            return True
+    return False
+
+
 def serve(backing: Path, mountpoint: Path, control: Path) -> None:
     """Mount and serve until unmounted (fusepy on libfuse 2)."""
     # fusepy (untyped): only the fake's own process imports it.
-    from fuse import FUSE, FuseOSError, Operations  # type: ignore[import-untyped]
+    from fuse import (  # type: ignore[import-untyped]
+        FUSE,
+        FuseOSError,
+        Operations,
+        fuse_get_context,
+    )
 
     fault = Fault(control)
 
@@ -93,8 +119,12 @@ def serve(backing: Path, mountpoint: Path, control: Path) -> None:
         def __call__(self, op: str, path: str, *args: Any) -> Any:
             # Every operation waits here while its path hangs, as on a mount that stopped
             # answering; the other paths go on (fusepy serves each call in its own thread).
-            while fault.applies(path, ("hang",)):
-                time.sleep(POLL)
+            if fault.applies(path, ("hang",)):
+                caller = fuse_get_context()[2]  # the calling thread's id
+                while fault.applies(path, ("hang",)):
+                    if being_killed(caller):
+                        raise FuseOSError(errno.EINTR)
+                    time.sleep(POLL)
             return super().__call__(op, path, *args)
 
         def _real(self, path: str) -> str:

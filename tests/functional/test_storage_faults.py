@@ -30,7 +30,8 @@ from typing import Any
 import pytest
 
 from tests.fakes.faultfs import FaultFs
-from tests.functional.daemon_helpers import VdsmdProcess, running
+from tests.functional.cluster_helpers import two_hosts_factory
+from tests.functional.daemon_helpers import VdsmdProcess, new_uuid, running
 from tests.functional.lsm_helpers import VmFixture, guest_params, qemu_pid, wait_writes
 from tests.functional.mover import (
     PREFILL,
@@ -41,7 +42,7 @@ from tests.functional.mover import (
     images,
     prefill,
 )
-from tests.functional.storage_helpers import Storage, code, ok
+from tests.functional.storage_helpers import BLANK, GiB, Storage, code, ok
 from vdsm_cli.move.fault import TEST_PAUSE_AT
 from vdsm_guest import checker
 from vdsm_guest.build import GuestImage
@@ -253,19 +254,42 @@ def wait_stats(daemon: VdsmdProcess, sd: str, valid: bool, timeout: float) -> di
 
 def test_a_hung_domain_never_freezes_the_agent(tmp_path: Path) -> None:
     with FaultFs(tmp_path / "dst-backing", tmp_path / "dst", tmp_path / "dst-fault") as fs:
-        daemon = VdsmdProcess(tmp_path / "vdsmd", ["--domain-probe-timeout", str(PROBE_TIMEOUT)])
+        # Every touch of a domain probes it first here (--domain-probe-fresh 0; 1 s by
+        # default), so what is refused below does not depend on when the monitor last probed.
+        args = ["--domain-probe-timeout", str(PROBE_TIMEOUT), "--domain-probe-fresh", "0"]
+        daemon = VdsmdProcess(tmp_path / "vdsmd", args)
         with running(daemon):
             st = Storage(daemon, tmp_path)
             rpc = daemon.xmlrpc()
             wait_stats(daemon, st.sd2, True, timeout=30)
+            img_dir = tmp_path / "dst-backing" / st.sd2 / "images"
 
-            fs.set("hang", "/")  # every operation on the destination domain's mount blocks
-            # At once, before the monitor can have marked the domain: a verb that reads it
-            # blocks in the kernel, and its caller gets 379 once the bound (the probe
-            # timeout) has passed, not whenever the storage answers again.
-            early = answers_within(PROBE_TIMEOUT + 2, lambda: daemon.xmlrpc().getImagesList(st.sd2))
+            def list_images() -> dict[str, Any]:
+                reply: dict[str, Any] = daemon.xmlrpc().getImagesList(st.sd2)
+                return reply
+
+            # The domain's images stop answering while its metadata still does (the probes
+            # pass): a verb that reads them blocks in the kernel, and its caller gets 379 once
+            # the bound (the probe timeout) has passed, not whenever the storage answers.
+            fs.set("hang", f"{st.sd2}/images")
+            early = answers_within(PROBE_TIMEOUT + 2, list_images)
             assert code(early) == 379, early
             assert f"did not finish within {PROBE_TIMEOUT}s" in early["status"]["message"], early
+            fs.heal()
+
+            fs.set("hang", "/")  # every operation on the destination domain's mount blocks
+            # At once, before the monitor can have marked the domain: a verb that changes it
+            # meets a probe first and is refused once the probe timeout has passed, having
+            # touched nothing of the domain.
+            img, vol = new_uuid(), new_uuid()
+            create = answers_within(
+                PROBE_TIMEOUT + 2,
+                lambda: daemon.xmlrpc().createVolume(
+                    st.sd2, st.sp, img, str(GiB), "COW", "SPARSE", "DATA", vol, "d", img, BLANK
+                ),
+            )
+            assert code(create) == 379 and st.sd2 in create["status"]["message"], create
+            assert "did not answer a read within" in create["status"]["message"], create
             hung = wait_stats(daemon, st.sd2, False, timeout=PROBE_TIMEOUT + 8)
             assert hung["code"] == 379 and "does not answer" in hung["error"], hung
             assert float(hung["lastCheck"]) >= PROBE_TIMEOUT - 1, hung
@@ -291,9 +315,60 @@ def test_a_hung_domain_never_freezes_the_agent(tmp_path: Path) -> None:
             assert code(rpc.getStorageDomainInfo(st.sd2)) == 0
             assert ok(rpc.getStoragePoolInfo(st.sp))["dominfo"][st.sd2]["status"] == "Active"
 
-            fs.set("hang", "/")  # and SIGTERM still stops vdsmd while it hangs
-            wait_stats(daemon, st.sd2, False, timeout=PROBE_TIMEOUT + 8)
+            assert not (img_dir / img).exists(), "the refused createVolume created its image"
+            tasks = ok(rpc.getAllTasksInfo())["allTasksInfo"].values()
+            assert all(task["verb"] != "createVolume" for task in tasks), tasks
+
+            # SIGTERM still stops vdsmd while a thread of it is blocked in the kernel on the
+            # hung storage (as on a hard NFS mount, the exit's SIGKILL frees the thread).
+            fs.set("hang", f"{st.sd2}/images")
+            assert code(answers_within(PROBE_TIMEOUT + 2, list_images)) == 379
             started = time.monotonic()
             assert daemon.stop(timeout=30) == 0
             assert time.monotonic() - started < 30
             fs.heal()
+
+
+def test_a_hung_domain_on_two_hosts(tmp_path: Path) -> None:
+    """The destination domain hangs under a pool of two hosts, a VM running on host 2 from the
+    other domain: on both hosts what does not touch it answers within a second (the VM's
+    stats, the SPM's status), both report it not answering, the SPM's createVolume on it and
+    host 2's read of it answer 379 within the probe timeout, and both find it valid again once
+    the storage answers, with nothing of the refused createVolume on it."""
+    with (
+        FaultFs(tmp_path / "dst-backing", tmp_path / "dst", tmp_path / "dst-fault") as fs,
+        two_hosts_factory(tmp_path) as make,
+    ):
+        pool = make("--domain-probe-timeout", str(PROBE_TIMEOUT), "--domain-probe-fresh", "0")
+        st, spm, vm_host = pool.storage, pool.spm_daemon, pool.daemon
+        vm_id = pool.start()
+        for daemon in (spm, vm_host):
+            wait_stats(daemon, st.sd2, True, timeout=30)
+
+        fs.set("hang", "/")
+        img, vol = new_uuid(), new_uuid()
+        create = answers_within(
+            PROBE_TIMEOUT + 2,
+            lambda: spm.xmlrpc().createVolume(
+                st.sd2, st.sp, img, str(GiB), "COW", "SPARSE", "DATA", vol, "d", img, BLANK
+            ),
+        )
+        assert code(create) == 379 and st.sd2 in create["status"]["message"], create
+        read = answers_within(PROBE_TIMEOUT + 2, lambda: vm_host.xmlrpc().getImagesList(st.sd2))
+        assert code(read) == 379 and st.sd2 in read["status"]["message"], read
+        for daemon in (spm, vm_host):
+            hung = wait_stats(daemon, st.sd2, False, timeout=PROBE_TIMEOUT + 8)
+            assert hung["code"] == 379 and "does not answer" in hung["error"], hung
+            rpc = daemon.xmlrpc()
+            assert answers_within(1, rpc.ping)["status"]["code"] == 0
+            assert answers_within(1, rpc.repoStats)[st.sd]["valid"] is True
+        stats = answers_within(1, lambda: vm_host.xmlrpc().getVmStats(vm_id))
+        assert code(stats) == 0 and stats["statsList"][0]["status"] == "Up", stats
+        status = answers_within(1, lambda: spm.xmlrpc().getSpmStatus(st.sp))
+        assert status["spm_st"]["spmStatus"] == "SPM", status
+
+        fs.heal()
+        for daemon in (spm, vm_host):
+            back = wait_stats(daemon, st.sd2, True, timeout=30)
+            assert back["code"] == 0, back
+        assert not (tmp_path / "dst-backing" / st.sd2 / "images" / img).exists()

@@ -69,6 +69,13 @@ def vm_stats(vm: Vm) -> dict[str, Any]:
                 "bandwidth": job.bandwidth,
                 "ready": job.ready,
             }
+            decision = vm.copy_decisions.get(drive.target)
+            if decision is not None:
+                # The adaptive rate (copy_governor): bytes/s now (0: none) and why it is held
+                # back ("" when it is not).
+                stats["blockJobs"][drive.target].update(
+                    rateLimit=str(decision.rate), heldBack=decision.held_back
+                )
     return stats
 
 

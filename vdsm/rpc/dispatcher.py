@@ -12,14 +12,13 @@ Errors pass through as vdsm.errors types; an unexpected exception becomes Genera
 
 A verb that only reads domain storage (``storage_read`` in the schema: getVolumesList,
 getStorageDomainInfo, ...) runs in a thread of its own, and its caller waits at most
-``storage_read_timeout`` seconds: storage that stops answering blocks the reading thread in
-the kernel (no signal reaches it), and before the domain monitor has marked the domain as not
-answering (vdsm/storage/domain_health.py), nothing else would stop the caller from waiting
-as long as the storage stays silent. Past the bound the caller gets 379 and the thread is left
-to finish whenever the storage answers; it changes nothing, so nothing is half-done. Verbs that
-change storage are not bounded this way: answering an error while the change may still
-happen would be a lie, so they wait for the storage's answer (the monitor's refusal, once it
-marked the domain, stops them before they touch it).
+``storage_read_timeout`` seconds. Every verb meets a probe of the domain before it touches it
+when the domain's last answer is older than a second (vdsm/storage/domain_health.py), so a
+hung domain is refused with 379 within one probe timeout; the bound is for the verb that began
+within that second of the hang: it blocks in the kernel (no signal reaches it), and past the
+bound its caller gets 379 while the thread is left to finish whenever the storage answers; it
+changes nothing, so nothing is half-done. Verbs that change storage are not bounded this way:
+answering an error while the change may still happen would be a lie.
 """
 
 from __future__ import annotations

@@ -7,9 +7,10 @@ process: ``dd`` reads 4 KiB of the metadata with O_DIRECT (past any cache), boun
 probe timeout; only when it answered does the monitor's own thread read the metadata back.
 A storage that stops answering then blocks a ``dd``, never vdsmd: the probe is given up at
 the timeout, the domain is marked not answering (domain_health: every verb on it is refused
-with 379 at once) and is probed again at the next interval; it is valid again once a probe
-answers. ``repoStats`` reports the last check from memory, so it answers at once even while a
-check is slow; a probe late beyond its timeout reports the domain not answering at once, with
+with 379 at once; a verb that touches it while its last answer is old probes it first) and
+is probed again at the next interval; it is valid again once a probe answers.
+``repoStats`` reports the last check from memory, so it answers at once even while a check
+is slow; a probe late beyond its timeout reports the domain not answering at once, with
 a growing ``lastCheck`` and ``delay``. Stopping a monitor leaves the lockspace
 (rem_lockspace), unless the daemon is only shutting down: a restarted vdsmd rejoins, and
 sanlock keeps this host's id meanwhile.
@@ -77,27 +78,39 @@ class DomainMonitor:
         )
 
     def start(self) -> None:
+        # Every touch of the domain probes through this monitor when its last answer is old
+        # (domain_health), so a verb meets a probe, not the hung storage.
+        self._repository.health.watch(self.sd_uuid, self._probe)
         self._thread.start()
 
     def status(self) -> DomainStatus:
         with self._lock:
             status = self._status
-        waited = self._repository.health.overdue(self.sd_uuid)
-        if waited is None:
+        # What a probe found since the last check counts at once: one late beyond its
+        # timeout, or one a verb ran that failed.
+        health = self._repository.health
+        refusal = health.refusal(self.sd_uuid)
+        if refusal is None:
             return status
+        waited = health.overdue(self.sd_uuid)
         return replace(
             status,
             valid=False,
-            error=f"domain {self.sd_uuid} does not answer: its storage has not answered "
-            f"for {waited:.0f} s",
+            error=f"domain {self.sd_uuid} does not answer: {refusal}",
             code=StorageDomainAccessError.code,
-            delay=waited,
+            delay=status.delay if waited is None else waited,
         )
 
     def stop(self, *, leave: bool) -> None:
         """Stop checking; ``leave``: also leave the lockspace (this host gives its id up)."""
         self._stop.set()
-        self._thread.join(timeout=60)
+        # A monitor blocked in the kernel on its hung storage never ends until the storage
+        # answers: vdsmd's exit does not wait for it (the thread is a daemon; the process's
+        # exit frees it, as SIGKILL frees a waiter on a hard NFS mount). Leaving the pool
+        # waits longer: the lockspace is left only once the monitor no longer checks.
+        self._thread.join(timeout=60 if leave else self._repository.health.probe_timeout)
+        if self._thread.is_alive():
+            log.warning("domain %s: its monitor is still blocked on the storage", self.sd_uuid)
         self._repository.health.forget(self.sd_uuid)
         if leave:
             try:
@@ -149,7 +162,7 @@ class DomainMonitor:
         join = JoinState.FREE
         version = 0
         try:
-            self._probe()
+            self._repository.health.probe(self.sd_uuid)
             domain = self._repository.domain(self.sd_uuid).reload()
             delay = time.monotonic() - started
             version = domain.metadata.version

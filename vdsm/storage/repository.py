@@ -16,7 +16,6 @@ from pathlib import Path
 from vdsm import validation
 from vdsm.errors import (
     InvalidParameter,
-    StorageDomainAccessError,
     StorageDomainAlreadyExists,
     StorageDomainDoesNotExist,
     VdsmError,
@@ -139,12 +138,11 @@ class StorageRepository:
 
     def domain(self, sd_uuid: str) -> FileStorageDomain:
         """Open a known domain; 358 if this host knows no such domain or it is gone, 379 if
-        its storage does not answer (nothing of it is touched then: see domain_health)."""
+        its storage does not answer (nothing of it is touched then; a probe first when its last
+        answer is old: see domain_health)."""
         sd_uuid = validation.uuid(sd_uuid, "sdUUID")
         target = self.domain_dir(sd_uuid)
-        refusal = self.health.refusal(sd_uuid)
-        if refusal is not None:
-            raise StorageDomainAccessError(f"domain {sd_uuid} does not answer: {refusal}")
+        self.health.check(sd_uuid)
         if not target.is_dir():
             raise StorageDomainDoesNotExist(f"{sd_uuid}: its directory {target} is gone")
         return FileStorageDomain.open(target)

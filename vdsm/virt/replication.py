@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import libvirt
@@ -53,6 +54,7 @@ from vdsm.storage.volume import Volume
 from vdsm.storage.volume_lease import VolumeLease
 from vdsm.virt import domain_xml, vm_leases
 from vdsm.virt.connection import error_message
+from vdsm.virt.copy_governor import CopyGovernor, Decision, GuestIo
 from vdsm.virt.drives import Drive, VolumeLink, prepare_chain
 from vdsm.virt.job_records import CopyMode, DiskRef, Identity, ReplicaState, ReplicationRecord
 from vdsm.virt.vm import DOWN, Vm
@@ -65,14 +67,25 @@ MiB = 1024**2
 _MONITOR_INTERVAL = 0.5
 _SWITCH_POLL = 0.05
 _SWITCH_TIMEOUT = 30.0
+# What _switch_to_sync answers when the mirror runs again, now with synchronous writes.
+SWITCHED = "the mirror now runs with synchronous writes"
 
 
 class Replications:
     """Starts, finishes and watches the replications of every VM of this host."""
 
-    def __init__(self, storage: HostStorage, *, convergence_window: float = 10.0) -> None:
+    def __init__(
+        self,
+        storage: HostStorage,
+        *,
+        convergence_window: float = 10.0,
+        guest_io: Callable[[], GuestIo] | None = None,
+    ) -> None:
+        """``guest_io``: the guests' I/O counters (VmManager.guest_io) the adaptive copy rate
+        watches; None: every mirror runs at its fixed rate (the bandwidth, or full speed)."""
         self._storage = storage
         self.convergence_window = convergence_window
+        self._guest_io = guest_io
         self._monitors: dict[tuple[str, str], threading.Event] = {}
         self._monitors_lock = threading.Lock()
 
@@ -141,7 +154,7 @@ class Replications:
             record.dst.domain_id,
             mode,
         )
-        if record.auto:
+        if record.auto or self._guest_io is not None:
             self._watch(vm, drive.target)
 
     def _prepare_destination(
@@ -335,8 +348,9 @@ class Replications:
         """After a restart: watch again the auto-mode replications still converging, and
         finish a switch to synchronous writes a dead daemon left half-done."""
         for target, record in vm.record.replications.items():
-            converging = record.copy_mode is CopyMode.BACKGROUND
-            if record.auto and (converging or record.state is ReplicaState.SWITCHING):
+            converging = record.auto and record.copy_mode is CopyMode.BACKGROUND
+            adaptive = self._guest_io is not None and record.state is ReplicaState.MIRRORING
+            if converging or adaptive or record.state is ReplicaState.SWITCHING:
                 self._watch(vm, target)
 
     def _watch(self, vm: Vm, target: str) -> None:
@@ -362,23 +376,49 @@ class Replications:
     def _monitor(self, vm: Vm, target: str, stop: threading.Event) -> None:
         """The monitor thread: one log line when it starts, one saying why it stopped."""
         log.info("VM %s drive %s: convergence monitor started", vm.vm_id, target)
-        reason = self._converge(vm, target, stop)
+        try:
+            reason = self._converge(vm, target, stop)
+        finally:
+            vm.copy_decisions.pop(target, None)
         log.info("VM %s drive %s: convergence monitor stopped: %s", vm.vm_id, target, reason)
 
     def _converge(self, vm: Vm, target: str, stop: threading.Event) -> str:
-        """Watch the mirror until it is READY or ends; switch it to synchronous writes when
-        what is left to copy stops shrinking. Returns why it stopped. Never holds vm.lock
+        """Watch the mirror until it is READY or ends: in auto mode, switch it to synchronous
+        writes when what is left to copy stops shrinking; with the adaptive rate, set its
+        speed at every look (copy_governor). Returns why it stopped. Never holds vm.lock
         while it waits or asks libvirt."""
         record = vm.record.replications.get(target)
-        if record is not None and record.state is ReplicaState.SWITCHING:
-            return self._switch_to_sync(vm, target, stop, resumed=True)
+        if record is None:
+            return "the replication finished or was abandoned"
+        switch = record.auto and record.copy_mode is CopyMode.BACKGROUND
+        if record.state is ReplicaState.SWITCHING:
+            outcome = self._switch_to_sync(vm, target, stop, resumed=True)
+            if outcome != SWITCHED:
+                return outcome
+            switch = False
+        governor = CopyGovernor(cap=record.bandwidth_mib * MiB)
+        vm.copy_decisions[target] = Decision(governor.full_speed, "")
+        if self._guest_io is not None:
+            governor.decide(self._guest_io(), 0, 0)  # the counters the first look compares to
         best_remaining: int | None = None
-        best_at = time.monotonic()
+        best_at = last_at = time.monotonic()
+        last_cur: int | None = None
         failing = False
         while not stop.wait(_MONITOR_INTERVAL):
             try:
                 live = vm.live_disks().get(target)
                 job = vm.domain().blockJobInfo(target, 0)
+                if job and live is not None and live.mirror is not None:
+                    now, cur = time.monotonic(), int(job.get("cur", 0))
+                    if live.mirror.ready:
+                        # What is left is what the guest writes now: at full speed, so the
+                        # pivot does not wait on a held-back copy.
+                        self._set_rate(vm, target, Decision(governor.full_speed, ""))
+                    elif self._guest_io is not None and last_cur is not None:
+                        copied = max(0, cur - last_cur)
+                        decision = governor.decide(self._guest_io(), now - last_at, copied)
+                        self._set_rate(vm, target, decision)
+                    last_at, last_cur = now, cur
             except VmDown:
                 return "the VM is not running; Finish will report it"
             except (libvirt.libvirtError, VdsmError) as e:
@@ -399,6 +439,8 @@ class Replications:
                 return "the mirror job ended; Finish will report it"
             if live.mirror.ready:
                 return "the mirror is ready"
+            if not switch:
+                continue
             remaining = int(job.get("end", 0)) - int(job.get("cur", 0))
             now = time.monotonic()
             if best_remaining is None or remaining < best_remaining * 0.9:
@@ -412,8 +454,28 @@ class Replications:
                     remaining,
                     self.convergence_window,
                 )
-                return self._switch_to_sync(vm, target, stop, resumed=False)
+                outcome = self._switch_to_sync(vm, target, stop, resumed=False)
+                if outcome != SWITCHED or self._guest_io is None:
+                    return outcome
+                # The new job starts at the operator's rate; the governor goes on from there.
+                switch, last_cur = False, None
+                vm.copy_decisions[target] = Decision(governor.full_speed, "")
         return "the replication finished or was abandoned"
+
+    def _set_rate(self, vm: Vm, target: str, decision: Decision) -> None:
+        """The mirror's speed, changed live (blockJobSetSpeed) when the decision changed it."""
+        previous = vm.copy_decisions.get(target)
+        if previous is None or previous.rate != decision.rate:
+            flags = libvirt.VIR_DOMAIN_BLOCK_JOB_SPEED_BANDWIDTH_BYTES
+            vm.domain().blockJobSetSpeed(target, decision.rate, flags)
+            log.debug(
+                "VM %s drive %s: mirror rate %s%s",
+                vm.vm_id,
+                target,
+                f"{decision.rate / MiB:.0f} MiB/s" if decision.rate else "unlimited",
+                f": held back, {decision.held_back}" if decision.held_back else "",
+            )
+        vm.copy_decisions[target] = decision
 
     def _switch_to_sync(self, vm: Vm, target: str, stop: threading.Event, *, resumed: bool) -> str:
         """Cancel the background copy (SWITCHING, so Finish answers 40 meanwhile), wait for it
@@ -454,7 +516,7 @@ class Replications:
                 return self._switch_failed(vm, target, record, _cause(e))
             record.advance(ReplicaState.MIRRORING)
             vm.save()
-        return "the mirror now runs with synchronous writes"
+        return SWITCHED
 
     def _switch_failed(self, vm: Vm, target: str, record: ReplicationRecord, cause: str) -> str:
         """Called with vm.lock held: leave the record MIRRORING for Finish to report (55)."""

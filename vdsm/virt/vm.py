@@ -19,6 +19,7 @@ import libvirt
 from vdsm.errors import DriveNotFound, VdsmError, VmDown
 from vdsm.virt import domain_xml
 from vdsm.virt.connection import Connection, failure, is_connection_lost, is_no_domain
+from vdsm.virt.copy_governor import Decision
 from vdsm.virt.domain_xml import LiveDisk
 from vdsm.virt.drives import Drive
 from vdsm.virt.vm_store import VmRecord, VmStore
@@ -89,6 +90,9 @@ class Vm:
         self._events_lock = threading.Lock()
         self._job_events: dict[str, BlockJobEvent] = {}
         self._job_event_cond = threading.Condition(self._events_lock)
+        # The adaptive copy rate of each drive whose mirror runs (copy_governor), by target:
+        # what getVmStats shows of it. In memory only: a restarted watcher decides again.
+        self.copy_decisions: dict[str, Decision] = {}
 
     @property
     def vm_id(self) -> str:

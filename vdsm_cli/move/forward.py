@@ -131,7 +131,8 @@ def wait_ready(ctx: MoveContext) -> None:
             last = (int(job.get("cur") or 0), int(job.get("end") or 0))
             j.copied["mirror"] = last[1]
             if last[1]:
-                ctx.reporter.progress(*last)
+                # vdsmd's adaptive rate says when and why it holds the mirror back.
+                ctx.reporter.progress(*last, held_back=str(job.get("heldBack") or ""))
             if job.get("ready"):
                 return
         else:

@@ -107,7 +107,8 @@ class Reporter:
             on = f" on the {where[0]} {where[1]}" if where and len(self._hosts) > 1 else ""
             self._line(f"{position}{step}: {title}{on}")
 
-    def progress(self, done: int, total: int) -> None:
+    def progress(self, done: int, total: int, held_back: str = "") -> None:
+        """``held_back``: why vdsmd holds the copy back now (its adaptive rate), "" if not."""
         now = self.clock()
         self._meter.add(now, done)
         rate = self._meter.rate()
@@ -125,6 +126,7 @@ class Reporter:
                     "rate": round(rate, 1) if rate else None,
                     "stepEta": round(step_eta, 1) if step_eta is not None else None,
                     "eta": round(eta, 1) if eta is not None else None,
+                    "heldBack": held_back or None,
                 }
             )
             return
@@ -138,8 +140,11 @@ class Reporter:
             parts.append(f"ETA {human_duration(step_eta)}")
         if eta is not None:
             parts.append(f"(all {human_duration(eta)})")
+        if held_back:
+            parts.append(f"held back: {held_back}")
         text = "  ".join(parts)
         if self.live:
+            text = terminal_safe(text)
             self.out.write("\r" + text + "\x1b[K")
             self.out.flush()
             self._drawn = True
