@@ -31,6 +31,7 @@ from bench.measures import (
     guest_impact,
     hosts,
     overhead,
+    peers,
     pivot,
     scale,
     sparse,
@@ -52,6 +53,7 @@ MEASURES: dict[str, Callable[[Context], dict[str, Any]]] = {
     "tuning": tuning.run,
     "spm": spm.run,
     "hosts": hosts.run,
+    "peers": peers.run,
 }
 DEFAULT_OUT = REPO / "bench" / "results"
 DOCS = REPO / "docs" / "benchmarks.md"

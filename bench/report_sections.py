@@ -276,7 +276,34 @@ def sections(results: dict[str, Any]) -> list[str]:
     h = s.get("hosts")
     if h and "error" not in h:
         out += hosts_section(h)
+    p = s.get("peers")
+    if p and "error" not in p:
+        out += peers_section(p)
     return out
+
+
+def peers_section(p: dict[str, Any]) -> list[str]:
+    """11. The peers: the same chain and writer, moved four ways (bench/measures/peers.py)."""
+    w = p["writer"]
+    out = [
+        "### 11. The peers, side by side",
+        "",
+        f"The same chain layout ({p['volumes']} volumes, {p['data_bytes'] / MiB:.0f} MiB "
+        f"allocated) on a fresh running VM for each row, a writer of {w['block_size'] // 1024} "
+        f"KiB at queue depth {w['queue_depth']} paced at {w['rate_mib_s']:g} MiB/s throughout.",
+        "",
+        "| how | time | bytes on the destination | volumes after | writer during / before "
+        "| p99 before → during |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in p["rows"].items():
+        before, during = row["before"], row["during"]
+        out.append(
+            f"| {name} | {row['seconds']:.3g} s | {row['bytes_on_destination'] / MiB:.1f} MiB "
+            f"| {row['chain_volumes']} | {fmt(row['throughput_share'])} "
+            f"| {fmt(before['p99_ms'])} → {fmt(during['p99_ms'])} ms |"
+        )
+    return [*out, ""]
 
 
 # The rows of the SPM table: label, the figure, sanlock's figure for it, the runs it sums up

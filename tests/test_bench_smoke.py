@@ -28,6 +28,7 @@ SECTIONS = {
     "tuning",
     "spm",
     "hosts",
+    "peers",
 }
 
 

@@ -108,7 +108,9 @@ class Daemon:
             convergence_window=cfg.replication_convergence_window,
             guest_io=self.vms.guest_io if cfg.adaptive_copy_rate else None,
         )
-        self.merges = Merges(self.storage)
+        self.merges = Merges(
+            self.storage, guest_io=self.vms.guest_io if cfg.adaptive_copy_rate else None
+        )
         log.info("recovered VMs: %s", self.vms.recover())
         for vm in self.vms.all():
             self.replications.recover(vm)

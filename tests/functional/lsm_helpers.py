@@ -157,6 +157,15 @@ class Migration:
         )
         return snap
 
+    def assert_runs_on(self, sd: str, console: Path) -> None:
+        """The guest keeps writing (20 more writes), its drive is on domain ``sd``, and every
+        write it acknowledged reads back from there."""
+        wait_writes(console, wait_writes(console, 0) + 20)
+        stats = self.vms.stats(self.vm_id)
+        assert stats["disks"]["vda"]["domainID"] == sd, stats["disks"]["vda"]
+        result = checker.check(Path(stats["disks"]["vda"]["path"]), "qcow2", console)
+        assert result.ok, result.failures
+
     def clone(self) -> None:
         task = ok(self.rpc.cloneImageStructure(self.st.sp, self.st.sd, self.img, self.st.sd2))
         assert wait_task(self.vms.daemon, task["uuid"])["taskResult"] == "success"

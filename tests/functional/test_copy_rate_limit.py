@@ -26,7 +26,6 @@ from tests.functional.storage_helpers import Storage, ok
 from tests.storage.support import run_qemu_io
 from vdsm.storage import qemuimg
 from vdsm.virt.copy_governor import FLOOR
-from vdsm_guest import checker
 from vdsm_guest.build import GuestImage
 
 MiB = 1024**2
@@ -122,8 +121,4 @@ def test_the_mirror_yields_to_a_writing_guest_and_takes_full_speed_back(
     virsh("resume", vm_id)
 
     m.finish_when_ready(src, dst)
-    wait_writes(console, wait_writes(console, 0) + 20)
-    stats = vms.stats(vm_id)
-    assert stats["disks"]["vda"]["domainID"] == m.st.sd2
-    result = checker.check(Path(stats["disks"]["vda"]["path"]), "qcow2", console)
-    assert result.ok, result.failures
+    m.assert_runs_on(m.st.sd2, console)

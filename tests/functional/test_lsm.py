@@ -149,11 +149,7 @@ def test_finish_before_ready_is_40_and_a_slow_mirror_still_converges(
     not_ready = m.finish_when_ready(src, dst, timeout=180)
     assert not_ready > 0, "Finish must answer 40 before the mirror is READY"
     assert "restarting it with synchronous writes" in vms.daemon.log()
-    wait_writes(console, wait_writes(console, 0) + 20)
-    stats = vms.stats(vm_id)
-    assert stats["disks"]["vda"]["domainID"] == m.st.sd2
-    result = checker.check(Path(stats["disks"]["vda"]["path"]), "qcow2", console)
-    assert result.ok, result.failures
+    m.assert_runs_on(m.st.sd2, console)
 
 
 def test_live_snapshot_under_guest_writes_verifies(vms: VmFixture, guest: GuestImage) -> None:
@@ -182,8 +178,4 @@ def test_abort_under_guest_writes_keeps_every_write_on_the_source(
     m.sync("INTERNAL")
     wait_writes(console, wait_writes(console, 0) + 10)
     m.finish_when_ready(src, src)
-    wait_writes(console, wait_writes(console, 0) + 20)
-    stats = vms.stats(vm_id)
-    assert stats["disks"]["vda"]["domainID"] == m.st.sd
-    result = checker.check(Path(stats["disks"]["vda"]["path"]), "qcow2", console)
-    assert result.ok, result.failures
+    m.assert_runs_on(m.st.sd, console)

@@ -252,6 +252,21 @@ def wait_stats(daemon: VdsmdProcess, sd: str, valid: bool, timeout: float) -> di
     return stats
 
 
+def refused_create(daemon: VdsmdProcess, sp: str, sd: str) -> str:
+    """createVolume of a new image on the hung domain ``sd``: it meets a probe first and is
+    refused with 379 once the probe timeout has passed. Returns the image's UUID."""
+    img, vol = new_uuid(), new_uuid()
+    create = answers_within(
+        PROBE_TIMEOUT + 2,
+        lambda: daemon.xmlrpc().createVolume(
+            sd, sp, img, str(GiB), "COW", "SPARSE", "DATA", vol, "d", img, BLANK
+        ),
+    )
+    assert code(create) == 379 and sd in create["status"]["message"], create
+    assert "did not answer a read within" in create["status"]["message"], create
+    return img
+
+
 def test_a_hung_domain_never_freezes_the_agent(tmp_path: Path) -> None:
     with FaultFs(tmp_path / "dst-backing", tmp_path / "dst", tmp_path / "dst-fault") as fs:
         # Every touch of a domain probes it first here (--domain-probe-fresh 0; 1 s by
@@ -281,15 +296,7 @@ def test_a_hung_domain_never_freezes_the_agent(tmp_path: Path) -> None:
             # At once, before the monitor can have marked the domain: a verb that changes it
             # meets a probe first and is refused once the probe timeout has passed, having
             # touched nothing of the domain.
-            img, vol = new_uuid(), new_uuid()
-            create = answers_within(
-                PROBE_TIMEOUT + 2,
-                lambda: daemon.xmlrpc().createVolume(
-                    st.sd2, st.sp, img, str(GiB), "COW", "SPARSE", "DATA", vol, "d", img, BLANK
-                ),
-            )
-            assert code(create) == 379 and st.sd2 in create["status"]["message"], create
-            assert "did not answer a read within" in create["status"]["message"], create
+            img = refused_create(daemon, st.sp, st.sd2)
             hung = wait_stats(daemon, st.sd2, False, timeout=PROBE_TIMEOUT + 8)
             assert hung["code"] == 379 and "does not answer" in hung["error"], hung
             assert float(hung["lastCheck"]) >= PROBE_TIMEOUT - 1, hung
@@ -346,14 +353,7 @@ def test_a_hung_domain_on_two_hosts(tmp_path: Path) -> None:
             wait_stats(daemon, st.sd2, True, timeout=30)
 
         fs.set("hang", "/")
-        img, vol = new_uuid(), new_uuid()
-        create = answers_within(
-            PROBE_TIMEOUT + 2,
-            lambda: spm.xmlrpc().createVolume(
-                st.sd2, st.sp, img, str(GiB), "COW", "SPARSE", "DATA", vol, "d", img, BLANK
-            ),
-        )
-        assert code(create) == 379 and st.sd2 in create["status"]["message"], create
+        img = refused_create(spm, st.sp, st.sd2)
         read = answers_within(PROBE_TIMEOUT + 2, lambda: vm_host.xmlrpc().getImagesList(st.sd2))
         assert code(read) == 379 and st.sd2 in read["status"]["message"], read
         for daemon in (spm, vm_host):

@@ -23,6 +23,8 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 import libvirt
 
@@ -34,6 +36,7 @@ from vdsm.storage.volume import Volume
 from vdsm.storage.volume_lease import VolumeLease
 from vdsm.virt import vm_leases
 from vdsm.virt.connection import error_message
+from vdsm.virt.copy_governor import CopyGovernor, GuestIo
 from vdsm.virt.drives import Drive, drive_spec
 from vdsm.virt.job_records import MergeRecord, MergeState
 from vdsm.virt.vm import Vm
@@ -49,12 +52,20 @@ _WAKE_ON = {
     libvirt.VIR_DOMAIN_BLOCK_JOB_CANCELED,
 }
 _POLL = 0.2
+# Seconds between two looks of the adaptive rate at the guests' I/O (as the mirror's).
+_GOVERN_EVERY = 0.5
+MiB = 1024**2
 _MIN_PAUSE = 0.01
 
 
 class Merges:
-    def __init__(self, storage: HostStorage) -> None:
+    def __init__(
+        self, storage: HostStorage, *, guest_io: Callable[[], GuestIo] | None = None
+    ) -> None:
+        """``guest_io``: the guests' I/O counters (VmManager.guest_io) the adaptive copy rate
+        watches; None: every commit runs at its fixed rate (the bandwidth, or full speed)."""
         self._storage = storage
+        self._guest_io = guest_io
 
     def start(
         self,
@@ -123,24 +134,37 @@ class Merges:
             job_id,
             "active" if active else "internal",
         )
-        self._watch(vm, drive.target)
+        self._watch(vm, drive.target, bandwidth_mib * MiB)
 
     def recover(self, vm: Vm) -> None:
         for target in list(vm.record.merges):
-            self._watch(vm, target)
+            # The operator's bandwidth is not recorded: a recovered merge keeps the rate it
+            # has (governing it could exceed that bandwidth).
+            self._watch(vm, target, None)
 
-    def _watch(self, vm: Vm, target: str) -> None:
+    def _watch(self, vm: Vm, target: str, cap: int | None) -> None:
+        """``cap``: the operator's bandwidth in bytes/s (0: none), None: not governed."""
         threading.Thread(
-            target=self._run, args=(vm, target), name=f"merge-{vm.vm_id[:8]}-{target}", daemon=True
+            target=self._run,
+            args=(vm, target, cap),
+            name=f"merge-{vm.vm_id[:8]}-{target}",
+            daemon=True,
         ).start()
 
-    def _run(self, vm: Vm, target: str) -> None:
+    def _run(self, vm: Vm, target: str, cap: int | None) -> None:
         try:
-            self._follow(vm, target)
+            self._follow(vm, target, cap)
         except Exception:
             log.exception("VM %s drive %s: merge watcher failed", vm.vm_id, target)
+        finally:
+            vm.copy_decisions.pop(target, None)
 
-    def _follow(self, vm: Vm, target: str) -> None:
+    def _follow(self, vm: Vm, target: str, cap: int | None) -> None:
+        governor = CopyGovernor(cap=cap or 0)
+        last: tuple[float, int] | None = None  # when the governor last looked, and cur then
+        if self._guest_io is not None and cap is not None:
+            governor.decide(self._guest_io(), 0, 0)  # the counters the first look compares to
+            last = (time.monotonic(), 0)
         while True:
             # Woken by libvirt's job event (READY, or the job's end) as soon as it arrives,
             # instead of a fixed 0.2 s sleep: bench/ measured the merge step of a disk move
@@ -162,6 +186,8 @@ class Merges:
                     log.warning("VM %s drive %s: merge abandoned: %s", vm.vm_id, target, why)
                     self._forget(vm, target)
                     return
+                if job and last is not None and time.monotonic() - last[0] >= _GOVERN_EVERY:
+                    last = self._govern(vm, target, governor, last, job)
                 drive = vm.drive_by_target(target)
                 live_ids = [p.rsplit("/", 1)[-1] for p, _ in (live.chain if live else ())]
                 if not job:
@@ -197,6 +223,27 @@ class Merges:
                         return
             if refused:
                 time.sleep(_POLL)  # retry the refused pivot at the old pace
+
+    def _govern(
+        self, vm: Vm, target: str, governor: CopyGovernor, last: tuple[float, int], job: Any
+    ) -> tuple[float, int]:
+        """One look of the adaptive rate (copy_governor): the commit's speed set live when
+        the decision changed it. Called with vm.lock held; libvirt answers at once."""
+        assert self._guest_io is not None
+        now, cur = time.monotonic(), int(job.get("cur", 0))
+        decision = governor.decide(self._guest_io(), now - last[0], max(0, cur - last[1]))
+        previous = vm.copy_decisions.get(target)
+        if previous is None or previous.rate != decision.rate:
+            try:
+                vm.domain().blockJobSetSpeed(
+                    target, decision.rate, libvirt.VIR_DOMAIN_BLOCK_JOB_SPEED_BANDWIDTH_BYTES
+                )
+            except (VdsmError, libvirt.libvirtError) as e:
+                why = error_message(e) if isinstance(e, libvirt.libvirtError) else e.detail
+                log.warning("VM %s drive %s: merge rate not changed: %s", vm.vm_id, target, why)
+                return now, cur
+        vm.copy_decisions[target] = decision
+        return now, cur
 
     def _done(self, vm: Vm, drive: Drive, record: MergeRecord) -> None:
         top = record.top
