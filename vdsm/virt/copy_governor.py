@@ -4,7 +4,7 @@ A copy at full speed takes most of a shared disk: measured on one disk, a guest 
 fast as it can kept 0.15-0.22 of its throughput during a move. A fixed cap gives the guests
 their share back but makes every move slower, idle guests or not, and asks operators for a
 number per host. So the copy's watcher asks a :class:`CopyGovernor` for the copy's rate at
-every look (``replication._MONITOR_INTERVAL``), telling it what the guests did since the last
+every look (every ``LOOK_EVERY`` seconds), telling it what the guests did since the last
 look: libvirt's block statistics of every drive of every VM on this host (operations, bytes,
 and the time QEMU saw them take), summed, as :class:`GuestIo`.
 
@@ -33,6 +33,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 MiB = 1024**2
+
+# Seconds between two looks at the guests' I/O (the watchers of the mirror and the merge).
+LOOK_EVERY = 0.5
 
 # Bytes/s a copy is never held below: every copy progresses, whatever the guests do.
 FLOOR = 8 * MiB

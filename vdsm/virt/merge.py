@@ -36,7 +36,7 @@ from vdsm.storage.volume import Volume
 from vdsm.storage.volume_lease import VolumeLease
 from vdsm.virt import vm_leases
 from vdsm.virt.connection import error_message
-from vdsm.virt.copy_governor import CopyGovernor, GuestIo
+from vdsm.virt.copy_governor import LOOK_EVERY, CopyGovernor, GuestIo, MiB
 from vdsm.virt.drives import Drive, drive_spec
 from vdsm.virt.job_records import MergeRecord, MergeState
 from vdsm.virt.vm import Vm
@@ -52,9 +52,6 @@ _WAKE_ON = {
     libvirt.VIR_DOMAIN_BLOCK_JOB_CANCELED,
 }
 _POLL = 0.2
-# Seconds between two looks of the adaptive rate at the guests' I/O (as the mirror's).
-_GOVERN_EVERY = 0.5
-MiB = 1024**2
 _MIN_PAUSE = 0.01
 
 
@@ -186,7 +183,7 @@ class Merges:
                     log.warning("VM %s drive %s: merge abandoned: %s", vm.vm_id, target, why)
                     self._forget(vm, target)
                     return
-                if job and last is not None and time.monotonic() - last[0] >= _GOVERN_EVERY:
+                if job and last is not None and time.monotonic() - last[0] >= LOOK_EVERY:
                     last = self._govern(vm, target, governor, last, job)
                 drive = vm.drive_by_target(target)
                 live_ids = [p.rsplit("/", 1)[-1] for p, _ in (live.chain if live else ())]
@@ -232,17 +229,11 @@ class Merges:
         assert self._guest_io is not None
         now, cur = time.monotonic(), int(job.get("cur", 0))
         decision = governor.decide(self._guest_io(), now - last[0], max(0, cur - last[1]))
-        previous = vm.copy_decisions.get(target)
-        if previous is None or previous.rate != decision.rate:
-            try:
-                vm.domain().blockJobSetSpeed(
-                    target, decision.rate, libvirt.VIR_DOMAIN_BLOCK_JOB_SPEED_BANDWIDTH_BYTES
-                )
-            except (VdsmError, libvirt.libvirtError) as e:
-                why = error_message(e) if isinstance(e, libvirt.libvirtError) else e.detail
-                log.warning("VM %s drive %s: merge rate not changed: %s", vm.vm_id, target, why)
-                return now, cur
-        vm.copy_decisions[target] = decision
+        try:
+            vm.set_copy_rate(target, decision)
+        except (VdsmError, libvirt.libvirtError) as e:
+            why = error_message(e) if isinstance(e, libvirt.libvirtError) else e.detail
+            log.warning("VM %s drive %s: merge rate not changed: %s", vm.vm_id, target, why)
         return now, cur
 
     def _done(self, vm: Vm, drive: Drive, record: MergeRecord) -> None:

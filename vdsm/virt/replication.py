@@ -54,7 +54,7 @@ from vdsm.storage.volume import Volume
 from vdsm.storage.volume_lease import VolumeLease
 from vdsm.virt import domain_xml, vm_leases
 from vdsm.virt.connection import error_message
-from vdsm.virt.copy_governor import CopyGovernor, Decision, GuestIo
+from vdsm.virt.copy_governor import LOOK_EVERY, CopyGovernor, Decision, GuestIo
 from vdsm.virt.drives import Drive, VolumeLink, prepare_chain
 from vdsm.virt.job_records import CopyMode, DiskRef, Identity, ReplicaState, ReplicationRecord
 from vdsm.virt.vm import DOWN, Vm
@@ -63,8 +63,8 @@ log = logging.getLogger("vdsm.virt.replication")
 
 MiB = 1024**2
 
-# The monitor's pace, and how long a switch to sync waits for the cancelled job to go.
-_MONITOR_INTERVAL = 0.5
+# The monitor looks every copy_governor.LOOK_EVERY seconds; a switch to sync waits this long
+# for the cancelled job to go.
 _SWITCH_POLL = 0.05
 _SWITCH_TIMEOUT = 30.0
 # What _switch_to_sync answers when the mirror runs again, now with synchronous writes.
@@ -404,7 +404,7 @@ class Replications:
         best_at = last_at = time.monotonic()
         last_cur: int | None = None
         failing = False
-        while not stop.wait(_MONITOR_INTERVAL):
+        while not stop.wait(LOOK_EVERY):
             try:
                 live = vm.live_disks().get(target)
                 job = vm.domain().blockJobInfo(target, 0)
@@ -413,11 +413,11 @@ class Replications:
                     if live.mirror.ready:
                         # What is left is what the guest writes now: at full speed, so the
                         # pivot does not wait on a held-back copy.
-                        self._set_rate(vm, target, Decision(governor.full_speed, ""))
+                        vm.set_copy_rate(target, Decision(governor.full_speed, ""))
                     elif self._guest_io is not None and last_cur is not None:
                         copied = max(0, cur - last_cur)
                         decision = governor.decide(self._guest_io(), now - last_at, copied)
-                        self._set_rate(vm, target, decision)
+                        vm.set_copy_rate(target, decision)
                     last_at, last_cur = now, cur
             except VmDown:
                 return "the VM is not running; Finish will report it"
@@ -461,21 +461,6 @@ class Replications:
                 switch, last_cur = False, None
                 vm.copy_decisions[target] = Decision(governor.full_speed, "")
         return "the replication finished or was abandoned"
-
-    def _set_rate(self, vm: Vm, target: str, decision: Decision) -> None:
-        """The mirror's speed, changed live (blockJobSetSpeed) when the decision changed it."""
-        previous = vm.copy_decisions.get(target)
-        if previous is None or previous.rate != decision.rate:
-            flags = libvirt.VIR_DOMAIN_BLOCK_JOB_SPEED_BANDWIDTH_BYTES
-            vm.domain().blockJobSetSpeed(target, decision.rate, flags)
-            log.debug(
-                "VM %s drive %s: mirror rate %s%s",
-                vm.vm_id,
-                target,
-                f"{decision.rate / MiB:.0f} MiB/s" if decision.rate else "unlimited",
-                f": held back, {decision.held_back}" if decision.held_back else "",
-            )
-        vm.copy_decisions[target] = decision
 
     def _switch_to_sync(self, vm: Vm, target: str, stop: threading.Event, *, resumed: bool) -> str:
         """Cancel the background copy (SWITCHING, so Finish answers 40 meanwhile), wait for it

@@ -168,6 +168,22 @@ class Vm:
             sample.status = self.status()
         return sample
 
+    def set_copy_rate(self, target: str, decision: Decision) -> None:
+        """The drive's block job (mirror or commit) at the adaptive rate's decision: its speed
+        changed live (blockJobSetSpeed) only when the rate changed. libvirt's errors pass."""
+        previous = self.copy_decisions.get(target)
+        if previous is None or previous.rate != decision.rate:
+            flags = libvirt.VIR_DOMAIN_BLOCK_JOB_SPEED_BANDWIDTH_BYTES
+            self.domain().blockJobSetSpeed(target, decision.rate, flags)
+            log.debug(
+                "VM %s drive %s: copy rate %s%s",
+                self.vm_id,
+                target,
+                f"{decision.rate / 2**20:.0f} MiB/s" if decision.rate else "unlimited",
+                f": held back, {decision.held_back}" if decision.held_back else "",
+            )
+        self.copy_decisions[target] = decision
+
     # --- drives -----------------------------------------------------------------------------
 
     @property
