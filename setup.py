@@ -46,6 +46,8 @@ setup(
         "libvirt-python",
         "lxml",
         "PyYAML",
+        # QEMU's own QMP client: the adaptive offline copy drives qemu-storage-daemon.
+        "qemu.qmp",
     ],
     extras_require={
         "test": [

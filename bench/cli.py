@@ -28,6 +28,7 @@ from bench.disks import GiB
 from bench.env import Env
 from bench.measures import (
     convergence,
+    devices,
     guest_impact,
     hosts,
     overhead,
@@ -54,6 +55,7 @@ MEASURES: dict[str, Callable[[Context], dict[str, Any]]] = {
     "spm": spm.run,
     "hosts": hosts.run,
     "peers": peers.run,
+    "devices": devices.run,
 }
 DEFAULT_OUT = REPO / "bench" / "results"
 DOCS = REPO / "docs" / "benchmarks.md"

@@ -31,9 +31,6 @@ class Settings:
     guest_data: int = 1 * GiB
     guest_rate_mib: float = 32.0  # the paced guest writer (MiB/s)
     guest_modes: tuple[str, ...] = ("auto", "background", "sync")
-    # The copy cap of the capped guest-impact rows: vdsmd's copy_rate_limit for
-    # syncImageData and diskReplicateStart's bandwidth for the mirror (MiB/s each).
-    guest_copy_cap_mib: int = 64
     converge_modes: tuple[str, ...] = ("background", "auto", "sync")
     convergence_window: float = 10.0  # vdsmd's default
     background_timeout: float = 30.0  # how long a background-mode mirror may try to converge
@@ -57,7 +54,6 @@ class Settings:
             steady_seconds=0.5,
             guest_data=16 * MiB,
             guest_modes=("auto",),
-            guest_copy_cap_mib=8,
             converge_modes=("auto",),
             convergence_window=1.0,
             background_timeout=2.0,

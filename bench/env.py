@@ -17,13 +17,16 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from bench.daemon import TASK_TIMEOUT, Vdsmd
-from bench.disks import Chain, Layout, build_chain, make_pattern
+from bench.disks import Chain, Layout, MiB, build_chain, make_pattern
+from vdsm.virt import unaccounted_io
 from vdsm_cli.api import Vdsm, disk_spec
 from vdsm_cli.errors import CliError
+from vdsm_guest.block_writer import BlockWriter
 from vdsm_guest.local_vdsmd import leave_lockspaces
 
 log = logging.getLogger("bench")
@@ -45,13 +48,19 @@ class Env:
         self.root = Path(tempfile.mkdtemp(prefix="vdsm-bench-", dir=parent))
         self._cleanups = contextlib.ExitStack()
         self._cleanups.callback(shutil.rmtree, self.root, ignore_errors=True)
+        # File systems mounted under the root (memory_domain): after the lockspaces are left.
+        self._mounts = contextlib.ExitStack()
+        self._cleanups.callback(self._mounts.close)
         self._cleanups.callback(leave_lockspaces, [self.root])  # after vdsmd stops
+        self._domain_dirs: dict[str, Path] = {}
         # sanlock io_timeout 1, a test machine's: joining the pool takes 3 s rather than 21 s.
         self._daemon_args: list[str] = ["--sanlock-io-timeout", "1"]
         if convergence_window is not None:
             self._daemon_args += ["--replication-convergence-window", str(convergence_window)]
-        self._daemon_env = daemon_env
-        self.daemon = Vdsmd(self.root / "vdsmd", self._daemon_args, daemon_env)
+        # The guest-like writer's I/O counters, for the copy governors (see visible()).
+        self.guest_io_file = self.root / "guest-io.json"
+        self._daemon_env = {**(daemon_env or {}), unaccounted_io.ENV: str(self.guest_io_file)}
+        self.daemon = Vdsmd(self.root / "vdsmd", self._daemon_args, self._daemon_env)
         self.vms: list[str] = []  # running
         self.created: list[str] = []  # every VM this run started
         self._destroying: list[threading.Thread] = []
@@ -67,6 +76,7 @@ class Env:
                 mount = self.root / name
                 mount.mkdir()
                 self.client.create_domain(sd, name, str(mount))
+                self._domain_dirs[sd] = mount / sd / "images"
             self.client.create_pool(self.sp, "bench", self.sd)
             self.client.connect_pool(self.sp, 1, self.sd)
             self.client.start_spm(self.sp)
@@ -75,6 +85,14 @@ class Env:
         except BaseException:
             self.close()
             raise
+
+    @contextlib.contextmanager
+    def visible(self, writer: BlockWriter) -> Iterator[BlockWriter]:
+        """Run ``writer`` with its I/O counters published to vdsmd: QEMU does not count an NBD
+        export's writes for the VM's drive, and counts a real guest's, so without this the
+        copy governors would take the guest-like writer for an idle guest."""
+        with writer, writer.publishing(self.guest_io_file):
+            yield writer
 
     def new_client(self) -> Vdsm:
         """A new client of the bench's vdsmd (one per thread)."""
@@ -107,7 +125,31 @@ class Env:
         return self.sd2 if sd == self.sd else self.sd
 
     def domain_dir(self, sd: str) -> Path:
-        return self.root / ("src" if sd == self.sd else "dst") / sd / "images"
+        return self._domain_dirs[sd]
+
+    def memory_domain(self, size: int) -> str:
+        """A third domain of the pool, on a device of its own: XFS on a loop device whose
+        file lives in a tmpfs (memory), ``size`` bytes. tmpfs itself cannot hold a domain:
+        sanlock and the domain checks read with O_DIRECT, which tmpfs refuses; XFS on a loop
+        device takes it. Unmounted after vdsmd is gone and its lockspaces left (lazily: the
+        sanlock daemon closes the lockspace's file a moment later)."""
+        memory, mount = self.root / "memory", self.root / "memdev"
+        memory.mkdir()
+        mount.mkdir()
+        _run(["mount", "-t", "tmpfs", "-o", f"size={size + 64 * MiB}", "tmpfs", str(memory)])
+        self._mounts.callback(_run, ["umount", "-l", str(memory)])
+        backing = memory / "device.img"
+        with open(backing, "wb") as f:
+            f.truncate(size)
+        _run(["mkfs.xfs", "-q", str(backing)])
+        # -o loop: the loop device is set up with autoclear, freed with the last unmount.
+        _run(["mount", "-o", "loop", str(backing), str(mount)])
+        self._mounts.callback(_run, ["umount", "-l", str(mount)])
+        sd = new_uuid()
+        self.client.create_domain(sd, "memory", str(mount))
+        self.client.attach_domain(sd, self.sp)
+        self._domain_dirs[sd] = mount / sd / "images"
+        return sd
 
     def image_dir(self, sd: str, img: str) -> Path:
         return self.domain_dir(sd) / img
@@ -181,7 +223,7 @@ class Env:
         are gone: a VM's QEMU holds its top volume's lease until it exits, and deleteImage
         refuses a volume whose lease is held."""
         self._wait_destroyed()
-        for sd in (self.sd, self.sd2):
+        for sd in self._domain_dirs:
             if img in self.client.images(sd):
                 self.delete_image(sd, img)
 
@@ -193,7 +235,7 @@ class Env:
     def reset(self) -> None:
         """After a failed measurement: no VM left running, no image left in either domain."""
         self._destroy_vms()
-        for sd in (self.sd, self.sd2):
+        for sd in self._domain_dirs:
             try:
                 images = self.client.images(sd)
             except CliError:
@@ -226,3 +268,7 @@ def _try_drop_caches() -> bool:
         return True
     except OSError:
         return False
+
+
+def _run(argv: list[str]) -> None:
+    subprocess.run(argv, check=True, capture_output=True, timeout=120)

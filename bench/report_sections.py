@@ -161,19 +161,38 @@ def sections(results: dict[str, Any]) -> list[str]:
             "",
             f"Writers: 64 KiB, queue depth 1, over {g['area_bytes'] / MiB:.0f} MiB; paced at "
             f"{g['writers']['paced']['rate_mib_s']} MiB/s, or unpaced. Chain holding "
-            f"{g['data_bytes'] / GiB:.3g} GiB; during = snapshot → pivot.",
+            f"{g['data_bytes'] / GiB:.3g} GiB; during = snapshot → pivot. The copy rate "
+            "adaptive (vdsmd's default; the governors see the writer's counters), then not "
+            "(`--no-adaptive-copy-rate`, no cap: every copy at full speed).",
             "",
-            "| writer | copy mode | before MiB/s | during MiB/s | share | p99 before | "
+            "| writer | copy mode | rate | before MiB/s | during MiB/s | share | p99 before | "
             "p99 during | migration |",
-            "|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
-        for writer, modes in g["results"].items():
-            for mode, x in modes.items():
-                out.append(
-                    f"| {writer} | {mode} | {x['before']['mib_s']} | {x['during']['mib_s']} | "
-                    f"{x['throughput_share']} | {fmt(x['before']['p99_ms'])} ms | "
-                    f"{fmt(x['during']['p99_ms'])} ms | {x['until_pivot_s']} s |"
-                )
+        fixed = g.get("not_adaptive")
+        rows = [
+            (writer, mode, "adaptive" if fixed is not None else "", x)
+            for writer, modes in g["results"].items()
+            for mode, x in modes.items()
+        ]
+        rows += [(writer, "auto", "not adaptive", x) for writer, x in (fixed or {}).items()]
+        for writer, mode, rate, x in rows:
+            out.append(
+                f"| {writer} | {mode} | {rate} | {x['before']['mib_s']} | "
+                f"{x['during']['mib_s']} | {x['throughput_share']} | "
+                f"{fmt(x['before']['p99_ms'])} ms | {fmt(x['during']['p99_ms'])} ms | "
+                f"{x['until_pivot_s']} s |"
+            )
+        idle = g.get("idle_until_pivot_s")
+        if idle:
+            out += [
+                "",
+                "The idle guest (no writer), auto mode, snapshot → pivot, alternating: adaptive "
+                + ", ".join(f"{x} s" for x in idle["adaptive"])
+                + "; not adaptive "
+                + ", ".join(f"{x} s" for x in idle["not adaptive"])
+                + f"; ratio of the medians {g['idle_ratio']}.",
+            ]
         out.append("")
     o = s.get("overhead")
     if o and "error" not in o:
@@ -279,7 +298,34 @@ def sections(results: dict[str, Any]) -> list[str]:
     p = s.get("peers")
     if p and "error" not in p:
         out += peers_section(p)
+    d = s.get("devices")
+    if d and "error" not in d:
+        out += devices_section(d)
     return out
+
+
+def devices_section(d: dict[str, Any]) -> list[str]:
+    """12. The destination on a second device (bench/measures/devices.py)."""
+    src, dst = d["source_read"], d["destination_write"]
+    return [
+        "### 12. Two devices: the destination on a device of its own",
+        "",
+        f"The same idle VM's 3-volume chain ({d['data_bytes'] / MiB:.0f} MiB allocated) moved "
+        "from a domain on the disk to a domain on XFS over a loop device backed by memory, "
+        "and between the disk's two domains, alternating; copy phase = replicate + sync + "
+        "wait_ready, median (min–max):",
+        "",
+        "| destination | copy phase | data rate |",
+        "|---|---|---|",
+        f"| a second device (memory) | {fmt_spread(d['two_devices_copy_s'])} | "
+        f"{d['two_devices_mib_s']} MiB/s |",
+        f"| the same disk | {fmt_spread(d['one_device_copy_s'])} | {d['one_device_mib_s']} MiB/s |",
+        "",
+        f"The source's file system reads {src['mib_s']} MiB/s ({src['best']}); the memory "
+        f"device writes {dst['mib_s']} MiB/s ({dst['best']}); O_DIRECT, 4 MiB requests, the "
+        "best median of each tool's runs.",
+        "",
+    ]
 
 
 def peers_section(p: dict[str, Any]) -> list[str]:

@@ -41,6 +41,7 @@ MARKER="# Written by vdsm scripts/setup-host.sh (container settings, no systemd)
 
 PACKAGES=(
     qemu-utils qemu-system-x86
+    qemu-system-common  # qemu-storage-daemon: the adaptive offline copy
     libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients
     libvirt-dev pkg-config gcc
     rpm procps passwd openssl

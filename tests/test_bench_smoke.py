@@ -29,6 +29,7 @@ SECTIONS = {
     "spm",
     "hosts",
     "peers",
+    "devices",
 }
 
 

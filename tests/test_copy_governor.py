@@ -1,14 +1,15 @@
-"""The adaptive copy rate's rule (vdsm/virt/copy_governor.py), look by look.
+"""The adaptive copy rate's rule (vdsm/copy_governor.py), look by look.
 
 The governor is arithmetic over counters: fed the guests' I/O counters a real libvirt would
 report (tests/functional/test_copy_rate_limit.py runs it under a real guest's writes), it
-must hold the copy back when the guests' operations slow down, let it climb while they do
-not, go to full speed when they stop, never go below the floor nor above the operator's cap.
+must hold the copy back when the guests are hurt (their operations take longer *and* they
+do fewer), let it climb while they are not (a paced guest whose operations merely take
+longer), go to full speed when they stop, never go below the floor nor above the cap.
 """
 
 from __future__ import annotations
 
-from vdsm.virt.copy_governor import BACKOFF, FLOOR, STEP, CopyGovernor, GuestIo
+from vdsm.copy_governor import BACKOFF, FLOOR, GROWTH, STEP, CopyGovernor, GuestIo
 
 MiB = 1024**2
 LOOK = 0.5  # seconds between two looks (the replication monitor's interval)
@@ -37,29 +38,62 @@ def test_idle_guests_leave_the_copy_at_full_speed() -> None:
         assert (decision.rate, decision.held_back) == (0, "")
 
 
-def test_busy_guests_start_the_copy_at_the_floor_then_it_climbs_while_they_keep_up() -> None:
+def test_busy_guests_start_the_copy_at_the_floor_then_it_doubles_while_they_keep_up() -> None:
     governor, guests = CopyGovernor(), Guests()
     governor.decide(guests.run(0, 0), LOOK, 0)  # the first look only takes the counters
     first = governor.decide(guests.run(200, 1.0), LOOK, 50 * MiB)
     assert first.rate == FLOOR
     assert "guests busy" in first.held_back and "1.0 ms per op" in first.held_back
-    rates = [governor.decide(guests.run(200, 1.1), LOOK, 50 * MiB).rate for _ in range(4)]
-    assert rates == [FLOOR + STEP * n for n in range(1, 5)]
+    rates = [governor.decide(guests.run(200, 1.1), LOOK, 500 * MiB).rate for _ in range(4)]
+    assert rates == [FLOOR * GROWTH**n for n in range(1, 5)]
 
 
-def test_guests_slowing_down_cut_the_copy_never_below_the_floor() -> None:
+def test_the_rate_grows_to_no_more_than_twice_what_the_copy_did() -> None:
     governor, guests = CopyGovernor(), Guests()
     governor.decide(guests.run(0, 0), LOOK, 0)
-    governor.decide(guests.run(200, 1.0), LOOK, 0)  # baseline 1 ms, at the floor
+    governor.decide(guests.run(200, 1.0), LOOK, 0)  # at the floor
+    slow = int(1.5 * FLOOR * LOOK)  # the copy moved 1.5 x floor a second: more is no use yet
+    assert governor.decide(guests.run(200, 1.0), LOOK, slow).rate == FLOOR * GROWTH
+    assert governor.decide(guests.run(200, 1.0), LOOK, slow).rate == int(GROWTH * 1.5 * FLOOR)
+    assert governor.decide(guests.run(200, 1.0), LOOK, slow).rate == int(GROWTH * 1.5 * FLOOR)
+    # ... and a look where it did less never lowers a rate the guests are fine with.
+    assert governor.decide(guests.run(200, 1.0), LOOK, 0).rate == int(GROWTH * 1.5 * FLOOR)
+
+
+def test_a_paced_guest_whose_operations_take_longer_does_not_hold_the_copy_back() -> None:
+    """Its rate of operations is what it asks for: longer operations do not hurt it."""
+    governor, guests = CopyGovernor(), Guests()
+    governor.decide(guests.run(0, 0), LOOK, 0)
+    governor.decide(guests.run(500, 0.3), LOOK, 0)  # 500 op/s of 0.3 ms, at the floor
+    rates = [governor.decide(guests.run(500, 1.5), LOOK, 500 * MiB).rate for _ in range(3)]
+    assert rates == [FLOOR * GROWTH**n for n in range(1, 4)]
+
+
+def test_hurt_guests_cut_the_copy_then_it_grows_by_steps_never_below_the_floor() -> None:
+    """Unpaced guests: as each operation takes longer they do fewer (their rate is the inverse
+    of their latency), which is what hurt means."""
+    governor, guests = CopyGovernor(), Guests()
+    governor.decide(guests.run(0, 0), LOOK, 0)
+    governor.decide(guests.run(1000, 1.0), LOOK, 0)  # best: 1 ms, 1000 op/s, at the floor
     for _ in range(5):
-        climbing = governor.decide(guests.run(200, 1.0), LOOK, 200 * MiB)
-    assert climbing.rate == FLOOR + 5 * STEP
-    cut = governor.decide(guests.run(200, 2.0), LOOK, int(climbing.rate * LOOK))
+        climbing = governor.decide(guests.run(1000, 1.0), LOOK, 500 * MiB)
+    assert climbing.rate == FLOOR * GROWTH**5
+    cut = governor.decide(guests.run(500, 2.0), LOOK, int(climbing.rate * LOOK))
     assert cut.rate == int(climbing.rate * BACKOFF)
-    assert "2.0 ms per op against 1.0 ms" in cut.held_back
-    for _ in range(10):
-        cut = governor.decide(guests.run(200, 3.0), LOOK, int(cut.rate * LOOK))
-    assert cut.rate == FLOOR
+    assert "500 op/s of their best 1000, 2.0 ms per op against 1.0 ms" in cut.held_back
+    after = governor.decide(guests.run(1000, 1.0), LOOK, int(cut.rate * LOOK))
+    assert after.rate == cut.rate + STEP  # no slow start once they have been hurt
+    for _ in range(12):
+        after = governor.decide(guests.run(330, 3.0), LOOK, int(after.rate * LOOK))
+    assert after.rate == FLOOR
+
+
+def test_guests_slowing_down_by_themselves_do_not_hold_the_copy_back() -> None:
+    governor, guests = CopyGovernor(), Guests()
+    governor.decide(guests.run(0, 0), LOOK, 0)
+    governor.decide(guests.run(1000, 1.0), LOOK, 0)
+    slower = governor.decide(guests.run(300, 1.0), LOOK, 500 * MiB)  # fewer, not longer
+    assert slower.rate == FLOOR * GROWTH
 
 
 def test_guests_going_idle_give_the_copy_full_speed_back() -> None:
@@ -84,3 +118,17 @@ def test_a_vm_that_went_away_between_two_looks_counts_nothing() -> None:
     governor.decide(GuestIo(10_000, 10**9, 10**10), LOOK, 0)
     decision = governor.decide(GuestIo(5, 4096, 1000), LOOK, 0)  # the sums shrank
     assert (decision.rate, decision.held_back) == (0, "")
+
+
+def test_the_next_copy_begins_where_the_last_one_was_held() -> None:
+    """One governor for a task's copies: the next volume starts at the rate decided last
+    (not at full speed, which would hurt busy guests until its first look)."""
+    governor, guests = CopyGovernor(cap=200 * MiB), Guests()
+    assert governor.begin(guests.run(0, 0)) == governor.begin(guests.io)
+    assert governor.begin(guests.io).rate == 200 * MiB  # new: full speed, nothing held back
+    governor.decide(guests.run(100, 1.0), LOOK, 0)
+    held = governor.decide(guests.run(100, 1.0), LOOK, 4 * MiB)
+    assert held.rate < 200 * MiB and held.held_back
+    assert governor.begin(guests.run(100, 1.0)) == held
+    # ... and the begin's counters are what its first look compares with.
+    assert governor.decide(guests.run(1, 1.0), LOOK, 0).held_back == ""

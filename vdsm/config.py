@@ -84,7 +84,7 @@ class Config:
     # runs (bench: a guest saturating the disk kept 0.2-0.3x of its throughput); a cap
     # trades a longer copy for the guests' share.
     copy_rate_limit: int = 0
-    # The mirror's rate adapts to the guests' I/O (virt/copy_governor.py): full speed while
+    # The mirror's rate adapts to the guests' I/O (vdsm/copy_governor.py): full speed while
     # they are idle, held back while their operations take longer than the disk gives them
     # alone, never below a floor; a bandwidth given to diskReplicateStart is still the ceiling.
     adaptive_copy_rate: bool = True

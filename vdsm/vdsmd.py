@@ -32,6 +32,7 @@ from vdsm.storage import fileutil, rollback_steps
 from vdsm.storage.clusterlock import LeaseHolder
 from vdsm.storage.domain_health import DomainHealth
 from vdsm.storage.host_storage import HostStorage
+from vdsm.storage.image_copy import CopyRate
 from vdsm.storage.pool_connection import PoolConnections
 from vdsm.storage.repository import StorageRepository
 from vdsm.storage.spm import SpmRoles
@@ -124,7 +125,10 @@ class Daemon:
                 self.vms,
                 self.replications,
                 self.merges,
-                copy_rate_limit=cfg.copy_rate_limit_bytes,
+                copy_rate=CopyRate(
+                    cfg.copy_rate_limit_bytes,
+                    self.vms.guest_io if cfg.adaptive_copy_rate else None,
+                ),
             ),
             # A read of domain storage waits as long as a domain check may: past it, the
             # monitor calls the domain not answering too.

@@ -26,6 +26,7 @@ acknowledged writes as a guest-style log and runs ``vdsm_guest.checker`` on the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import shutil
@@ -33,9 +34,12 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
+from vdsm.copy_governor import GuestIo
+from vdsm.virt import unaccounted_io
 from vdsm_guest import checker, write_records
 from vdsm_guest.qemu_channels import (
     TFLAG_READ_ONLY,
@@ -101,6 +105,7 @@ class BlockWriter:
 
         self._lock = threading.Lock()
         self._writes: list[Write] = []
+        self._busy = 0.0  # seconds the acknowledged writes took, summed (io_counters)
         self._failures: list[WriteFailure] = []
         self._inflight: dict[int, tuple[int, str, float]] = {}  # seq: slot, md5, sent
         self._slots_free = threading.Semaphore(queue_depth)
@@ -312,6 +317,7 @@ class BlockWriter:
                         self._failures.append(WriteFailure(cookie, slot, error))
                     else:
                         self._writes.append(Write(cookie, slot, md5, now - sent, time.time(), now))
+                        self._busy += now - sent
                 self._slots_free.release()
         except BaseException as e:  # noqa: BLE001 - reported by stop()
             with self._lock:
@@ -333,6 +339,34 @@ class BlockWriter:
         """The acknowledged writes, in order of acknowledgment."""
         with self._lock:
             return list(self._writes)
+
+    def io_counters(self) -> tuple[int, int, int]:
+        """Acknowledged writes, their bytes and the nanoseconds they took, summed so far: what
+        QEMU's block accounting would count for a device doing these writes (it does not
+        count an NBD export's)."""
+        with self._lock:
+            ops, busy = len(self._writes), self._busy
+        return ops, ops * self.block_size, int(busy * 1e9)
+
+    @contextlib.contextmanager
+    def publishing(self, path: Path, every: float = 0.05) -> Iterator[None]:
+        """Publish :meth:`io_counters` in ``path`` every ``every`` s for a vdsmd started with
+        ``VDSM_TEST_GUEST_IO=path``, whose copy governors then see these writes as they see
+        a guest's (the TEST-ONLY hook of vdsm/virt/unaccounted_io.py: QEMU counts no NBD
+        export's I/O for the VM's drive)."""
+        stop = threading.Event()
+
+        def publish() -> None:
+            while not stop.wait(every):
+                unaccounted_io.write(path, GuestIo(*self.io_counters()))
+
+        publisher = threading.Thread(target=publish, name="guest-io", daemon=True)
+        publisher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            publisher.join()
 
     @property
     def error(self) -> BaseException | None:

@@ -41,7 +41,7 @@ def run(ctx: Context) -> dict[str, Any]:
         rate_limit=writer_rate,
     )
     modes: dict[str, dict[str, Any]] = {}
-    with writer:
+    with env.visible(writer):
         # Let the writer allocate its whole area first: that is what the mirror must copy.
         time.sleep(st.converge_region / writer_rate + st.steady_seconds)
         before = window(writer, time.monotonic() - st.steady_seconds, time.monotonic())

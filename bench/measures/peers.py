@@ -6,7 +6,10 @@
   engine, the target made by the caller;
 - ``qemu-img convert`` of the chain (offline: ``-U`` while the VM runs, for its time only);
 - vdsm's move (bench.flow.move_disk, moveDisk's flow: live snapshot, shallow mirror of the
-  new leaf, syncImageData of the rest, pivot, merge): the chain kept.
+  new leaf, syncImageData of the rest, pivot, merge): the chain kept; twice, with the copy
+  rate not adaptive (every copy at full speed, as the peers copy: the speed target's row)
+  and adaptive (vdsmd's default: it yields to the writer, whose counters it sees through
+  Env.visible).
 
 Each live row on a fresh copy of the same chain layout and a fresh VM (a peer leaves the VM on
 a file vdsm does not know), the writer of measure 5 (64 KiB at queue depth 1, paced at
@@ -33,6 +36,8 @@ from bench.flow import move_disk
 from bench.measures.writer import window
 from vdsm_guest.block_writer import BlockWriter
 
+VDSM_FIXED = "vdsm moveDisk, rate not adaptive"
+VDSM_ADAPTIVE = "vdsm moveDisk, adaptive rate"
 BLOCK = 64 * 1024
 SLOTS = 256
 COPY_TIMEOUT = 1800
@@ -48,9 +53,14 @@ def run(ctx: Context) -> dict[str, Any]:
         ("virsh blockcopy --pivot", _blockcopy(scratch / "flat.qcow2", reuse=False)),
         ("full mirror, raw target", _blockcopy(scratch / "full.raw", reuse=True)),
         ("qemu-img convert (offline)", _convert(scratch / "convert.qcow2")),
-        ("vdsm moveDisk", _vdsm),
+        (VDSM_FIXED, _vdsm),
+        (VDSM_ADAPTIVE, _vdsm),
     ):
         chain = env.build(layout)
+        if name == VDSM_FIXED:
+            env.restart_daemon(["--no-adaptive-copy-rate"])
+        elif name == VDSM_ADAPTIVE:
+            env.restart_daemon([])
         vm_id = env.start_vm(chain)
         try:
             rows[name] = _measure(ctx, vm_id, chain, mover)
@@ -60,7 +70,7 @@ def run(ctx: Context) -> dict[str, Any]:
             for leftover in scratch.iterdir():
                 leftover.unlink()
     scratch.rmdir()
-    vdsm, blockcopy = rows["vdsm moveDisk"], rows["virsh blockcopy --pivot"]
+    vdsm, blockcopy = rows[VDSM_FIXED], rows["virsh blockcopy --pivot"]
     return {
         "writer": {"block_size": BLOCK, "queue_depth": 1, "rate_mib_s": st.guest_rate_mib},
         "data_bytes": layout.data,
@@ -68,7 +78,8 @@ def run(ctx: Context) -> dict[str, Any]:
         "rows": rows,
         "targets": [
             target(
-                "vdsm moveDisk time / virsh blockcopy --pivot time (the chain kept)",
+                "vdsm moveDisk time (rate not adaptive) / virsh blockcopy --pivot time (the "
+                "chain kept)",
                 r(vdsm["seconds"] / blockcopy["seconds"], 3),
                 "<=",
                 1.0,
@@ -85,9 +96,10 @@ def _measure(ctx: Context, vm_id: str, chain: Chain, mover: Mover) -> dict[str, 
     """One move under the writer: what it cost the writer, and what it left."""
     env, st = ctx.env, ctx.settings
     env.cold()
-    with BlockWriter(
+    writer = BlockWriter(
         vm_id, chain.img, block_size=BLOCK, slots=SLOTS, rate_limit=st.guest_rate_mib * MiB
-    ) as writer:
+    )
+    with env.visible(writer):
         steady = st.steady_seconds * 1.5
         time.sleep(steady)
         before = window(writer, time.monotonic() - steady, time.monotonic())

@@ -35,7 +35,7 @@ def run(ctx: Context) -> dict[str, Any]:
     vm_id = env.start_vm(chain)
     runs: list[dict[str, Any]] = []
     writer = BlockWriter(vm_id, chain.img, block_size=4096, queue_depth=1, slots=256)
-    with writer:
+    with env.visible(writer):
         time.sleep(st.steady_seconds)
         idle = window(writer, time.monotonic() - st.steady_seconds, time.monotonic())
         for _ in range(st.pivot_runs):

@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.functional.daemon_helpers import VdsmdProcess, new_uuid, wait_task
+from tests.functional.daemon_helpers import VdsmdProcess, new_uuid, running, wait_task
 from tests.functional.storage_helpers import Storage, ok
 from vdsm.storage import volume as volumes
 from vdsm.storage.repository import StorageRepository
+from vdsm.storage.runner import TASK_ID_ENV
+from vdsm_guest.cluster import processes_with_env
 
 FAKE_QEMU_IMG = Path(__file__).resolve().parents[1] / "fakes" / "slow-qemu-img"
 MiB = 1024**2
@@ -55,7 +57,10 @@ def held_vdsmd(tmp_path: Path) -> Iterator[tuple[VdsmdProcess, Path]]:
         "FAKE_QEMU_IMG_MARKER": str(marker),
         "FAKE_QEMU_IMG_DELAY": "600",
     }
-    daemon = VdsmdProcess(tmp_path / "vdsmd", ["--shutdown-grace", "2"], env=env)
+    # Not adaptive: the copies go through qemu-img convert, which the fake holds. The adaptive
+    # copy (a qemu-storage-daemon) is stopped and killed in the *_adaptive_copy tests below.
+    args = ["--shutdown-grace", "2", "--no-adaptive-copy-rate"]
+    daemon = VdsmdProcess(tmp_path / "vdsmd", args, env=env)
     daemon.start()
     try:
         yield daemon, marker
@@ -140,6 +145,87 @@ def test_kill_9_during_copy_rolls_back_on_restart(
     for vol in (base, leaf):
         info = ok(storage.rpc.getVolumeInfo(storage.sd2, storage.sp, img, vol))["info"]
         assert info["legality"] == "ILLEGAL" or vol == leaf
+
+
+@pytest.fixture
+def slow_adaptive_vdsmd(tmp_path: Path) -> Iterator[VdsmdProcess]:
+    """A vdsmd whose copies adapt (the default), capped at 1 MiB/s: a copy of a few MiB is
+    in flight for seconds, with no fake."""
+    with running(VdsmdProcess(tmp_path / "vdsmd", ["--copy-rate-limit", "1"])) as daemon:
+        yield daemon
+
+
+def storage_daemon_of(task_id: str, timeout: float = 30) -> int:
+    """The pid of the qemu-storage-daemon copying for the task, once it runs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in processes_with_env(TASK_ID_ENV, task_id):
+            try:
+                if os.readlink(f"/proc/{pid}/exe").endswith("qemu-storage-daemon"):
+                    return pid
+            except OSError:
+                continue  # gone meanwhile
+        time.sleep(0.02)
+    raise AssertionError(f"no qemu-storage-daemon of task {task_id} was seen")
+
+
+def test_stop_mid_adaptive_copy_rolls_back(
+    slow_adaptive_vdsmd: VdsmdProcess, tmp_path: Path
+) -> None:
+    daemon = slow_adaptive_vdsmd
+    storage = Storage(daemon, tmp_path)
+    img, base, _ = _image_with_twins(storage, daemon, tmp_path)
+    task = ok(storage.rpc.syncImageData(storage.sp, storage.sd, img, storage.sd2, "ALL"))["uuid"]
+    copier = storage_daemon_of(task)
+
+    ok(storage.rpc.stopTask(task))
+    status = wait_task(daemon, task, timeout=30)
+    assert status["taskResult"] == "cleanSuccess" and status["code"] == 411, status
+    assert not pid_alive(copier), "stopTask ends the copy's daemon"
+    info = ok(storage.rpc.getVolumeInfo(storage.sd2, storage.sp, img, base))["info"]
+    assert info["legality"] == "ILLEGAL", "a half-copied twin must never look valid"
+    assert (
+        ok(storage.rpc.getVolumeInfo(storage.sd, storage.sp, img, base))["info"]["legality"]
+        == "LEGAL"
+    )
+
+
+def test_kill_9_during_adaptive_copy_rolls_back_on_restart(
+    slow_adaptive_vdsmd: VdsmdProcess, tmp_path: Path
+) -> None:
+    daemon = slow_adaptive_vdsmd
+    storage = Storage(daemon, tmp_path)
+    img, base, leaf = _image_with_twins(storage, daemon, tmp_path)
+    task = ok(storage.rpc.syncImageData(storage.sp, storage.sd, img, storage.sd2, "ALL"))["uuid"]
+    copier = storage_daemon_of(task)
+
+    daemon.kill()
+    # It dies with vdsmd (PR_SET_PDEATHSIG), though a helper thread of the copy forked it.
+    deadline = time.monotonic() + 10
+    while pid_alive(copier) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not pid_alive(copier), "the copy's qemu-storage-daemon must die with vdsmd"
+    daemon.restart()
+    status = wait_task(daemon, task, timeout=60)
+    assert status["taskState"] == "finished" and status["taskResult"] == "cleanSuccess", status
+    for vol in (base, leaf):
+        info = ok(storage.rpc.getVolumeInfo(storage.sd2, storage.sp, img, vol))["info"]
+        assert info["legality"] == "ILLEGAL" or vol == leaf
+
+
+def _image_with_twins(
+    storage: Storage, daemon: VdsmdProcess, tmp_path: Path
+) -> tuple[str, str, str]:
+    """A raw base holding 4 MiB (4 s at 1 MiB/s) and a qcow2 leaf, cloned onto sd2."""
+    img, base, leaf = new_uuid(), new_uuid(), new_uuid()
+    storage.create_volume(img, base, fmt="RAW")
+    storage.create_volume(img, leaf, parent=base)
+    src_base = tmp_path / "src" / storage.sd / "images" / img / base
+    with open(src_base, "r+b") as f:
+        f.write(os.urandom(4 * MiB))
+    clone = ok(storage.rpc.cloneImageStructure(storage.sp, storage.sd, img, storage.sd2))
+    assert wait_task(daemon, clone["uuid"])["taskResult"] == "success"
+    return img, base, leaf
 
 
 def test_sigterm_stops_cleanly_and_rolls_back_running_tasks(

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.storage.support import new_uuid, run_qemu_io
+from vdsm.copy_governor import GuestIo
 from vdsm.errors import TaskAborted
 from vdsm.storage import image_copy, qemuimg, rollback_steps
 from vdsm.storage import volume as volumes
@@ -44,6 +45,7 @@ class RecordingTask:
         self.cancellation = Cancellation()
         self.rollbacks: list[tuple[str, dict[str, Any]]] = []
         self.progress: list[tuple[float, int | None, int | None]] = []
+        self.held_back: list[str] = []  # every reason an adaptive copy gave
         self._lock = threading.Lock()
         self._on_rollback = on_rollback
         self._on_progress = on_progress
@@ -59,10 +61,17 @@ class RecordingTask:
         self.rollbacks[:] = [(name, json.loads(json.dumps(args)))]
 
     def set_progress(
-        self, percent: float, *, done_bytes: int | None = None, total_bytes: int | None = None
+        self,
+        percent: float,
+        *,
+        done_bytes: int | None = None,
+        total_bytes: int | None = None,
+        held_back: str | None = None,
     ) -> None:
         with self._lock:  # called from the runner's reader thread during copies
             self.progress.append((percent, done_bytes, total_bytes))
+            if held_back:
+                self.held_back.append(held_back)
         if self._on_progress is not None:
             self._on_progress(self, percent)
 
@@ -74,6 +83,17 @@ class RecordingTask:
         """What the task manager does after a failure: every step, newest first."""
         for name, args in reversed(self.rollbacks):
             rollback_steps.table()[name](repository, args)
+
+
+# The two ways a sync copies a volume: qemu-img convert (the rate not adaptive), and the mirror
+# job of qemu-storage-daemon (adaptive). The guests' counters of an idle host: a fake of
+# libvirt's block statistics, which these storage tests do not run (the functional tests of
+# the adaptive rate read a real guest's).
+IDLE_GUESTS = GuestIo(ops=0, nbytes=0, busy_ns=0)
+COPY_RATES = {
+    "convert": image_copy.UNLIMITED,
+    "mirror": image_copy.CopyRate(guest_io=lambda: IDLE_GUESTS),
+}
 
 
 def make_chain(

@@ -9,10 +9,13 @@ test_image_copy_clone.py. ``RecordingTask`` and the chain: image_copy_support.py
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from tests.storage.image_copy_support import (
     CAPACITY,
+    COPY_RATES,
     MiB,
     RecordingTask,
     clone,
@@ -35,10 +38,20 @@ from vdsm.storage.repository import StorageRepository
 # --- syncImageData ----------------------------------------------------------------------------
 
 
+@pytest.fixture(params=sorted(COPY_RATES))
+def rate(request: pytest.FixtureRequest) -> image_copy.CopyRate:
+    """Each test runs with both ways of copying a volume: they must leave the same twins."""
+    return COPY_RATES[request.param]
+
+
 @pytest.mark.parametrize("base_format", ["RAW", "COW"])
 @pytest.mark.parametrize("allocation", ["SPARSE", "PREALLOCATED"])
 def test_sync_internal_then_leaf(
-    src: FileStorageDomain, dst: FileStorageDomain, allocation: str, base_format: str
+    src: FileStorageDomain,
+    dst: FileStorageDomain,
+    allocation: str,
+    base_format: str,
+    rate: image_copy.CopyRate,
 ) -> None:
     img = new_uuid()
     chain = make_chain(src, img, allocation, base_format)
@@ -46,7 +59,7 @@ def test_sync_internal_then_leaf(
     twins = [twin(dst, v) for v in chain]
 
     task = RecordingTask()
-    image_copy.sync_data(src, dst, img, "INTERNAL", task)
+    image_copy.sync_data(src, dst, img, "INTERNAL", task, rate=rate)
     # Strict compares also the allocation status: a preallocated twin's zero clusters come
     # out unallocated where the source's are allocated (the data is the same).
     strict = allocation == "SPARSE"
@@ -66,7 +79,7 @@ def test_sync_internal_then_leaf(
         for u in [v.vol_uuid for v in chain[:2]]
     ]
 
-    image_copy.sync_data(src, dst, img, "LEAF", RecordingTask())
+    image_copy.sync_data(src, dst, img, "LEAF", RecordingTask(), rate=rate)
     assert qemuimg.compare(chain[2].path, twins[2].path, fmt_a="qcow2", fmt_b="qcow2")
     assert qemuimg.compare(chain[2].path, twins[2].path, fmt_a="qcow2", strict=strict)
     assert own_extents(twins[2]) == own_extents(chain[2])
@@ -93,11 +106,13 @@ def test_sync_internal_then_leaf(
     ]
 
 
-def test_sync_all(src: FileStorageDomain, dst: FileStorageDomain) -> None:
+def test_sync_all(
+    src: FileStorageDomain, dst: FileStorageDomain, rate: image_copy.CopyRate
+) -> None:
     img = new_uuid()
     chain = make_chain(src, img)
     clone(src, dst, img)
-    image_copy.sync_data(src, dst, img, "ALL", RecordingTask())
+    image_copy.sync_data(src, dst, img, "ALL", RecordingTask(), rate=rate)
     for vol in chain:
         copy = twin(dst, vol)
         assert own_extents(copy) == own_extents(vol)
@@ -106,7 +121,7 @@ def test_sync_all(src: FileStorageDomain, dst: FileStorageDomain) -> None:
 
 
 def test_zero_filled_data_arrives_as_zeros_and_stays_thin(
-    src: FileStorageDomain, dst: FileStorageDomain
+    src: FileStorageDomain, dst: FileStorageDomain, rate: image_copy.CopyRate
 ) -> None:
     """qemu-img's zero detection (on by default, no -S 0): allocated zero *data* is not
     copied as data. In the base it stays a hole (the twin reads as zeros); in a layer over
@@ -116,7 +131,7 @@ def test_zero_filled_data_arrives_as_zeros_and_stays_thin(
     run_qemu_io(chain[0].path, "raw", "write -P 0 16M 2M")  # zeros written as data
     run_qemu_io(chain[1].path, "qcow2", "write -P 0 512k 256k")  # zeros over base's 0x11
     clone(src, dst, img)
-    image_copy.sync_data(src, dst, img, "ALL", RecordingTask())
+    image_copy.sync_data(src, dst, img, "ALL", RecordingTask(), rate=rate)
     # Same content; not `strict`: the allocation differs, which is the point.
     assert qemuimg.compare(chain[2].path, twin(dst, chain[2]).path)
     base_extents = qemuimg.map(twin(dst, chain[0]).path, fmt="raw")
@@ -135,7 +150,9 @@ def test_zero_filled_data_arrives_as_zeros_and_stays_thin(
         assert st_allocated(twin(dst, vol)) <= st_allocated(vol), f"layer {vol.vol_uuid}"
 
 
-def test_leaves_may_differ_except_for_all(src: FileStorageDomain, dst: FileStorageDomain) -> None:
+def test_leaves_may_differ_except_for_all(
+    src: FileStorageDomain, dst: FileStorageDomain, rate: image_copy.CopyRate
+) -> None:
     img = new_uuid()
     chain = make_chain(src, img)
     clone(src, dst, img)
@@ -151,14 +168,17 @@ def test_leaves_may_differ_except_for_all(src: FileStorageDomain, dst: FileStora
         parent_uuid=chain[1].vol_uuid,
     )
     with pytest.raises(ImageIsNotLegalChain, match=other_leaf.vol_uuid):
-        image_copy.sync_data(src, dst, img, "ALL", RecordingTask())
-    image_copy.sync_data(src, dst, img, "INTERNAL", RecordingTask())
-    image_copy.sync_data(src, dst, img, "LEAF", RecordingTask())
+        image_copy.sync_data(src, dst, img, "ALL", RecordingTask(), rate=rate)
+    image_copy.sync_data(src, dst, img, "INTERNAL", RecordingTask(), rate=rate)
+    image_copy.sync_data(src, dst, img, "LEAF", RecordingTask(), rate=rate)
     assert qemuimg.compare(chain[2].path, other_leaf.path, fmt_a="qcow2", strict=True)
 
 
 def test_stop_during_copy_aborts_and_leaves_the_twin_illegal(
-    src: FileStorageDomain, dst: FileStorageDomain, repository: StorageRepository
+    src: FileStorageDomain,
+    dst: FileStorageDomain,
+    repository: StorageRepository,
+    rate: image_copy.CopyRate,
 ) -> None:
     img = new_uuid()
     base = volumes.create(
@@ -173,7 +193,8 @@ def test_stop_during_copy_aborts_and_leaves_the_twin_illegal(
 
     task = RecordingTask(on_progress=stop_midway)
     with pytest.raises(TaskAborted):
-        image_copy.sync_data(src, dst, img, "ALL", task)
+        # Capped, so the copy is still running at its first report (4 s for 256 MiB).
+        image_copy.sync_data(src, dst, img, "ALL", task, rate=replace(rate, limit=64 * MiB))
     assert 0 < task.progress[-1][0] < 100
     assert twin(dst, base).metadata().legality is Legality.ILLEGAL
     task.roll_back(repository)
@@ -181,7 +202,10 @@ def test_stop_during_copy_aborts_and_leaves_the_twin_illegal(
 
 
 def test_copy_failure_carries_qemu_img_reason(
-    src: FileStorageDomain, dst: FileStorageDomain, repository: StorageRepository
+    src: FileStorageDomain,
+    dst: FileStorageDomain,
+    repository: StorageRepository,
+    rate: image_copy.CopyRate,
 ) -> None:
     img = new_uuid()
     chain = make_chain(src, img)
@@ -191,11 +215,15 @@ def test_copy_failure_carries_qemu_img_reason(
 
     task = RecordingTask()
     with pytest.raises(CopyImageError) as caught:
-        image_copy.sync_data(src, dst, img, "INTERNAL", task)
+        image_copy.sync_data(src, dst, img, "INTERNAL", task, rate=rate)
     assert caught.value.code == 261
     assert chain[1].vol_uuid in caught.value.message
-    assert "qemu-img: Could not open" in caught.value.message
-    assert "qcow2" in caught.value.message  # qemu-img's reason: not a qcow2 image
+    # QEMU's reason, in its words: not a qcow2 image.
+    if rate.guest_io is None:
+        assert "qemu-img: Could not open" in caught.value.message
+    else:
+        assert "blockdev-add: Image is not in qcow2 format" in caught.value.message
+    assert "qcow2" in caught.value.message
     assert twin(dst, chain[0]).metadata().legality is Legality.LEGAL
     assert middle.metadata().legality is Legality.ILLEGAL
     task.roll_back(repository)  # a failed sync leaves every twin it touched ILLEGAL

@@ -18,6 +18,7 @@ from vdsm.api.tasks import TasksAPI
 from vdsm.api.vms import CapabilitiesAPI, VmsAPI
 from vdsm.api.volumes import VolumesAPI
 from vdsm.storage.host_storage import HostStorage
+from vdsm.storage.image_copy import UNLIMITED, CopyRate
 from vdsm.storage.task.manager import TaskManager
 from vdsm.virt.connection import Connection
 from vdsm.virt.merge import Merges
@@ -33,7 +34,7 @@ def build(
     replications: Replications,
     merges: Merges,
     *,
-    copy_rate_limit: int | None = None,
+    copy_rate: CopyRate = UNLIMITED,
 ) -> dict[str, object]:
     """The namespace objects the dispatcher resolves ``call: <namespace>.<method>`` in."""
     return {
@@ -45,5 +46,5 @@ def build(
         "domains": DomainsAPI(storage),
         "connections": ConnectionsAPI(storage),
         "volumes": VolumesAPI(storage, tasks),
-        "images": ImagesAPI(storage, tasks, copy_rate_limit=copy_rate_limit),
+        "images": ImagesAPI(storage, tasks, copy_rate=copy_rate),
     }

@@ -10,6 +10,7 @@ from vdsm.errors import ImageDoesNotExistInSD
 from vdsm.storage import image, image_copy, image_move
 from vdsm.storage.constants import BLANK_UUID
 from vdsm.storage.host_storage import HostStorage
+from vdsm.storage.image_copy import UNLIMITED, CopyRate
 from vdsm.storage.resource_locks import exclusive_image
 from vdsm.storage.rollback_steps import REMOVE_IMAGE
 from vdsm.storage.task.context import TaskContext
@@ -19,12 +20,12 @@ from vdsm.storage.volume import Volume, image_volumes
 
 class ImagesAPI:
     def __init__(
-        self, storage: HostStorage, tasks: TaskManager, *, copy_rate_limit: int | None = None
+        self, storage: HostStorage, tasks: TaskManager, *, copy_rate: CopyRate = UNLIMITED
     ) -> None:
         self._storage = storage
         self._tasks = tasks
-        # Bytes/s for each syncImageData copy (vdsmd's copy_rate_limit); None: unlimited.
-        self._copy_rate_limit = copy_rate_limit
+        # The cap of every copy (vdsmd's copy_rate_limit) and whether it adapts to the guests.
+        self._copy_rate = copy_rate
 
     def delete(
         self, img_uuid: str, sp_uuid: str, sd_uuid: str, post_zero: bool, force: bool
@@ -99,7 +100,7 @@ class ImagesAPI:
                     img_uuid,
                     sync_type,
                     ctx,
-                    rate_limit=self._copy_rate_limit,
+                    rate=self._copy_rate,
                     leases=self._storage.leases,
                 )
 
@@ -138,7 +139,7 @@ class ImagesAPI:
                     leases=self._storage.leases,
                     post_zero=post_zero,
                     force=force,
-                    rate_limit=self._copy_rate_limit,
+                    rate=self._copy_rate,
                 )
 
         return self._tasks.submit("moveImage", job, tasks_dir=pool.master.tasks_dir, is_copy=True)
@@ -194,7 +195,7 @@ class ImagesAPI:
                     description=description,
                     leases=self._storage.leases,
                     post_zero=post_zero,
-                    rate_limit=self._copy_rate_limit,
+                    rate=self._copy_rate,
                 )
 
         return self._tasks.submit("copyImage", job, tasks_dir=pool.master.tasks_dir, is_copy=True)

@@ -19,6 +19,8 @@ def status_payload(status: TaskStatus) -> dict[str, Any]:
         "progress": status.progress,
         "bytesDone": str(status.done_bytes) if status.done_bytes is not None else "",
         "bytesTotal": str(status.total_bytes) if status.total_bytes is not None else "",
+        # The adaptive copy rate (vdsm.copy_governor): why the copy is held back now.
+        "heldBack": status.held_back,
     }
 
 

@@ -28,8 +28,10 @@ import os
 import threading
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 from vdsm import validation
+from vdsm.copy_governor import CopyGovernor, Decision, GuestIo
 from vdsm.errors import (
     CommandAborted,
     CommandError,
@@ -38,7 +40,7 @@ from vdsm.errors import (
     TaskAborted,
     VdsmError,
 )
-from vdsm.storage import copy_plan, image, qemuimg
+from vdsm.storage import copy_plan, image, mirror_copy, qemuimg
 from vdsm.storage import volume as volumes
 from vdsm.storage.constants import Legality, Preallocation
 from vdsm.storage.copy_plan import Chain, VolumeCopy
@@ -50,6 +52,30 @@ from vdsm.storage.volume import Volume
 from vdsm.storage.volume_lease import VolumeLeases
 
 log = logging.getLogger("vdsm.storage.image_copy")
+
+
+@dataclass(frozen=True)
+class CopyRate:
+    """How fast a copy may go: the operator's cap, and whether the rate adapts to the guests.
+
+    ``limit``: bytes per second (None: no cap; vdsmd's copy_rate_limit). ``guest_io``: the
+    guests' I/O counters (VmManager.guest_io) when the rate adapts (vdsmd's
+    adaptive_copy_rate), None when it does not. An adaptive copy runs as a mirror job in
+    qemu-storage-daemon (:mod:`vdsm.storage.mirror_copy`), whose rate the governor changes
+    as it runs; the rest is copied by qemu-img convert at the cap.
+    """
+
+    limit: int | None = None
+    guest_io: Callable[[], GuestIo] | None = None
+
+    def governor(self) -> CopyGovernor | None:
+        """A governor for one task's copies (it keeps what it learnt from volume to volume),
+        None when the rate does not adapt."""
+        return CopyGovernor(cap=self.limit or 0) if self.guest_io is not None else None
+
+
+# No cap, not adaptive: qemu-img convert at full speed.
+UNLIMITED = CopyRate()
 
 
 def lock_requests(
@@ -120,13 +146,13 @@ def sync_data(
     sync_type: str,
     ctx: TaskContext,
     *,
-    rate_limit: int | None = None,
+    rate: CopyRate = UNLIMITED,
     leases: VolumeLeases | None = None,
 ) -> None:
     """Copy the volumes chosen by ``sync_type`` into their twins on ``dst``, one at a time.
 
-    ``rate_limit``: bytes per second each copy may read (None: no limit), so that a copy
-    leaves the guests on the same storage their share of it. ``leases``: the twins' volume
+    ``rate``: the cap and whether the copy yields to the guests, so that a copy leaves the
+    guests on the same storage their share of it. ``leases``: the twins' volume
     leases are held for the whole copy and flush (a twin another writer holds: 651, before
     anything is written).
 
@@ -148,9 +174,10 @@ def sync_data(
         "syncing %s of image %s: %d volumes, %d bytes", mode, img_uuid, len(copies), progress.total
     )
     held = leases.held([copy.dst for copy in copies], "copy into") if leases else nullcontext()
+    governor = rate.governor()
     with held:  # the twins' leases, for the whole write (none anywhere else may write them)
         for copy in copies:
-            copy_volume(copy, ctx, progress, rate_limit)
+            copy_volume(copy, ctx, progress, rate, governor)
         _flush_all(copies)
     progress.finish()
 
@@ -175,14 +202,63 @@ def check_sync(
 
 
 def copy_volume(
-    copy: VolumeCopy, ctx: TaskContext, progress: Progress, rate_limit: int | None
+    copy: VolumeCopy,
+    ctx: TaskContext,
+    progress: Progress,
+    rate: CopyRate,
+    governor: CopyGovernor | None = None,
 ) -> None:
+    """Copy one volume into its twin: ILLEGAL while written, LEGAL once whole. ``governor``
+    (from ``rate.governor()``; None: a new one) decides an adaptive copy's rate."""
     ctx.check_aborted()
     ctx.add_rollback(MARK_ILLEGAL, volume_args(copy.dst))
     # ILLEGAL while written: a partially copied twin must never be usable.
     _set_dst_legality(copy.dst, Legality.ILLEGAL)
     log.info("copying %s (%d bytes) to its twin", copy.src.description_for_errors, copy.size)
     allocated_before = _allocated(copy.dst)
+    governor = governor or rate.governor()
+    if governor is not None and mirror_copy.supported(copy):
+        _mirror_volume(copy, ctx, progress, rate, governor)
+    else:
+        _convert_volume(copy, ctx, progress, rate)
+    if copy.dst_md.allocation is Preallocation.PREALLOCATED:
+        _keep_preallocated(copy.dst, allocated_before)
+    _start_writeback(copy.dst)
+    # A stop that arrived as the copy ended still stops the task, with the twin ILLEGAL.
+    ctx.check_aborted()
+    _set_dst_legality(copy.dst, Legality.LEGAL)
+    progress.volume_done(copy.size)
+
+
+def _mirror_volume(
+    copy: VolumeCopy, ctx: TaskContext, progress: Progress, rate: CopyRate, governor: CopyGovernor
+) -> None:
+    """The adaptive copy: a mirror job whose rate the governor sets at every look."""
+
+    def report(done: int, length: int, decision: Decision) -> None:
+        # The job's length is what it walks (a raw volume's whole capacity); the weight of
+        # the volume in the task's progress is what it allocates.
+        progress.at(copy.size, done / length if length else 0.0, decision.held_back)
+
+    try:
+        mirror_copy.copy_volume(
+            copy,
+            governor=governor,
+            guest_io=rate.guest_io,
+            on_progress=report,
+            cancellation=ctx.cancellation,
+        )
+    except CommandAborted as e:
+        raise TaskAborted(f"copy of {copy.src.description_for_errors} stopped") from e
+    except (mirror_copy.MirrorFailed, CommandError) as e:
+        detail = e.detail if isinstance(e, CommandError) else str(e)
+        raise CopyImageError(
+            f"copying {copy.src.description_for_errors} to domain {copy.dst.domain.sd_uuid}: "
+            f"{detail}"
+        ) from e
+
+
+def _convert_volume(copy: VolumeCopy, ctx: TaskContext, progress: Progress, rate: CopyRate) -> None:
     try:
         qemuimg.convert(
             copy.src.path,
@@ -196,7 +272,7 @@ def copy_volume(
             backing=copy.backing,
             backing_format=copy.backing_format,
             target_is_zero=copy.backing is None,
-            rate_limit=rate_limit,
+            rate_limit=rate.limit,
             on_progress=progress.volume(copy.size),
             cancellation=ctx.cancellation,
         )
@@ -207,13 +283,6 @@ def copy_volume(
             f"copying {copy.src.description_for_errors} to domain {copy.dst.domain.sd_uuid}: "
             f"{e.detail}"
         ) from e
-    if copy.dst_md.allocation is Preallocation.PREALLOCATED:
-        _keep_preallocated(copy.dst, allocated_before)
-    _start_writeback(copy.dst)
-    # A stop that arrived as the copy ended still stops the task, with the twin ILLEGAL.
-    ctx.check_aborted()
-    _set_dst_legality(copy.dst, Legality.LEGAL)
-    progress.volume_done(copy.size)
 
 
 def _start_writeback(vol: Volume) -> None:
@@ -295,24 +364,34 @@ class Progress:
         self._lock = threading.Lock()
         self.total = total
         self._done = 0  # bytes of the volumes already copied
+        self._held_back = ""  # why the copy is held back now ("" when it is not)
 
     def volume(self, size: int) -> Callable[[float], None]:
         """The on_progress callback for the copy of a volume of ``size`` bytes."""
         return lambda percent: self._report(self._done + int(size * percent / 100))
 
+    def at(self, size: int, fraction: float, held_back: str) -> None:
+        """The copy of a volume of ``size`` bytes is ``fraction`` done, held back or not."""
+        with self._lock:
+            self._held_back = held_back
+        self._report(self._done + int(size * min(1.0, max(0.0, fraction))))
+
     def volume_done(self, size: int) -> None:
         with self._lock:
             self._done += size
+            self._held_back = ""
         self._report(self._done)
 
     def finish(self) -> None:
-        self._ctx.set_progress(100.0, done_bytes=self.total, total_bytes=self.total)
+        self._ctx.set_progress(100.0, done_bytes=self.total, total_bytes=self.total, held_back="")
 
     def _report(self, done: int) -> None:
         with self._lock:
             # Nothing to copy (empty volumes) counts as done only at the end.
             percent = 100.0 * done / self.total if self.total else 0.0
-            self._ctx.set_progress(percent, done_bytes=done, total_bytes=self.total)
+            self._ctx.set_progress(
+                percent, done_bytes=done, total_bytes=self.total, held_back=self._held_back
+            )
 
 
 def _set_dst_legality(vol: Volume, legality: Legality) -> None:

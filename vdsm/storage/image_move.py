@@ -101,7 +101,7 @@ def move_image(
     leases: VolumeLeases,
     post_zero: bool = False,
     force: bool = False,
-    rate_limit: int | None = None,
+    rate: image_copy.CopyRate = image_copy.UNLIMITED,
 ) -> None:
     """Copy image ``img_uuid`` of ``src`` to ``dst`` with its chain's shape; a MOVE then
     deletes the source (its data zeroed first when ``post_zero``).
@@ -126,7 +126,7 @@ def move_image(
             img_uuid,
             copy_plan.SyncType.ALL,
             _Scaled(ctx, 0.0, copy_end),
-            rate_limit=rate_limit,
+            rate=rate,
             leases=leases,
         )
         if operation is Operation.COPY:
@@ -209,7 +209,7 @@ def copy_image(
     description: str,
     leases: VolumeLeases,
     post_zero: bool = False,
-    rate_limit: int | None = None,
+    rate: image_copy.CopyRate = image_copy.UNLIMITED,
 ) -> None:
     """Make volume ``plan.dst_vol_uuid``, the base of a new image on ``dst``, holding what the
     source chain reads at its top volume (the chain collapsed, as VDSM's copyImage does).
@@ -257,7 +257,7 @@ def copy_image(
         copy = VolumeCopy(top, top_md, new, new_md, None, None, size)
         progress = image_copy.Progress(ctx, size)
         with leases.held([new], "copy into"):
-            image_copy.copy_volume(copy, ctx, progress, rate_limit)
+            image_copy.copy_volume(copy, ctx, progress, rate)
             image_copy.flush_volume(new)
         if plan.shared:
             new.set_role(VolumeRole.SHARED)
@@ -314,10 +314,17 @@ class _Scaled:
         self._ctx.replace_rollback(name, args)
 
     def set_progress(
-        self, percent: float, *, done_bytes: int | None = None, total_bytes: int | None = None
+        self,
+        percent: float,
+        *,
+        done_bytes: int | None = None,
+        total_bytes: int | None = None,
+        held_back: str | None = None,
     ) -> None:
         scaled = self._lo + (self._hi - self._lo) * percent / 100.0
-        self._ctx.set_progress(scaled, done_bytes=done_bytes, total_bytes=total_bytes)
+        self._ctx.set_progress(
+            scaled, done_bytes=done_bytes, total_bytes=total_bytes, held_back=held_back
+        )
 
     def check_aborted(self) -> None:
         self._ctx.check_aborted()

@@ -29,6 +29,7 @@ from typing import Any
 import libvirt
 
 from vdsm import crash_point, validation
+from vdsm.copy_governor import LOOK_EVERY, CopyGovernor, GuestIo, MiB
 from vdsm.errors import InvalidParameter, MergeError, VdsmError
 from vdsm.storage.constants import Legality
 from vdsm.storage.host_storage import HostStorage
@@ -36,7 +37,6 @@ from vdsm.storage.volume import Volume
 from vdsm.storage.volume_lease import VolumeLease
 from vdsm.virt import vm_leases
 from vdsm.virt.connection import error_message
-from vdsm.virt.copy_governor import LOOK_EVERY, CopyGovernor, GuestIo, MiB
 from vdsm.virt.drives import Drive, drive_spec
 from vdsm.virt.job_records import MergeRecord, MergeState
 from vdsm.virt.vm import Vm
@@ -160,7 +160,7 @@ class Merges:
         governor = CopyGovernor(cap=cap or 0)
         last: tuple[float, int] | None = None  # when the governor last looked, and cur then
         if self._guest_io is not None and cap is not None:
-            governor.decide(self._guest_io(), 0, 0)  # the counters the first look compares to
+            governor.begin(self._guest_io())  # the counters the first look compares to
             last = (time.monotonic(), 0)
         while True:
             # Woken by libvirt's job event (READY, or the job's end) as soon as it arrives,

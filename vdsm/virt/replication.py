@@ -40,6 +40,7 @@ from typing import Any
 import libvirt
 
 from vdsm import crash_point
+from vdsm.copy_governor import FIRST_LOOK, LOOK_EVERY, CopyGovernor, Decision, GuestIo
 from vdsm.errors import (
     DriveSwitchFailed,
     InvalidParameter,
@@ -54,7 +55,6 @@ from vdsm.storage.volume import Volume
 from vdsm.storage.volume_lease import VolumeLease
 from vdsm.virt import domain_xml, vm_leases
 from vdsm.virt.connection import error_message
-from vdsm.virt.copy_governor import LOOK_EVERY, CopyGovernor, Decision, GuestIo
 from vdsm.virt.drives import Drive, VolumeLink, prepare_chain
 from vdsm.virt.job_records import CopyMode, DiskRef, Identity, ReplicaState, ReplicationRecord
 from vdsm.virt.vm import DOWN, Vm
@@ -399,12 +399,14 @@ class Replications:
         governor = CopyGovernor(cap=record.bandwidth_mib * MiB)
         vm.copy_decisions[target] = Decision(governor.full_speed, "")
         if self._guest_io is not None:
-            governor.decide(self._guest_io(), 0, 0)  # the counters the first look compares to
+            governor.begin(self._guest_io())  # the counters the first look compares to
         best_remaining: int | None = None
         best_at = last_at = time.monotonic()
         last_cur: int | None = None
         failing = False
-        while not stop.wait(LOOK_EVERY):
+        look = FIRST_LOOK  # soon: a busy guest suffers a mirror at full speed until then
+        while not stop.wait(look):
+            look = LOOK_EVERY
             try:
                 live = vm.live_disks().get(target)
                 job = vm.domain().blockJobInfo(target, 0)

@@ -16,10 +16,10 @@ from typing import TypeVar
 
 import libvirt
 
+from vdsm.copy_governor import Decision
 from vdsm.errors import DriveNotFound, VdsmError, VmDown
 from vdsm.virt import domain_xml
 from vdsm.virt.connection import Connection, failure, is_connection_lost, is_no_domain
-from vdsm.virt.copy_governor import Decision
 from vdsm.virt.domain_xml import LiveDisk
 from vdsm.virt.drives import Drive
 from vdsm.virt.vm_store import VmRecord, VmStore

@@ -98,7 +98,8 @@ def sync(ctx: MoveContext) -> None:
             return
         if total:
             j.copied["sync"] = total
-            ctx.reporter.progress(done, total)
+            # vdsmd's adaptive rate says when and why it holds the copy back.
+            ctx.reporter.progress(done, total, held_back=str(status.get("heldBack") or ""))
 
     ctx.run_task(
         SYNC,

@@ -120,7 +120,7 @@ def _progress(ctx: MoveContext, status: dict[str, Any]) -> None:
         return
     if total:
         ctx.journal.copied["sync"] = total
-        ctx.reporter.progress(done, total)
+        ctx.reporter.progress(done, total, held_back=str(status.get("heldBack") or ""))
 
 
 def recover(

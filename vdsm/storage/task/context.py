@@ -41,9 +41,15 @@ class TaskContext(Protocol):
         ...
 
     def set_progress(
-        self, percent: float, *, done_bytes: int | None = None, total_bytes: int | None = None
+        self,
+        percent: float,
+        *,
+        done_bytes: int | None = None,
+        total_bytes: int | None = None,
+        held_back: str | None = None,
     ) -> None:
-        """Report progress 0–100 and, for copies, bytes copied of bytes to copy."""
+        """Report progress 0–100 and, for copies, bytes copied of bytes to copy and why the
+        copy is held back now ("" when it is not; None: unchanged)."""
         ...
 
     def check_aborted(self) -> None:

@@ -94,9 +94,16 @@ class _JobContext:
         self._entry.task.replace_rollback(name, args)
 
     def set_progress(
-        self, percent: float, *, done_bytes: int | None = None, total_bytes: int | None = None
+        self,
+        percent: float,
+        *,
+        done_bytes: int | None = None,
+        total_bytes: int | None = None,
+        held_back: str | None = None,
     ) -> None:
-        self._entry.task.set_progress(percent, done_bytes=done_bytes, total_bytes=total_bytes)
+        self._entry.task.set_progress(
+            percent, done_bytes=done_bytes, total_bytes=total_bytes, held_back=held_back
+        )
 
     def check_aborted(self) -> None:
         if self._entry.task.state is TaskState.ABORTING or self._entry.cancellation.cancelled:

@@ -112,6 +112,7 @@ class TaskStatus:
     progress: float  # 0–100
     done_bytes: int | None
     total_bytes: int | None
+    held_back: str = ""  # why the task's copy is held back now, "" when it is not
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,7 @@ class Task:
         self._message: str = data["message"]
         self._progress: float = data["progress"]
         self._done_bytes: int | None = data["done_bytes"]
+        self._held_back = ""
         self._total_bytes: int | None = data["total_bytes"]
         self._rollback = [RollbackRecord(r["name"], r["args"]) for r in data["rollback"]]
         self._updated: float = data["updated"]
@@ -222,6 +224,7 @@ class Task:
                 progress=self._progress,
                 done_bytes=self._done_bytes,
                 total_bytes=self._total_bytes,
+                held_back=self._held_back,
             )
 
     def rollback_steps(self) -> list[RollbackRecord]:
@@ -356,12 +359,22 @@ class Task:
         self._change(change)
 
     def set_progress(
-        self, percent: float, *, done_bytes: int | None = None, total_bytes: int | None = None
+        self,
+        percent: float,
+        *,
+        done_bytes: int | None = None,
+        total_bytes: int | None = None,
+        held_back: str | None = None,
     ) -> None:
-        """Record progress; written to disk at most once per PROGRESS_SAVE_INTERVAL."""
+        """Record progress; written to disk at most once per PROGRESS_SAVE_INTERVAL.
+
+        ``held_back`` (why an adaptive copy is held back now) is kept in memory only: it is
+        an observation of the moment, of no use to a task recovered after a restart."""
         percent = min(100.0, max(0.0, float(percent)))
         with self._lock:
             self._progress = percent
+            if held_back is not None:
+                self._held_back = held_back
             if done_bytes is not None:
                 self._done_bytes = int(done_bytes)
             if total_bytes is not None:
