@@ -79,14 +79,15 @@ class Config:
     replication_convergence_window: float = 10.0
     # Copies saturate storage: two at a time keep a 2-core host responsive.
     max_concurrent_copies: int = 2
-    # MiB/s each syncImageData copy may read (qemu-img convert -r); 0: as fast as storage
-    # allows. A copy sharing a disk with busy guests takes most of its bandwidth while it
-    # runs (bench: a guest saturating the disk kept 0.2-0.3x of its throughput); a cap
-    # trades a longer copy for the guests' share.
+    # MiB/s each syncImageData copy may go at most (qemu-img convert -r, or the speed of its
+    # mirror job when the rate adapts); 0: as fast as storage allows. A copy at full speed
+    # takes most of a disk it shares with busy guests (bench: a guest saturating the disk
+    # kept 0.2-0.3x of its throughput); a cap trades a longer copy for the guests' share.
     copy_rate_limit: int = 0
-    # The mirror's rate adapts to the guests' I/O (vdsm/copy_governor.py): full speed while
-    # they are idle, held back while their operations take longer than the disk gives them
-    # alone, never below a floor; a bandwidth given to diskReplicateStart is still the ceiling.
+    # Every copy's rate adapts to the guests' I/O (vdsm/copy_governor.py: syncImageData and
+    # the offline moves through a qemu-storage-daemon mirror job, the mirror, the live
+    # merge): full speed while they are idle, held back while it hurts them, never below a
+    # floor; copy_rate_limit and diskReplicateStart's bandwidth are still the ceilings.
     adaptive_copy_rate: bool = True
     # sanlock's io_timeout (seconds) written into each new domain's lockspace; every host then
     # joins with the value stored there. VDSM's production value: a host that stops renewing
@@ -230,9 +231,10 @@ HELP = {
     "replication_convergence_window": "seconds a mirror in auto copy mode may stop shrinking "
     "before it switches to synchronous writes",
     "max_concurrent_copies": "qemu-img copy tasks run at once; more wait their turn",
-    "copy_rate_limit": "MiB/s each syncImageData copy may read (qemu-img convert -r), "
-    "leaving guests on the same storage their share; 0: no limit",
-    "adaptive_copy_rate": "the mirror yields to the guests' I/O (full speed while they are idle)",
+    "copy_rate_limit": "MiB/s each syncImageData copy may go at most, leaving guests on the "
+    "same storage their share; 0: no limit",
+    "adaptive_copy_rate": "every copy (sync, mirror, merge) yields to the guests' I/O (full "
+    "speed while they are idle)",
     "sanlock_io_timeout": "sanlock io_timeout (seconds) of new domains' lockspaces; a dead "
     "host's leases free after 8 x this + 60 s",
     "host_id_timeout": "seconds spmStart waits for this host to join the master's lockspace",

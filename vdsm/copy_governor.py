@@ -109,6 +109,11 @@ class CopyGovernor:
     def full_speed(self) -> int:
         return self.cap
 
+    @property
+    def fresh(self) -> bool:
+        """Whether it never looked at the guests yet: it knows nothing of them."""
+        return self._last is None
+
     def begin(self, guests: GuestIo) -> Decision:
         """A copy starts: keep the guests' counters for its first look, and return the rate
         to start it at. That is the rate decided last (a governor that held one volume's

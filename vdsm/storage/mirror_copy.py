@@ -52,8 +52,15 @@ logging.getLogger("qemu.qmp").setLevel(logging.WARNING)
 
 QEMU_STORAGE_DAEMON = "qemu-storage-daemon"
 
-# The mirror's buffer: a low rate stays smooth (QEMU's default 16 MiB moves in bursts).
-BUF_SIZE = 1024**2
+# The mirror's buffer, fixed when the job starts: the most it has in flight. A job held back
+# gets 1 MiB, so a low rate stays smooth (with QEMU's default 16 MiB it moves in bursts of that
+# size at full speed, a stall for the guests each time); a job starting at full speed gets
+# the default, whose 16 requests of 1 MiB in flight a fast disk needs (with 1 MiB: one
+# request at a time).
+SMALL_BUF = 1024**2
+BIG_BUF = 16 * 1024**2
+# A job starting at a rate above this (bytes/s), or with none, gets BIG_BUF.
+BIG_BUF_ABOVE = 256 * 1024**2
 # A raw twin's mirror granularity: the file system's block, so small data allocates no more.
 RAW_GRANULARITY = 4096
 # Seconds the daemon has to start and connect to our monitor socket.
@@ -205,7 +212,10 @@ class _Mirror:
             with self._qmp.listen(self._events):
                 await self._start()
                 await self._follow(daemon)
-            await self._execute("quit")
+            try:
+                await self._execute("quit")
+            except MirrorFailed:
+                pass  # it may close the connection before it answers: its exit code tells
             if not await self._exited(daemon):
                 raise MirrorFailed(f"{QEMU_STORAGE_DAEMON} did not exit within {EXIT_TIMEOUT:g} s")
             daemon.result()
@@ -213,8 +223,8 @@ class _Mirror:
             # A daemon that failed by itself (it crashed, or refused its arguments) says why
             # on stderr, which says more than the broken connection we saw.
             self._own.cancel()
-            await self._exited(daemon)
-            failure = daemon.exception()
+            gone = await self._exited(daemon) and not daemon.cancelled()
+            failure = daemon.exception() if gone else None
             if isinstance(failure, CommandError) and not isinstance(failure, CommandAborted):
                 raise MirrorFailed(f"{e}: {failure.detail}") from failure
             raise
@@ -244,19 +254,16 @@ class _Mirror:
     async def _start(self) -> None:
         await self._execute("blockdev-add", self._job.source)
         await self._execute("blockdev-add", self._job.target)
-        self._decision = (
-            self._governor.begin(self._guest_io())
-            if self._guest_io
-            else Decision(self._governor.full_speed, "")
-        )
+        self._decision = await self._first_decision()
         self._speed = self._decision.rate
+        big = self._speed == 0 or self._speed > BIG_BUF_ABOVE
         mirror: dict[str, Any] = {
             "job-id": _JOB,
             "device": "src",
             "target": "dst",
             "sync": self._job.sync,
             "speed": self._speed,
-            "buf-size": BUF_SIZE,
+            "buf-size": BIG_BUF if big else SMALL_BUF,
             # An I/O error ends the job at once, its errno in the completion event ("stop"
             # would pause it and tell only which side failed).
             "on-source-error": "report",
@@ -265,6 +272,20 @@ class _Mirror:
         if self._job.granularity is not None:
             mirror["granularity"] = self._job.granularity
         await self._execute("blockdev-mirror", mirror)
+
+    async def _first_decision(self) -> Decision:
+        """The rate to start at. A governor that never looked first takes two looks
+        FIRST_LOOK apart, so a copy starting while the guests are busy starts at the floor
+        with a small buffer instead of at full speed; later copies of the task start where
+        the last one was."""
+        if self._guest_io is None:
+            return Decision(self._governor.full_speed, "")
+        if not self._governor.fresh:
+            return self._governor.begin(self._guest_io())
+        self._governor.begin(self._guest_io())
+        started = time.monotonic()
+        await asyncio.sleep(FIRST_LOOK)
+        return self._governor.decide(self._guest_io(), time.monotonic() - started, 0)
 
     async def _follow(self, daemon: asyncio.Future[runner.CommandResult]) -> None:
         """Look at the job every LOOK_EVERY s (at once on an event) until it completed."""
