@@ -9,6 +9,7 @@ qemu-img subcommand (a real qemu-img cannot be paused on demand) and then runs t
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +18,11 @@ import pytest
 
 from tests.functional.daemon_helpers import VdsmdProcess, new_uuid, running, wait_task
 from tests.functional.storage_helpers import Storage, ok
+from vdsm.copy_governor import GuestIo
 from vdsm.storage import volume as volumes
 from vdsm.storage.repository import StorageRepository
 from vdsm.storage.runner import TASK_ID_ENV
+from vdsm.virt import unaccounted_io
 from vdsm_guest.cluster import processes_with_env
 
 FAKE_QEMU_IMG = Path(__file__).resolve().parents[1] / "fakes" / "slow-qemu-img"
@@ -149,10 +152,29 @@ def test_kill_9_during_copy_rolls_back_on_restart(
 
 @pytest.fixture
 def slow_adaptive_vdsmd(tmp_path: Path) -> Iterator[VdsmdProcess]:
-    """A vdsmd whose copies adapt (the default), capped at 1 MiB/s: a copy of a few MiB is
-    in flight for seconds, with no fake."""
-    with running(VdsmdProcess(tmp_path / "vdsmd", ["--copy-rate-limit", "1"])) as daemon:
-        yield daemon
+    """A vdsmd whose copies adapt (the default), capped at 16 MiB/s, with busy guests: a copy
+    then starts held back at the floor, as a qemu-storage-daemon mirror job in flight for
+    seconds. The guests are a named fake: growing counters published through the TEST-ONLY
+    hook of vdsm/virt/unaccounted_io.py (this test is about the daemon's life, not the
+    signal; test_copy_rate_limit.py reads a real guest's)."""
+    counters = tmp_path / "guest-io.json"
+    stop = threading.Event()
+
+    def busy() -> None:
+        ops = 0
+        while not stop.wait(0.05):
+            ops += 100
+            unaccounted_io.write(counters, GuestIo(ops, ops * 4096, ops * 100_000))
+
+    publisher = threading.Thread(target=busy, daemon=True)
+    publisher.start()
+    args, env = ["--copy-rate-limit", "16"], {unaccounted_io.ENV: str(counters)}
+    try:
+        with running(VdsmdProcess(tmp_path / "vdsmd", args, env=env)) as daemon:
+            yield daemon
+    finally:
+        stop.set()
+        publisher.join()
 
 
 def storage_daemon_of(task_id: str, timeout: float = 30) -> int:
@@ -216,13 +238,14 @@ def test_kill_9_during_adaptive_copy_rolls_back_on_restart(
 def _image_with_twins(
     storage: Storage, daemon: VdsmdProcess, tmp_path: Path
 ) -> tuple[str, str, str]:
-    """A raw base holding 4 MiB (4 s at 1 MiB/s) and a qcow2 leaf, cloned onto sd2."""
+    """A raw base holding 64 MiB (seconds from the floor to the cap) and a qcow2 leaf,
+    cloned onto sd2."""
     img, base, leaf = new_uuid(), new_uuid(), new_uuid()
     storage.create_volume(img, base, fmt="RAW")
     storage.create_volume(img, leaf, parent=base)
     src_base = tmp_path / "src" / storage.sd / "images" / img / base
     with open(src_base, "r+b") as f:
-        f.write(os.urandom(4 * MiB))
+        f.write(os.urandom(64 * MiB))
     clone = ok(storage.rpc.cloneImageStructure(storage.sp, storage.sd, img, storage.sd2))
     assert wait_task(daemon, clone["uuid"])["taskResult"] == "success"
     return img, base, leaf

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -85,14 +86,25 @@ class RecordingTask:
             rollback_steps.table()[name](repository, args)
 
 
-# The two ways a sync copies a volume: qemu-img convert (the rate not adaptive), and the mirror
-# job of qemu-storage-daemon (adaptive). The guests' counters of an idle host: a fake of
-# libvirt's block statistics, which these storage tests do not run (the functional tests of
-# the adaptive rate read a real guest's).
-IDLE_GUESTS = GuestIo(ops=0, nbytes=0, busy_ns=0)
+class BusyGuests:
+    """A fake of libvirt's block statistics, which these storage tests do not run (the
+    functional tests of the adaptive rate read a real guest's): guests doing 2000 operations
+    of 0.1 ms a second, never hurt (their latency stays), so an adaptive copy starts held
+    back and runs as a mirror job whose rate doubles from the floor at each look."""
+
+    def __init__(self) -> None:
+        self._started = time.monotonic()
+
+    def __call__(self) -> GuestIo:
+        ops = int((time.monotonic() - self._started) * 2000)
+        return GuestIo(ops=ops, nbytes=ops * 4096, busy_ns=ops * 100_000)
+
+
+# The two ways a sync copies a volume: qemu-img convert (the rate not adaptive, or the guests
+# idle), and the mirror job of qemu-storage-daemon (adaptive, the guests busy).
 COPY_RATES = {
     "convert": image_copy.UNLIMITED,
-    "mirror": image_copy.CopyRate(guest_io=lambda: IDLE_GUESTS),
+    "mirror": image_copy.CopyRate(guest_io=BusyGuests()),
 }
 
 

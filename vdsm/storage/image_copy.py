@@ -26,12 +26,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 from vdsm import validation
-from vdsm.copy_governor import CopyGovernor, Decision, GuestIo
+from vdsm.copy_governor import FIRST_LOOK, CopyGovernor, Decision, GuestIo
 from vdsm.errors import (
     CommandAborted,
     CommandError,
@@ -60,9 +61,12 @@ class CopyRate:
 
     ``limit``: bytes per second (None: no cap; vdsmd's copy_rate_limit). ``guest_io``: the
     guests' I/O counters (VmManager.guest_io) when the rate adapts (vdsmd's
-    adaptive_copy_rate), None when it does not. An adaptive copy runs as a mirror job in
-    qemu-storage-daemon (:mod:`vdsm.storage.mirror_copy`), whose rate the governor changes
-    as it runs; the rest is copied by qemu-img convert at the cap.
+    adaptive_copy_rate), None when it does not. When it adapts, a volume whose copy starts
+    held back (busy guests) runs as a mirror job in qemu-storage-daemon
+    (:mod:`vdsm.storage.mirror_copy`), whose rate the governor changes as it runs; a volume
+    whose copy starts at full speed (idle guests) is copied by qemu-img convert at the cap,
+    the fastest way measured, and what the guests did meanwhile decides how the next one
+    starts.
     """
 
     limit: int | None = None
@@ -217,10 +221,16 @@ def copy_volume(
     log.info("copying %s (%d bytes) to its twin", copy.src.description_for_errors, copy.size)
     allocated_before = _allocated(copy.dst)
     governor = governor or rate.governor()
-    if governor is not None and mirror_copy.supported(copy):
-        _mirror_volume(copy, ctx, progress, rate, governor)
+    start = _start_decision(governor, rate) if governor is not None else None
+    if start is not None and start.held_back and mirror_copy.supported(copy):
+        assert governor is not None
+        _mirror_volume(copy, ctx, progress, rate, governor, start)
     else:
+        started = time.monotonic()
         _convert_volume(copy, ctx, progress, rate)
+        if governor is not None and rate.guest_io is not None:
+            # What the guests did meanwhile decides how the next volume starts.
+            governor.decide(rate.guest_io(), time.monotonic() - started, copy.size)
     if copy.dst_md.allocation is Preallocation.PREALLOCATED:
         _keep_preallocated(copy.dst, allocated_before)
     _start_writeback(copy.dst)
@@ -230,10 +240,29 @@ def copy_volume(
     progress.volume_done(copy.size)
 
 
+def _start_decision(governor: CopyGovernor, rate: CopyRate) -> Decision:
+    """How a volume's copy starts. A governor that never looked takes two looks FIRST_LOOK
+    apart, so a copy starting while the guests are busy starts held back; later volumes start
+    where the last one left the governor."""
+    assert rate.guest_io is not None
+    if not governor.fresh:
+        return governor.begin(rate.guest_io())
+    governor.begin(rate.guest_io())
+    started = time.monotonic()
+    time.sleep(FIRST_LOOK)
+    return governor.decide(rate.guest_io(), time.monotonic() - started, 0)
+
+
 def _mirror_volume(
-    copy: VolumeCopy, ctx: TaskContext, progress: Progress, rate: CopyRate, governor: CopyGovernor
+    copy: VolumeCopy,
+    ctx: TaskContext,
+    progress: Progress,
+    rate: CopyRate,
+    governor: CopyGovernor,
+    start: Decision,
 ) -> None:
-    """The adaptive copy: a mirror job whose rate the governor sets at every look."""
+    """The adaptive copy, for a volume that starts held back: a mirror job whose rate the
+    governor sets at every look."""
 
     def report(done: int, length: int, decision: Decision) -> None:
         # The job's length is what it walks (a raw volume's whole capacity); the weight of
@@ -244,6 +273,7 @@ def _mirror_volume(
         mirror_copy.copy_volume(
             copy,
             governor=governor,
+            start=start,
             guest_io=rate.guest_io,
             on_progress=report,
             cancellation=ctx.cancellation,
@@ -365,6 +395,7 @@ class Progress:
         self.total = total
         self._done = 0  # bytes of the volumes already copied
         self._held_back = ""  # why the copy is held back now ("" when it is not)
+        self._in_volume = 0  # bytes of the current volume's mirror job reported done
 
     def volume(self, size: int) -> Callable[[float], None]:
         """The on_progress callback for the copy of a volume of ``size`` bytes."""
@@ -374,12 +405,16 @@ class Progress:
         """The copy of a volume of ``size`` bytes is ``fraction`` done, held back or not."""
         with self._lock:
             self._held_back = held_back
-        self._report(self._done + int(size * min(1.0, max(0.0, fraction))))
+            # A mirror job's length grows as it finds more to copy: never report going back.
+            self._in_volume = max(self._in_volume, int(size * min(1.0, max(0.0, fraction))))
+            in_volume = self._in_volume
+        self._report(self._done + in_volume)
 
     def volume_done(self, size: int) -> None:
         with self._lock:
             self._done += size
             self._held_back = ""
+            self._in_volume = 0
         self._report(self._done)
 
     def finish(self) -> None:

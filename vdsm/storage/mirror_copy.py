@@ -1,6 +1,7 @@
 """Copy one volume into its twin with a qemu-storage-daemon mirror job, whose rate can change
-while it runs: the offline copy of syncImageData and of the offline moves, when the copy rate
-adapts to the guests (:mod:`vdsm.copy_governor`).
+while it runs: the offline copy of syncImageData and of the offline moves, for a volume whose
+copy starts held back by busy guests (:mod:`vdsm.copy_governor`; with the guests idle
+image_copy uses qemu-img convert, measured faster in a whole move).
 
 ``qemu-img convert`` fixes its rate (``-r``) when it starts; changing it means starting again
 from zero. A ``blockdev-mirror`` job in a ``qemu-storage-daemon`` takes a new rate at any time
@@ -106,6 +107,11 @@ def job_for(copy: VolumeCopy) -> MirrorJob:
         raise ValueError(f"{copy.src.description_for_errors}: no mirror recipe for this volume")
     source_file = {"driver": "file", "filename": str(copy.src.path)}
     target_file: dict[str, Any] = {"driver": "file", "filename": str(copy.dst.path)}
+    # As qemu-img convert's default "unsafe" cache: the daemon never flushes the twin (not
+    # even when it closes it, which would wait for the writeback of the whole volume before
+    # the next one starts); image_copy starts each twin's writeback as its copy ends and
+    # fsyncs every twin before the task succeeds.
+    no_flush = {"direct": False, "no-flush": True}
     if copy.src_md.format is VolumeFormat.COW:
         return MirrorJob(
             # The whole chain under the source (its header names the parent): only what this
@@ -119,6 +125,7 @@ def job_for(copy: VolumeCopy) -> MirrorJob:
                 "backing": None,
                 "detect-zeroes": "unmap",
                 "discard": "unmap",
+                "cache": no_flush,
                 "file": target_file,
             },
             sync="top",
@@ -126,7 +133,12 @@ def job_for(copy: VolumeCopy) -> MirrorJob:
         )
     preallocated = copy.dst_md.allocation is Preallocation.PREALLOCATED
     target_file["discard"] = "ignore" if preallocated else "unmap"
-    target: dict[str, Any] = {"driver": "raw", "node-name": "dst", "file": target_file}
+    target: dict[str, Any] = {
+        "driver": "raw",
+        "node-name": "dst",
+        "cache": no_flush,
+        "file": target_file,
+    }
     if not preallocated:
         target |= {"detect-zeroes": "unmap", "discard": "unmap"}
     return MirrorJob(
@@ -141,11 +153,13 @@ def copy_volume(
     copy: VolumeCopy,
     *,
     governor: CopyGovernor,
+    start: Decision,
     guest_io: Callable[[], GuestIo] | None,
     on_progress: ProgressReport,
     cancellation: runner.Cancellation,
 ) -> None:
-    """Copy ``copy.src`` into its twin, asking ``governor`` for the rate at every look.
+    """Copy ``copy.src`` into its twin at ``start``'s rate, then asking ``governor`` for the
+    rate at every look (its counters taken by ``governor.begin`` or its last look).
 
     ``guest_io`` gives the guests' I/O counters (None: the copy runs at the governor's full
     speed, the operator's cap). ``cancellation`` (the task's) stops the copy: the daemon is
@@ -162,7 +176,7 @@ def copy_volume(
         socket_path = os.path.join(run_dir, "qmp.sock")
         try:
             asyncio.run(
-                _Mirror(job, label, governor, guest_io, on_progress, cancellation, own).run(
+                _Mirror(job, label, governor, start, guest_io, on_progress, cancellation, own).run(
                     socket_path
                 )
             )
@@ -180,6 +194,7 @@ class _Mirror:
         job: MirrorJob,
         label: str,
         governor: CopyGovernor,
+        start: Decision,
         guest_io: Callable[[], GuestIo] | None,
         on_progress: ProgressReport,
         task_cancellation: runner.Cancellation,
@@ -194,8 +209,8 @@ class _Mirror:
         self._own = own_cancellation
         self._qmp = QMPClient("vdsm-mirror")
         self._events = EventListener(_EVENTS)
-        self._speed = 0  # the job's speed now (bytes/s, 0: none)
-        self._decision = Decision(0, "")  # the governor's decision in force
+        self._speed = start.rate  # the job's speed now (bytes/s, 0: none)
+        self._decision = start  # the governor's decision in force
 
     async def run(self, socket_path: str) -> None:
         await self._qmp.start_server(socket_path)
@@ -254,8 +269,6 @@ class _Mirror:
     async def _start(self) -> None:
         await self._execute("blockdev-add", self._job.source)
         await self._execute("blockdev-add", self._job.target)
-        self._decision = await self._first_decision()
-        self._speed = self._decision.rate
         big = self._speed == 0 or self._speed > BIG_BUF_ABOVE
         mirror: dict[str, Any] = {
             "job-id": _JOB,
@@ -272,20 +285,6 @@ class _Mirror:
         if self._job.granularity is not None:
             mirror["granularity"] = self._job.granularity
         await self._execute("blockdev-mirror", mirror)
-
-    async def _first_decision(self) -> Decision:
-        """The rate to start at. A governor that never looked first takes two looks
-        FIRST_LOOK apart, so a copy starting while the guests are busy starts at the floor
-        with a small buffer instead of at full speed; later copies of the task start where
-        the last one was."""
-        if self._guest_io is None:
-            return Decision(self._governor.full_speed, "")
-        if not self._governor.fresh:
-            return self._governor.begin(self._guest_io())
-        self._governor.begin(self._guest_io())
-        started = time.monotonic()
-        await asyncio.sleep(FIRST_LOOK)
-        return self._governor.decide(self._guest_io(), time.monotonic() - started, 0)
 
     async def _follow(self, daemon: asyncio.Future[runner.CommandResult]) -> None:
         """Look at the job every LOOK_EVERY s (at once on an event) until it completed."""
