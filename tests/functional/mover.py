@@ -199,7 +199,12 @@ def world(vms: MovingVms, vm_id: str) -> dict[str, Any]:
         "status": stats["status"],
         "domain": stats["disks"]["vda"]["domainID"],
         "chain": chain_of(stats),
-        "jobs": stats["blockJobs"],
+        # Which jobs run on which disk; not their progress or their adaptive rate, which
+        # change on their own while a refused move changes nothing.
+        "jobs": {
+            drive: (job["blockJobType"], job["imgUUID"])
+            for drive, job in stats["blockJobs"].items()
+        },
         "src": volumes(vms, st.sd),
         "dst": volumes(vms, st.sd2),
         "src_images": images(vms, st.sd),

@@ -74,6 +74,7 @@ def test_task_verbs_over_xmlrpc(storage: Storage) -> None:
         "progress": 100.0,
         "bytesDone": "",
         "bytesTotal": "",
+        "heldBack": "",
     }
     assert ok(rpc.getTaskInfo(task))["TaskInfo"] == {"id": task, "verb": "createVolume"}
     assert task in ok(rpc.getAllTasksStatuses())["allTasksStatus"]

@@ -292,6 +292,8 @@ class _Mirror:
         decision = self._decision
         ending = False
         look = FIRST_LOOK
+        # Until the first look the job runs at the rate it started at: say so, held back or not.
+        self._on_progress(0, 0, decision)
         while True:
             for name, data in await self._events_within(look):
                 if name == "BLOCK_JOB_COMPLETED":
