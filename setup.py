@@ -40,7 +40,11 @@ setup(
             "vdsm_guest.*",
         ]
     ),
-    package_data={"vdsm_api": ["*.yml", "*.yaml", "*.json"], "vdsm_guest": ["init.sh"]},
+    package_data={
+        "vdsm_api": ["*.yml", "*.yaml", "*.json"],
+        "vdsm_guest": ["init.sh"],
+        "vdsm.observe": ["page.html"],
+    },
     python_requires=">=3.11",
     install_requires=[
         "libvirt-python",
@@ -48,6 +52,8 @@ setup(
         "PyYAML",
         # QEMU's own QMP client: the adaptive offline copy drives qemu-storage-daemon.
         "qemu.qmp",
+        # /metrics in Prometheus' text format (vdsm/observe/metrics.py).
+        "prometheus-client",
     ],
     extras_require={
         "test": [
@@ -59,6 +65,9 @@ setup(
             "mypy",
             "types-lxml",
             "types-PyYAML",
+            # The web page's test drives Debian's chromium through chromedriver.
+            "selenium",
+            "pillow",  # ... and checks its screenshot is not blank
         ],
     },
     entry_points={

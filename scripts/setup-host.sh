@@ -3,8 +3,8 @@
 #
 # 1. Installs the Debian packages vdsm needs (QEMU, libvirt and its sanlock lock plugin,
 #    sanlock, the headers that libvirt-python builds against, rpm, tini, libfuse2 and
-#    xfsprogs for the storage-fault tests). Runs `apt-get update` only
-#    when something is missing.
+#    xfsprogs for the storage-fault tests, chromium, its driver and NSS's tools for the web
+#    page's test). Runs `apt-get update` only when something is missing.
 # 2. Makes the sanlock daemon answer `sanlock client status`, BEFORE libvirt: with libvirt's
 #    sanlock lock manager every QEMU registers with the daemon as it starts, leases or not.
 # 3. Makes `virsh -c qemu:///system version` answer, with libvirt holding VM leases in sanlock:
@@ -48,6 +48,7 @@ PACKAGES=(
     sanlock python3-sanlock libvirt-sanlock
     tini
     libfuse2 xfsprogs
+    chromium chromium-driver libnss3-tools  # the web page's test drives a real browser
 )
 
 # The settings the QEMU driver needs in a container without systemd (see the README), and the

@@ -26,6 +26,9 @@ import threading
 from types import FrameType
 
 from vdsm import __version__, api, config
+from vdsm.observe import host_state
+from vdsm.observe.metrics import METRICS_PATH, HostMetrics
+from vdsm.observe.web_page import PAGE_PATH, STATUS_PATH, WebPage
 from vdsm.rpc.dispatcher import Dispatcher
 from vdsm.rpc.http_server import RPCServer, make_ssl_context
 from vdsm.storage import fileutil, rollback_steps
@@ -104,10 +107,14 @@ class Daemon:
             domain_type=detect_domain_type(cfg.vm_domain_type),
             boot_dir=cfg.boot_dir,
         )
+        # /metrics and the web page read the host through the dispatcher built below (the
+        # API's own answers); the dispatcher and the replications report to the metrics.
+        self.metrics = HostMetrics(lambda: host_state.snapshot(dispatcher.read))
         self.replications = Replications(
             self.storage,
             convergence_window=cfg.replication_convergence_window,
             guest_io=self.vms.guest_io if cfg.adaptive_copy_rate else None,
+            on_ended=self.metrics.replication_ended,
         )
         self.merges = Merges(
             self.storage, guest_io=self.vms.guest_io if cfg.adaptive_copy_rate else None
@@ -133,7 +140,9 @@ class Daemon:
             # A read of domain storage waits as long as a domain check may: past it, the
             # monitor calls the domain not answering too.
             storage_read_timeout=cfg.domain_probe_timeout,
+            on_call=self.metrics.rpc_call,
         )
+        page = WebPage(dispatcher.read)
         ssl_context = None
         if cfg.tls:
             files = cfg.tls_files
@@ -145,6 +154,11 @@ class Daemon:
             max_connections=cfg.max_connections,
             request_timeout=cfg.request_timeout,
             ssl_context=ssl_context,
+            views={
+                METRICS_PATH: self.metrics.exposition,
+                PAGE_PATH: page.page,
+                STATUS_PATH: page.status,
+            },
         )
 
     def serve(self, stop: threading.Event) -> None:
@@ -160,7 +174,8 @@ class Daemon:
                 self.server.port,
             )
         log.info(
-            "vdsmd %s serving %s://%s:%d (XML-RPC /RPC2, JSON-RPC /jsonrpc)",
+            "vdsmd %s serving %s://%s:%d (XML-RPC /RPC2, JSON-RPC /jsonrpc; the host's page /, "
+            "Prometheus /metrics)",
             __version__,
             scheme,
             self.cfg.host,

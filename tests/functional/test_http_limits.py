@@ -2,7 +2,8 @@
 
 Bounds: a connection cap answered with 503, a deadline per request however a client dribbles,
 an accept loop that backs off (instead of spinning) when descriptors run out, and calls that
-then fail with an errno-true code. Strictness: 405 for every method but POST, a status line on
+then fail with an errno-true code. Strictness: 405 for every method but POST on the API's
+paths (the read-only views' GET: test_metrics.py), a status line on
 every 400, one plain Content-Length, no Transfer-Encoding, a clean FlowID, no folded headers.
 Logs: nothing a client sends reaches the log raw, one INFO line per call, no traceback when a
 client hangs up, and rotation by size.

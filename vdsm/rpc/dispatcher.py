@@ -19,6 +19,12 @@ within that second of the hang: it blocks in the kernel (no signal reaches it), 
 bound its caller gets 379 while the thread is left to finish whenever the storage answers; it
 changes nothing, so nothing is half-done. Verbs that change storage are not bounded this way:
 answering an error while the change may still happen would be a lie.
+
+Every call of a known verb, answered or refused (its arguments not matching the schema
+included), is reported once to the optional ``on_call`` hook with the verb, the code and the
+seconds it took: vdsm/observe/ counts them for /metrics. vdsmd's own read-only views (the web
+page, /metrics) call verbs through :meth:`Dispatcher.read`: the same methods and the same
+bound on storage reads, but neither logged at INFO nor counted, since no client called them.
 """
 
 from __future__ import annotations
@@ -41,15 +47,23 @@ BRIEF_LENGTH = 500
 STORAGE_READ_TIMEOUT = 10.0
 
 
+# What the dispatcher tells of each call of a known verb: its title, code (0: success) and
+# the seconds it took.
+CallHook = Callable[[str, int, float], None]
+
+
 class Dispatcher:
     def __init__(
         self,
         schema: Schema,
         namespaces: Mapping[str, object],
         storage_read_timeout: float = STORAGE_READ_TIMEOUT,
+        on_call: CallHook | None = None,
     ) -> None:
         self.schema = schema
         self.storage_read_timeout = storage_read_timeout
+        self._on_call = on_call
+        self._by_title = {verb.title: verb for verb in schema.verbs}
         self._methods: dict[str, Callable[..., Any]] = {}
         for verb in schema.verbs:
             namespace, _, method = verb.call.partition(".")
@@ -58,17 +72,19 @@ class Dispatcher:
                 raise RuntimeError(f"schema verb {verb.title} calls missing API {verb.call}")
             self._methods[verb.call] = target
 
-    def call(self, verb: Verb, kwargs: dict[str, Any], flow_id: str | None) -> Any:
-        """Run the verb's API method; log start and finish."""
+    def call(self, verb: Verb, bind: Callable[[], dict[str, Any]], flow_id: str | None) -> Any:
+        """Check the client's arguments (``bind``: the binding's check against the schema,
+        raising 1000), run the verb's API method; log start and finish, report the call."""
         started = time.monotonic()
         flow = _safe(flow_id)
+        try:
+            kwargs = bind()
+        except VdsmError as e:
+            self._report(verb, e.code, started)
+            raise
         log.debug("START %s flow_id=%s args=%s", verb.title, flow, _brief(kwargs))
         try:
-            method = self._methods[verb.call]
-            if verb.storage_read:
-                result = self._bounded(verb, method, kwargs)
-            else:
-                result = method(**kwargs)
+            result = self._run(verb, kwargs)
         except VdsmError as e:
             log.info(
                 "FINISH %s flow_id=%s code=%d duration=%.3fs: %s",
@@ -78,17 +94,38 @@ class Dispatcher:
                 time.monotonic() - started,
                 shown(e.message, BRIEF_LENGTH),
             )
+            self._report(verb, e.code, started)
             raise
-        except Exception as e:
-            log.exception("FINISH %s flow_id=%s: unexpected error", verb.title, flow)
-            raise VdsmError(f"unexpected {type(e).__name__} in {verb.title}: {e}") from e
         log.info(
             "FINISH %s flow_id=%s code=0 duration=%.3fs",
             verb.title,
             flow,
             time.monotonic() - started,
         )
+        self._report(verb, 0, started)
         return result
+
+    def read(self, title: str, **kwargs: Any) -> Any:
+        """vdsmd's own call of a verb that only reads (the web page's, /metrics'): as a
+        client's call would run, bounded alike, not logged at INFO nor counted."""
+        verb = self._by_title[title]
+        return self._run(verb, kwargs)
+
+    def _run(self, verb: Verb, kwargs: dict[str, Any]) -> Any:
+        try:
+            method = self._methods[verb.call]
+            if verb.storage_read:
+                return self._bounded(verb, method, kwargs)
+            return method(**kwargs)
+        except VdsmError:
+            raise
+        except Exception as e:
+            log.exception("%s: unexpected error", verb.title)
+            raise VdsmError(f"unexpected {type(e).__name__} in {verb.title}: {e}") from e
+
+    def _report(self, verb: Verb, code: int, started: float) -> None:
+        if self._on_call is not None:
+            self._on_call(verb.title, code, time.monotonic() - started)
 
     def _bounded(self, verb: Verb, method: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
         """``method(**kwargs)`` in a thread of its own, waited for at most the bound."""

@@ -1,4 +1,6 @@
-"""The HTTP server of vdsmd: POST /RPC2 (XML-RPC) and POST /jsonrpc (JSON-RPC), optional TLS.
+"""The HTTP server of vdsmd: POST /RPC2 (XML-RPC) and POST /jsonrpc (JSON-RPC), optional TLS;
+and GET of the read-only views vdsmd serves beside the API (``views``: the web page, its data,
+/metrics), behind the same TLS and client certificates.
 
 One thread per connection (the API's long work runs in tasks, so requests are short), and
 everything a client can make the daemon hold is bounded:
@@ -16,7 +18,8 @@ everything a client can make the daemon hold is bounded:
   instead of spinning, and says so once.
 
 HTTP is spoken strictly, since a lenient parser is where request smuggling and log forging
-start: only POST (405 with ``Allow: POST`` for any other method), a request line of exactly
+start: only POST, and GET of a view without a body (405 with ``Allow`` for any other method),
+a request line of exactly
 ``METHOD TARGET HTTP/1.x`` (else a 400 with a status line), no folded headers, no control
 characters in headers, one Content-Length of ASCII digits, no Transfer-Encoding, a FlowID of
 printable ASCII. Every failure a client can cause gets an answer of the right protocol — a
@@ -39,6 +42,7 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,8 +56,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vdsm.rpc.http")
 
+# A read-only view: the body of its answer and its Content-Type, built when asked.
+View = Callable[[], tuple[bytes, str]]
+
 XMLRPC_PATH = "/RPC2"
 JSONRPC_PATH = "/jsonrpc"
+_API_PATHS = (XMLRPC_PATH, JSONRPC_PATH)
 FLOW_ID_HEADER = "FlowID"
 # A flow id is a correlation token (VDSM's engine sends a UUID-like string); anything longer or
 # not printable ASCII is not one, and would only bloat or forge log lines.
@@ -133,8 +141,11 @@ class RPCServer(ThreadingHTTPServer):
         max_connections: int = 64,
         request_timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
+        views: Mapping[str, View] | None = None,
     ) -> None:
+        """``views``: the read-only answers to GET, by path."""
         self.dispatcher = dispatcher
+        self.views = dict(views or {})
         self.max_request_bytes = max_request_bytes
         self.max_connections = max_connections
         self.request_timeout = request_timeout
@@ -426,10 +437,17 @@ class _Handler(BaseHTTPRequestHandler):
                 raise _BadRequest(414, f"request line longer than {MAX_REQUEST_LINE} bytes")
             if not self.parse_request():
                 return
-            if self.command == "POST":
+            path = self.path.split("?", 1)[0]
+            if path in self.server.views and self.command == "GET":
+                self.do_GET()
+            elif path in self.server.views:
+                self._not_allowed("GET")
+            elif self.command == "POST":
                 self.do_POST()
+            elif self.command == "GET" and self.server.views and path not in _API_PATHS:
+                self._no_page()
             else:
-                self._not_allowed()
+                self._not_allowed("POST")
             self.wfile.flush()
         except _BadRequest as e:
             self._error(e.status, e.text)
@@ -516,6 +534,33 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._reply(404, b"no such endpoint: POST /RPC2 or /jsonrpc\n", "text/plain")
 
+    def _refuse_body(self) -> None:
+        # A GET has no body here: one we would not read would frame the next request.
+        if self.headers.get_all("Transfer-Encoding") or (
+            self.headers.get("Content-Length", "0") not in ("", "0")
+        ):
+            raise _BadRequest(400, "a GET request has no body")
+
+    def do_GET(self) -> None:
+        self._refuse_body()
+        self._reader.end_request()
+        path = self.path.split("?", 1)[0]
+        view = self.server.views[path]
+        try:
+            body, content_type = view()
+        except Exception as e:  # a bug or a failing read: say so in plain words, keep serving
+            log.exception("GET %s failed", path)
+            text = f"vdsmd could not build {path}: {_describe(e)}\n"
+            self._reply(503, text.encode(), "text/plain")
+            return
+        self._reply(200, body, content_type, cache=False)
+
+    def _no_page(self) -> None:
+        self._refuse_body()
+        self._reader.end_request()
+        paths = ", ".join(sorted(self.server.views))
+        self._reply(404, f"no such page; vdsmd serves GET {paths}\n".encode(), "text/plain")
+
     def _flow_id(self) -> str | None:
         """The FlowID header (None if absent); _BadRequest if it is not a plain token."""
         values = self.headers.get_all(FLOW_ID_HEADER) or []
@@ -595,11 +640,19 @@ class _Handler(BaseHTTPRequestHandler):
         super().send_response(code, message)
 
     def _reply(
-        self, status: int, body: bytes, content_type: str | None, close: bool = False
+        self,
+        status: int,
+        body: bytes,
+        content_type: str | None,
+        close: bool = False,
+        cache: bool = True,
     ) -> None:
         self.send_response(status)
         if content_type:
             self.send_header("Content-Type", content_type)
+        if not cache:
+            # A view is the host's state now: never served from a browser's or proxy's cache.
+            self.send_header("Cache-Control", "no-store")
         self.send_header("Content-Length", str(len(body)))
         if close:
             self.send_header("Connection", "close")
@@ -614,11 +667,11 @@ class _Handler(BaseHTTPRequestHandler):
         self._linger = True
         self._reply(status, f"{status} {text}\n".encode(), "text/plain", close=True)
 
-    def _not_allowed(self) -> None:
+    def _not_allowed(self, allow: str) -> None:
         # Closed: the request's body, if any, is not read, so it cannot frame the next one.
         self._linger = True
         self.send_response(405)
-        self.send_header("Allow", "POST")
+        self.send_header("Allow", allow)
         self.send_header("Content-Length", "0")
         self.send_header("Connection", "close")
         self.end_headers()

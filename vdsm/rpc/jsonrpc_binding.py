@@ -129,7 +129,8 @@ def _one(dispatcher: Dispatcher, request: Any, flow_id: str | None) -> dict[str,
         shown = validation.shown(method, MAX_METHOD_LENGTH)
         answer = _error(req_id, METHOD_NOT_FOUND, f"Method not found: {shown}")
         return None if notification else answer
-    try:
+
+    def bind() -> dict[str, Any]:
         params = request.get("params", {})
         if isinstance(params, list):
             if len(params) > len(verb.params):
@@ -139,7 +140,10 @@ def _one(dispatcher: Dispatcher, request: Any, flow_id: str | None) -> dict[str,
             raise InvalidParameter(
                 "params", type(params).__name__, "expected an object or an array"
             )
-        result = dispatcher.call(verb, verb.bind_named(params), flow_id)
+        return verb.bind_named(params)
+
+    try:
+        result = dispatcher.call(verb, bind, flow_id)
         answer = {"jsonrpc": "2.0", "id": req_id, "result": result}
     except VdsmError as e:
         answer = _error(req_id, e.code, e.message)

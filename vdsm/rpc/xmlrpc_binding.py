@@ -109,8 +109,8 @@ def handle(dispatcher: Dispatcher, body: bytes, flow_id: str | None) -> bytes:
         shown = validation.shown(method, MAX_METHOD_LENGTH)
         return fault(METHOD_NOT_FOUND, f"method '{shown}' is not supported")
     try:
-        kwargs = verb.bind_positional(list(params))
-        response = envelope.success(verb, dispatcher.call(verb, kwargs, flow_id))
+        result = dispatcher.call(verb, lambda: verb.bind_positional(list(params)), flow_id)
+        response = envelope.success(verb, result)
     except VdsmError as e:
         response = envelope.failure(e)
     text = xmlrpc.client.dumps((xmlrpc_safe(response),), methodresponse=True, allow_none=True)

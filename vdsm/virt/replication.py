@@ -35,6 +35,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import libvirt
@@ -71,6 +72,15 @@ _SWITCH_TIMEOUT = 30.0
 SWITCHED = "the mirror now runs with synchronous writes"
 
 
+@dataclass(frozen=True)
+class ReplicationEnded:
+    """What a finished replication tells the host's metrics (vdsm/observe/)."""
+
+    pivot: bool  # pivoted to the destination (else aborted: the VM stays on the source)
+    seconds: float  # from its diskReplicateStart to its end
+    switch_seconds: float | None  # libvirt's blockJobAbort (pivot or abort); None if recovered
+
+
 class Replications:
     """Starts, finishes and watches the replications of every VM of this host."""
 
@@ -80,12 +90,15 @@ class Replications:
         *,
         convergence_window: float = 10.0,
         guest_io: Callable[[], GuestIo] | None = None,
+        on_ended: Callable[[ReplicationEnded], None] | None = None,
     ) -> None:
         """``guest_io``: the guests' I/O counters (VmManager.guest_io) the adaptive copy rate
-        watches; None: every mirror runs at its fixed rate (the bandwidth, or full speed)."""
+        watches; None: every mirror runs at its fixed rate (the bandwidth, or full speed).
+        ``on_ended``: told of every replication that pivoted or was aborted."""
         self._storage = storage
         self.convergence_window = convergence_window
         self._guest_io = guest_io
+        self._on_ended = on_ended
         self._monitors: dict[tuple[str, str], threading.Event] = {}
         self._monitors_lock = threading.Lock()
 
@@ -254,6 +267,7 @@ class Replications:
             record.advance(ReplicaState.PIVOTING if pivot else ReplicaState.ABORTING)
             vm.save()
             flags = libvirt.VIR_DOMAIN_BLOCK_JOB_ABORT_PIVOT if pivot else 0
+            switch_started = time.monotonic()
             try:
                 dom.blockJobAbort(target, flags)
             except libvirt.libvirtError as e:
@@ -263,8 +277,9 @@ class Replications:
                     f"VM {vm.vm_id} drive {target}: {'pivot' if pivot else 'abort'} refused by "
                     f"libvirt: {error_message(e)}; the replication is kept, retry or abort"
                 ) from None
+            switch_seconds = time.monotonic() - switch_started
             crash_point.reached("finish:pivoted" if pivot else "finish:aborted")
-            self._done(vm, drive, record, pivot)
+            self._done(vm, drive, record, pivot, switch_seconds)
 
     def _libvirt_failed(self, vm: Vm, target: str, cause: str) -> ReplicationError:
         """The error for libvirt failing under Finish: with the VM gone the replication is
@@ -301,7 +316,14 @@ class Replications:
             return True
         return False
 
-    def _done(self, vm: Vm, drive: Drive, record: ReplicationRecord, pivot: bool) -> None:
+    def _done(
+        self,
+        vm: Vm,
+        drive: Drive,
+        record: ReplicationRecord,
+        pivot: bool,
+        switch_seconds: float | None = None,
+    ) -> None:
         self._unwatch(vm, drive.target)
         vm.record.replications.pop(drive.target, None)
         if pivot:
@@ -318,6 +340,10 @@ class Replications:
             drive.target,
             "pivoted to the destination" if pivot else "aborted, VM stays on the source",
         )
+        if self._on_ended is not None:
+            # record.started is wall time: it is persisted, and survives a restart of vdsmd.
+            seconds = max(0.0, time.time() - record.started)
+            self._on_ended(ReplicationEnded(pivot, seconds, switch_seconds))
 
     # --- helpers ----------------------------------------------------------------------------
 
