@@ -246,8 +246,9 @@ def fill(text: str, results: dict[str, Any]) -> str:
                 return f"?{match[1]}?"
         return fmt(found)
 
-    # Keys may hold spaces, commas and slashes ("auto, capped 64 MiB/s"), never dots.
-    return re.sub(r"\{\{([\w., /]+)\}\}", value, text)
+    # Keys may hold spaces, commas, slashes and dashes ("auto, capped 64 MiB/s", "virsh
+    # blockcopy --pivot"), never dots.
+    return re.sub(r"\{\{([\w., /-]+)\}\}", value, text)
 
 
 def render(results: dict[str, Any], results_path: Path) -> str:

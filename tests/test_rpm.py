@@ -30,6 +30,7 @@ def test_make_rpm_builds_the_daemon_package() -> None:
     ):
         assert wanted in files
     assert any(f.endswith("vdsm_api/vdsm-api.yml") for f in files)
+    assert any(f.endswith("vdsm/observe/page.html") for f in files), "the host's web page"
     scripts = subprocess.run(
         ["rpm", "-qp", "--scripts", str(main)], capture_output=True, text=True, check=True
     ).stdout
