@@ -118,17 +118,20 @@ def test_stop_mid_copy_rolls_back(held_vdsmd: tuple[VdsmdProcess, Path], tmp_pat
     convert_pid = wait_for_hold(marker, "convert")
     assert ok(storage.rpc.getTaskStatus(task))["taskStatus"]["taskState"] == "running"
 
+    assert_stop_rolls_back(storage, task, img, base, convert_pid)
+
+
+def assert_stop_rolls_back(storage: Storage, task: str, img: str, base: str, copier: int) -> None:
+    """stopTask of a running sync: cleaned up (411), its copy process gone, the half-copied
+    twin ILLEGAL, the source untouched and still LEGAL."""
     ok(storage.rpc.stopTask(task))
-    status = wait_task(daemon, task, timeout=30)
+    status = wait_task(storage.daemon, task, timeout=30)
     assert status["taskResult"] == "cleanSuccess" and status["code"] == 411, status
-    assert not pid_alive(convert_pid), "stopTask kills the copy"
+    assert not pid_alive(copier), "stopTask ends the copy"
     info = ok(storage.rpc.getVolumeInfo(storage.sd2, storage.sp, img, base))["info"]
     assert info["legality"] == "ILLEGAL", "a half-copied twin must never look valid"
-    # The source is untouched and still LEGAL.
-    assert (
-        ok(storage.rpc.getVolumeInfo(storage.sd, storage.sp, img, base))["info"]["legality"]
-        == "LEGAL"
-    )
+    source = ok(storage.rpc.getVolumeInfo(storage.sd, storage.sp, img, base))["info"]
+    assert source["legality"] == "LEGAL"
 
 
 def test_kill_9_during_copy_rolls_back_on_restart(
@@ -198,18 +201,7 @@ def test_stop_mid_adaptive_copy_rolls_back(
     storage = Storage(daemon, tmp_path)
     img, base, _ = _image_with_twins(storage, daemon, tmp_path)
     task = ok(storage.rpc.syncImageData(storage.sp, storage.sd, img, storage.sd2, "ALL"))["uuid"]
-    copier = storage_daemon_of(task)
-
-    ok(storage.rpc.stopTask(task))
-    status = wait_task(daemon, task, timeout=30)
-    assert status["taskResult"] == "cleanSuccess" and status["code"] == 411, status
-    assert not pid_alive(copier), "stopTask ends the copy's daemon"
-    info = ok(storage.rpc.getVolumeInfo(storage.sd2, storage.sp, img, base))["info"]
-    assert info["legality"] == "ILLEGAL", "a half-copied twin must never look valid"
-    assert (
-        ok(storage.rpc.getVolumeInfo(storage.sd, storage.sp, img, base))["info"]["legality"]
-        == "LEGAL"
-    )
+    assert_stop_rolls_back(storage, task, img, base, storage_daemon_of(task))
 
 
 def test_kill_9_during_adaptive_copy_rolls_back_on_restart(
