@@ -16,6 +16,10 @@ a file vdsm does not know), the writer of measure 5 (64 KiB at queue depth 1, pa
 ``guest_rate_mib``) running throughout. For each: seconds (the whole copy, to the pivot for
 the live ones), bytes allocated on the destination, the volumes of the chain afterwards, and
 the writer's throughput and p99 before and during.
+
+"Time" ends when the VM runs on the destination: the pivot. The peers end there (blockcopy
+leaves the source in place); vdsm's move then deletes the source and merges its auto-snapshot
+back into the chain, which its row gives apart as the whole move's time.
 """
 
 from __future__ import annotations
@@ -78,8 +82,8 @@ def run(ctx: Context) -> dict[str, Any]:
         "rows": rows,
         "targets": [
             target(
-                "vdsm moveDisk time (rate not adaptive) / virsh blockcopy --pivot time (the "
-                "chain kept)",
+                "vdsm moveDisk time to the pivot (rate not adaptive) / virsh blockcopy --pivot "
+                "time (the chain kept)",
                 r(vdsm["seconds"] / blockcopy["seconds"], 3),
                 "<=",
                 1.0,
@@ -89,7 +93,9 @@ def run(ctx: Context) -> dict[str, Any]:
     }
 
 
-Mover = Callable[[Context, str, Chain], tuple[Path | None, list[Path]]]
+# A move: the new leaf (None: none to inspect), the files on the destination, and the seconds
+# until the VM ran on the destination when the move goes on after that (None: it ends there).
+Mover = Callable[[Context, str, Chain], tuple[Path | None, list[Path], float | None]]
 
 
 def _measure(ctx: Context, vm_id: str, chain: Chain, mover: Mover) -> dict[str, Any]:
@@ -104,13 +110,14 @@ def _measure(ctx: Context, vm_id: str, chain: Chain, mover: Mover) -> dict[str, 
         time.sleep(steady)
         before = window(writer, time.monotonic() - steady, time.monotonic())
         started = time.monotonic()
-        leaf, files = mover(ctx, vm_id, chain)
+        leaf, files, to_pivot = mover(ctx, vm_id, chain)
         ended = time.monotonic()
         during = window(writer, started, ended)
         if writer.error is not None:
             raise RuntimeError(f"the writer failed: {writer.error!r}")
     return {
-        "seconds": r(ended - started, 3),
+        "seconds": r(ended - started if to_pivot is None else to_pivot, 3),
+        "whole_seconds": r(ended - started, 3),
         "bytes_on_destination": sum(os.stat(f).st_blocks * 512 for f in files),
         "chain_volumes": _chain_length(leaf) if leaf is not None else None,
         "before": before,
@@ -122,7 +129,7 @@ def _measure(ctx: Context, vm_id: str, chain: Chain, mover: Mover) -> dict[str, 
 def _blockcopy(dest: Path, *, reuse: bool) -> Mover:
     """``virsh blockcopy`` of the VM's whole disk into ``dest``, waited for and pivoted."""
 
-    def move(ctx: Context, vm_id: str, chain: Chain) -> tuple[Path | None, list[Path]]:
+    def move(ctx: Context, vm_id: str, chain: Chain) -> tuple[Path | None, list[Path], None]:
         argv = ["virsh", "-c", LIBVIRT_URI, "blockcopy", vm_id, "vda", str(dest)]
         if reuse:
             dest.write_bytes(b"")
@@ -132,26 +139,27 @@ def _blockcopy(dest: Path, *, reuse: bool) -> Mover:
             argv += ["--format", "qcow2"]
         argv += ["--wait", "--pivot", "--transient-job"]
         subprocess.run(argv, check=True, capture_output=True, timeout=COPY_TIMEOUT)
-        return dest, [dest]
+        return dest, [dest], None
 
     return move
 
 
 def _convert(out: Path) -> Mover:
-    def move(ctx: Context, vm_id: str, chain: Chain) -> tuple[Path | None, list[Path]]:
+    def move(ctx: Context, vm_id: str, chain: Chain) -> tuple[Path | None, list[Path], None]:
         convert_chain(ctx.env.image_dir(chain.sd, chain.img) / chain.leaf, out, [])
-        return out, [out]
+        return out, [out], None
 
     return move
 
 
-def _vdsm(ctx: Context, vm_id: str, chain: Chain) -> tuple[Path | None, list[Path]]:
+def _vdsm(ctx: Context, vm_id: str, chain: Chain) -> tuple[Path | None, list[Path], float]:
     env = ctx.env
     dst = env.other(chain.sd)
     move = move_disk(env.client, vm_id, chain, dst, copy_mode="auto")
     if move.total <= 0:
         raise RuntimeError("the move did not run")
-    return env.image_dir(dst, chain.img) / chain.leaf, env.volume_files(dst, chain.img)
+    files = env.volume_files(dst, chain.img)
+    return env.image_dir(dst, chain.img) / chain.leaf, files, move.until_pivot
 
 
 def _chain_length(leaf: Path) -> int:

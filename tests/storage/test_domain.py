@@ -63,6 +63,15 @@ def test_stats_match_the_file_system(domain: FileStorageDomain) -> None:
     assert stats.used_bytes == stats.total_bytes - stats.free_bytes
 
 
+def test_direct_io_is_probed_on_the_domains_file_system(domain: FileStorageDomain) -> None:
+    """The copies open both ends with O_DIRECT where it works: the test's disk takes it; a
+    domain whose metadata cannot be opened says no (the copy then meets the error itself).
+    The page-cache fallback of the copy: test_image_copy.py."""
+    assert domain.supports_direct_io()
+    domain.metadata_path.unlink()
+    assert not domain.supports_direct_io()
+
+
 def test_repository_finds_domains_by_uuid_after_restart(
     tmp_path: Path, repository: StorageRepository, domain: FileStorageDomain
 ) -> None:

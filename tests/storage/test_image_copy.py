@@ -10,6 +10,7 @@ test_image_copy_clone.py. ``RecordingTask`` and the chain: image_copy_support.py
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -29,7 +30,7 @@ from tests.storage.image_copy_support import (
 )
 from tests.storage.support import new_uuid, run_qemu_io
 from vdsm.errors import CopyImageError, ImageIsNotLegalChain, TaskAborted
-from vdsm.storage import image_copy, qemuimg
+from vdsm.storage import image_copy, mirror_copy, qemuimg
 from vdsm.storage import volume as volumes
 from vdsm.storage.constants import Legality
 from vdsm.storage.domain import FileStorageDomain
@@ -113,6 +114,45 @@ def test_sync_all(
     chain = make_chain(src, img)
     clone(src, dst, img)
     image_copy.sync_data(src, dst, img, "ALL", RecordingTask(), rate=rate)
+    for vol in chain:
+        copy = twin(dst, vol)
+        assert own_extents(copy) == own_extents(vol)
+        assert qemuimg.compare(vol.path, copy.path, fmt_a=qemu_fmt(vol), strict=True)
+        assert copy.metadata().legality is Legality.LEGAL
+
+
+def test_sync_goes_through_the_page_cache_where_o_direct_is_refused(
+    src: FileStorageDomain,
+    dst: FileStorageDomain,
+    rate: image_copy.CopyRate,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # FAKE: a file system that refuses O_DIRECT (EINVAL: tmpfs before Linux 6.6, some FUSE
+    # file systems); no file system on this machine refuses it on demand. The copy must then
+    # run through the page cache and still leave identical, durable twins.
+    monkeypatch.setattr(FileStorageDomain, "supports_direct_io", lambda self: False)
+    # Spies (they call through): how each volume's copy opened its two ends.
+    opened: list[tuple[object, object]] = []
+    convert, job_for = qemuimg.convert, mirror_copy.job_for
+
+    def spy_convert(*args: Any, **kwargs: Any) -> None:
+        opened.append((kwargs["src_direct"], kwargs["dst_direct"]))
+        convert(*args, **kwargs)
+
+    def spy_job_for(copy: Any) -> mirror_copy.MirrorJob:
+        job = job_for(copy)
+        opened.append((job.source["file"].get("cache"), job.target["cache"]["direct"]))
+        return job
+
+    monkeypatch.setattr(qemuimg, "convert", spy_convert)
+    monkeypatch.setattr(mirror_copy, "job_for", spy_job_for)
+    img = new_uuid()
+    chain = make_chain(src, img)
+    clone(src, dst, img)
+    image_copy.sync_data(src, dst, img, "ALL", RecordingTask(), rate=rate)
+    assert len(opened) == len(chain) and all(
+        end in (False, None) for ends in opened for end in ends
+    ), opened
     for vol in chain:
         copy = twin(dst, vol)
         assert own_extents(copy) == own_extents(vol)

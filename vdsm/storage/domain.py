@@ -194,6 +194,17 @@ class FileStorageDomain:
         free = st.f_bavail * st.f_frsize
         return DomainStats(total_bytes=total, used_bytes=total - free, free_bytes=free)
 
+    def supports_direct_io(self) -> bool:
+        """Whether the domain's file system opens files with O_DIRECT (tmpfs, for one, does
+        not: EINVAL). Probed on the metadata file, which every domain has; a domain that
+        cannot be read at all says no, and whatever then uses it meets the error itself."""
+        try:
+            fd = os.open(self.metadata_path, os.O_RDONLY | os.O_DIRECT)
+        except OSError:
+            return False
+        os.close(fd)
+        return True
+
     def write_metadata(self, metadata: DomainMetadata) -> None:
         fileutil.atomic_write(self.metadata_path, metadata.to_text().encode("utf-8"))
         self.metadata = metadata

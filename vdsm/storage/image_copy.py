@@ -188,10 +188,9 @@ def sync_data(
 
 def _flush_all(copies: list[VolumeCopy]) -> None:
     # Durable before the task succeeds (the caller then pivots and deletes the source).
-    # Flushed once at the end, not after each volume: each twin's writeback was started as
-    # its copy ended, and goes on while the next ones are copied (bench, 2 GiB in 3 volumes:
-    # 1.6-1.7 s, vs 1.8-2.2 s with the writeback left to the final fsync and 2.0-2.2 s with
-    # an fsync after each volume). A crash before this point leaves the task unfinished, and
+    # Flushed once at the end, not after each volume: a twin written through the page cache
+    # had its writeback started as its copy ended, and it goes on while the next ones are
+    # copied (docs/benchmarks.md, tuning). A crash before this point leaves the task unfinished, and
     # its recovery marks every twin ILLEGAL: a LEGAL twin not flushed yet is never used.
     for copy in copies:
         flush_volume(copy.dst)
@@ -289,6 +288,10 @@ def _mirror_volume(
 
 
 def _convert_volume(copy: VolumeCopy, ctx: TaskContext, progress: Progress, rate: CopyRate) -> None:
+    # O_DIRECT at both ends wherever the file systems take it: measured in the bench's
+    # tuning table (docs/benchmarks.md), 1.5-2x faster than through the page cache on one
+    # disk and 3-4x into a second, fast device, where buffered writes cost more than the
+    # device; and the copy leaves no dirty pages to flush nor cache to evict.
     try:
         qemuimg.convert(
             copy.src.path,
@@ -296,6 +299,8 @@ def _convert_volume(copy: VolumeCopy, ctx: TaskContext, progress: Progress, rate
             src_format=copy.src_md.format.qemu_format,
             dst_format=copy.dst_md.format.qemu_format,
             target_exists=True,
+            src_direct=copy.src.domain.supports_direct_io(),
+            dst_direct=copy.dst.domain.supports_direct_io(),
             # With a parent: -B tells qemu-img the twin has a backing file, so only this
             # layer is copied and the twin's own link is kept. Without one: the fresh twin
             # reads as zeros, so skip zeros (a preallocated twin keeps its allocation).
@@ -316,7 +321,8 @@ def _convert_volume(copy: VolumeCopy, ctx: TaskContext, progress: Progress, rate
 
 
 def _start_writeback(vol: Volume) -> None:
-    """Start writing a copied twin's dirty pages back, without waiting for it.
+    """Start writing a copied twin's dirty pages back, without waiting for it: a twin written
+    through the page cache (its file system has no O_DIRECT, or the mirror job wrote it).
 
     POSIX_FADV_DONTNEED starts the writeback (and drops the pages already clean), so the disk
     writes this twin while the next volume is read, instead of everything at the final fsync;
@@ -336,12 +342,11 @@ def _start_writeback(vol: Volume) -> None:
 def flush_volume(vol: Volume) -> None:
     """Put a twin's data on stable storage.
 
-    qemu-img convert's default target cache mode is "unsafe": it never flushes, and a copy
-    ends with its data in the page cache. A synced twin must survive a host crash (after the
-    pivot the source is deleted), so the sync ends with one fsync per twin. Measured by
-    bench/ (docs/benchmarks.md, "tuning"): the cheapest durable recipe here; qemu-img's own
-    -t writeback flushes at every qcow2 metadata update (2-3x slower) and -t none (O_DIRECT)
-    is 15-50% slower on this kind of disk.
+    A synced twin must survive a host crash (after the pivot the source is deleted), so the
+    sync ends with one fsync per twin. A copy with O_DIRECT (qemu-img -t none) already
+    flushed as it closed the twin, and this fsync costs little; one through the page cache
+    (qemu-img's default target cache "unsafe" never flushes, nor does the mirror job) ends
+    with its data in the page cache, and this is what makes it durable.
     """
     try:
         fd = os.open(vol.path, os.O_RDONLY)

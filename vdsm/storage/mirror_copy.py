@@ -105,13 +105,15 @@ def job_for(copy: VolumeCopy) -> MirrorJob:
     """The nodes and job options that copy ``copy`` as ``qemu-img convert -n`` would."""
     if not supported(copy):
         raise ValueError(f"{copy.src.description_for_errors}: no mirror recipe for this volume")
-    source_file = {"driver": "file", "filename": str(copy.src.path)}
+    source_file: dict[str, Any] = {"driver": "file", "filename": str(copy.src.path)}
     target_file: dict[str, Any] = {"driver": "file", "filename": str(copy.dst.path)}
-    # As qemu-img convert's default "unsafe" cache: the daemon never flushes the twin (not
-    # even when it closes it, which would wait for the writeback of the whole volume before
-    # the next one starts); image_copy starts each twin's writeback as its copy ends and
-    # fsyncs every twin before the task succeeds.
-    no_flush = {"direct": False, "no-flush": True}
+    # O_DIRECT at both ends where the file systems take it, as image_copy's qemu-img convert
+    # runs. The daemon never flushes the twin (not even as it closes it, which would wait
+    # for the writeback of a volume copied through the page cache before the next one
+    # starts); image_copy fsyncs every twin before the task succeeds.
+    if copy.src.domain.supports_direct_io():
+        source_file["cache"] = {"direct": True}
+    no_flush = {"direct": copy.dst.domain.supports_direct_io(), "no-flush": True}
     if copy.src_md.format is VolumeFormat.COW:
         return MirrorJob(
             # The whole chain under the source (its header names the parent): only what this

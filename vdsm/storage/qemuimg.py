@@ -162,6 +162,8 @@ def convert(
     backing_format: str | None = None,
     target_exists: bool = False,
     target_is_zero: bool = False,
+    src_direct: bool = False,
+    dst_direct: bool = False,
     rate_limit: int | None = None,
     on_progress: ProgressCallback | None = None,
     cancellation: Cancellation | None = None,
@@ -201,6 +203,10 @@ def convert(
     keeps a preallocated twin preallocated: a plain -n copy into a preallocated raw twin
     punches holes wherever the source is sparse.
 
+    ``src_direct`` (-T none) and ``dst_direct`` (-t none) open that end with O_DIRECT, past the
+    page cache; qemu-img then flushes the target as it closes it. Without them qemu-img's
+    defaults hold: writeback for the source, unsafe for the target (no flush at all).
+
     ``rate_limit`` (-r): at most that many bytes per second are read from ``src``.
 
     ``on_progress(percent)`` adds -p and is called as qemu-img reports progress.
@@ -217,6 +223,10 @@ def convert(
         argv.append("--target-is-zero")
     if backing is not None:
         argv += ["-B", backing, "-F", _required(backing_format, "backing_format", "backing")]
+    if src_direct:
+        argv += ["-T", "none"]
+    if dst_direct:
+        argv += ["-t", "none"]
     if dst_format == "qcow2" and not target_exists:
         # qemu-img refuses -o options with -n: only a new target gets them.
         argv += ["-o", _options({"compat": "1.1"})]
