@@ -74,6 +74,7 @@ class PoolIds:
     sp: str
     sd: str  # the source (the master)
     sd2: str  # the destination
+    root: Path  # the domains' directories (src, dst) are under it
 
 
 def make_pool(cluster: Cluster, storage: Path) -> PoolIds:
@@ -82,7 +83,7 @@ def make_pool(cluster: Cluster, storage: Path) -> PoolIds:
     to their storage; both join (host ids 1 and 2) and host 1 becomes the SPM. The two joins
     overlap: each is sanlock's few seconds of waiting, not work."""
     spm, other = cluster.host(1), cluster.host(2)
-    pool = PoolIds(new_uuid(), new_uuid(), new_uuid())
+    pool = PoolIds(new_uuid(), new_uuid(), new_uuid(), storage)
     rpc1 = spm.xmlrpc()
     for uuid, name in ((pool.sd, "src"), (pool.sd2, "dst")):
         (storage / name).mkdir(parents=True, exist_ok=True)  # or a mount point made by the caller

@@ -16,6 +16,7 @@ from tests.functional.background_demo import BackgroundDemo
 from tests.functional.daemon_helpers import VdsmdProcess, running
 from tests.functional.lsm_helpers import VmFixture
 from tests.functional.mover import prefill
+from tests.functional.storage_helpers import Storage
 from vdsm_guest.build import GuestImage, ensure_guest
 
 # The test whose demo runs in the background of the session (tests/functional/background_demo.py).
@@ -77,3 +78,28 @@ def moving_vms(lsm_vdsmd: VdsmdProcess, tmp_path: Path) -> Iterator[VmFixture]:
         yield fixture
     finally:
         fixture.cleanup()
+
+
+@pytest.fixture(scope="module")
+def shared_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Storage, Path]]:
+    """One lsm_vdsmd and its pool for the tests of a module that leave the daemon running:
+    a new pool costs ~3 s of sanlock's host id acquire (2 x io_timeout + 1 s), paid here once.
+    Each test still gets an image and VMs of its own (``pooled_moving_vms``)."""
+    root = tmp_path_factory.mktemp("shared-pool")
+    daemon = VdsmdProcess(root / "vdsmd", ["--replication-convergence-window", "3"])
+    with running(daemon):
+        yield Storage(daemon, root), root
+
+
+@pytest.fixture
+def pooled_moving_vms(shared_pool: tuple[Storage, Path]) -> Iterator[VmFixture]:
+    """``moving_vms`` on the module's shared pool: a fresh image (prefilled) and VMs of its
+    own. For tests that never kill, stop or restart vdsmd."""
+    storage, root = shared_pool
+    fixture = VmFixture(storage.daemon, root, storage=storage)
+    prefill(fixture, root)
+    try:
+        yield fixture
+    finally:
+        fixture.cleanup()
+        assert storage.daemon.running, "a test on the shared pool stopped its vdsmd"

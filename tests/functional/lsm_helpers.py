@@ -57,6 +57,7 @@ class PoolIds(Protocol):
     sp: str
     sd: str  # the source domain
     sd2: str  # the destination domain
+    root: Path  # the domains' directories (or mount points) are under it
 
 
 def disk(storage: PoolIds, img: str, vol: str) -> dict[str, Any]:
@@ -75,9 +76,18 @@ def disk(storage: PoolIds, img: str, vol: str) -> dict[str, Any]:
 class VmFixture:
     """A pool, an image with a 2-volume chain, and the VMs a test starts (destroyed after)."""
 
-    def __init__(self, daemon: VdsmdProcess, root: Path, dst_block_size: int = 512) -> None:
+    def __init__(
+        self,
+        daemon: VdsmdProcess,
+        root: Path,
+        dst_block_size: int = 512,
+        *,
+        storage: Storage | None = None,
+    ) -> None:
+        """``storage``: a pool ``daemon`` already serves (shared by several tests, each with
+        an image of its own); by default a new one under ``root``."""
         self.daemon = daemon
-        self.storage = Storage(daemon, root, dst_block_size)
+        self.storage = storage or Storage(daemon, root, dst_block_size)
         self.img, self.base, self.leaf = new_uuid(), new_uuid(), new_uuid()
         self.storage.create_volume(self.img, self.base, fmt="RAW")
         self.storage.create_volume(self.img, self.leaf, parent=self.base)

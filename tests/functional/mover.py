@@ -215,7 +215,8 @@ def world(vms: MovingVms, vm_id: str) -> dict[str, Any]:
 def assert_nothing_of_the_image(m: Mover, sd: str) -> None:
     vms = m.vms
     assert vms.img not in images(vms, sd)
-    assert not list(m.root.glob(f"*/{sd}/images/{vms.img}")), "image directory left behind"
+    assert vms.storage.root.is_dir()
+    assert not list(vms.storage.root.glob(f"*/{sd}/images/{vms.img}")), "image directory left"
     kept_open = [f for f in open_files(m.pid_of(m.vm_id)) if f"/{sd}/" in f]
     assert kept_open == [], "QEMU keeps files open"
 

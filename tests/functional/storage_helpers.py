@@ -33,6 +33,7 @@ class Storage:
         """``dst_block_size``: the destination's (4096 on a disk of 4 KiB sectors)."""
         self.rpc = daemon.xmlrpc()
         self.daemon = daemon
+        self.root = root  # the domains are directories (or mount points) under it
         self.sp, self.sd, self.sd2 = new_uuid(), new_uuid(), new_uuid()
         for sd, name, block_size in ((self.sd, "src", 512), (self.sd2, "dst", dst_block_size)):
             mount = root / name

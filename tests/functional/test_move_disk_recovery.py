@@ -13,6 +13,9 @@ The real CLI, run as a subprocess (tests/functional/mover.py):
 - A real failure under guest writes (a mirror that cannot be READY in time): rolled back
   with its cause, every write on the source.
 
+The tests that leave vdsmd running share one pool (``pooled_moving_vms``: an image and VMs
+of their own on it); those that kill vdsmd have a pool each.
+
 The moves that go through, and the refusals before a move starts: test_move_disk_moves.py.
 """
 
@@ -55,9 +58,11 @@ def expected_side(point: str) -> str:
 
 
 @pytest.mark.parametrize("point", KILL_POINTS)
-def test_client_killed_then_resume(moving_vms: VmFixture, tmp_path: Path, point: str) -> None:
-    vm_id = moving_vms.start()
-    m = Mover(moving_vms, vm_id, tmp_path)
+def test_client_killed_then_resume(
+    pooled_moving_vms: VmFixture, tmp_path: Path, point: str
+) -> None:
+    vm_id = pooled_moving_vms.start()
+    m = Mover(pooled_moving_vms, vm_id, tmp_path)
     killed = m.run(hooks={TEST_STOP_AT: point})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     journal = m.journal()
@@ -79,14 +84,14 @@ def test_client_killed_then_resume(moving_vms: VmFixture, tmp_path: Path, point:
 
 
 def test_a_pivot_that_completed_after_all_is_finished_not_undone(
-    moving_vms: VmFixture, tmp_path: Path
+    pooled_moving_vms: VmFixture, tmp_path: Path
 ) -> None:
     """A Ctrl-C inside the pivot call: the client turned to rolling back, but vdsmd finished
     the pivot. The journal of that moment is made from a real one; --resume must finish."""
-    vm_id = moving_vms.start()
-    m = Mover(moving_vms, vm_id, tmp_path)
+    vm_id = pooled_moving_vms.start()
+    m = Mover(pooled_moving_vms, vm_id, tmp_path)
     assert m.run(hooks={TEST_STOP_AT: "pivot+"}).returncode == -signal.SIGKILL
-    path = m.state_dir / f"{vm_id}--{moving_vms.img}.json"
+    path = m.state_dir / f"{vm_id}--{pooled_moving_vms.img}.json"
     journal = json.loads(path.read_text())
     assert journal["step"] == "pivot" and "pivot" not in journal["done"]
     journal.update(direction="rollback", step="abort_replication", stoppedAt="pivot")
@@ -142,10 +147,10 @@ def test_vdsmd_killed_under_the_client(
     ("point", "side"), [("wait_ready", "source"), ("delete_source", "destination")]
 )
 def test_ctrl_c_rolls_back_or_after_the_pivot_finishes(
-    moving_vms: VmFixture, tmp_path: Path, point: str, side: str
+    pooled_moving_vms: VmFixture, tmp_path: Path, point: str, side: str
 ) -> None:
-    vm_id = moving_vms.start()
-    m = Mover(moving_vms, vm_id, tmp_path)
+    vm_id = pooled_moving_vms.start()
+    m = Mover(pooled_moving_vms, vm_id, tmp_path)
     proc = m.start(**{TEST_PAUSE_AT: point})
     proc.wait_paused()
     proc.signal(signal.SIGINT, signal.SIGCONT)  # SIGINT is delivered when it goes on
@@ -160,15 +165,15 @@ def test_ctrl_c_rolls_back_or_after_the_pivot_finishes(
 
 
 def test_a_failure_under_writes_rolls_back_with_its_cause(
-    moving_vms: VmFixture, guest: GuestImage, tmp_path: Path
+    pooled_moving_vms: VmFixture, guest: GuestImage, tmp_path: Path
 ) -> None:
     """A guest writing ~6 MB/s against a mirror capped at 1 MiB/s cannot be READY within 1 s:
     the real cause is reported, the mirror aborted, the destination deleted, and the source
     has every write."""
-    vm_id = moving_vms.start(**guest_params(guest, slots=64, pause=0))
-    console = Path(moving_vms.stats(vm_id)["consoleLog"])
+    vm_id = pooled_moving_vms.start(**guest_params(guest, slots=64, pause=0))
+    console = Path(pooled_moving_vms.stats(vm_id)["consoleLog"])
     wait_writes(console, 20)
-    m = Mover(moving_vms, vm_id, tmp_path)
+    m = Mover(pooled_moving_vms, vm_id, tmp_path)
     proc = m.start("--bandwidth", "1", "--ready-timeout", "1", **{TEST_PAUSE_AT: "replicate"})
     proc.wait_paused()
     wait_writes(console, wait_writes(console, 0) + 40)  # 2.5 MiB in the auto-snapshot first
@@ -179,13 +184,15 @@ def test_a_failure_under_writes_rolls_back_with_its_cause(
     assert "rolled back" in text and "--sync-writes" in text
     wait_writes(console, wait_writes(console, 0) + 20)
     assert_on_source(m)
-    result = checker.check(Path(moving_vms.stats(vm_id)["disks"]["vda"]["path"]), "qcow2", console)
+    result = checker.check(
+        Path(pooled_moving_vms.stats(vm_id)["disks"]["vda"]["path"]), "qcow2", console
+    )
     assert result.ok, result.failures
 
 
-def test_second_ctrl_c_stops_where_it_is(moving_vms: VmFixture, tmp_path: Path) -> None:
-    vm_id = moving_vms.start()
-    m = Mover(moving_vms, vm_id, tmp_path)
+def test_second_ctrl_c_stops_where_it_is(pooled_moving_vms: VmFixture, tmp_path: Path) -> None:
+    vm_id = pooled_moving_vms.start()
+    m = Mover(pooled_moving_vms, vm_id, tmp_path)
     proc = m.start(**{TEST_PAUSE_AT: "sync+,delete_destination"})
     proc.wait_paused()
     proc.signal(signal.SIGINT, signal.SIGCONT)  # the first Ctrl-C: roll back...
@@ -195,8 +202,8 @@ def test_second_ctrl_c_stops_where_it_is(moving_vms: VmFixture, tmp_path: Path) 
     assert code == 4 and "interrupted again" in text and "--resume" in text, text
     journal = m.journal()
     assert journal is not None and journal["direction"] == "rollback"
-    assert moving_vms.img in images(
-        moving_vms, moving_vms.storage.sd2
+    assert pooled_moving_vms.img in images(
+        pooled_moving_vms, pooled_moving_vms.storage.sd2
     )  # nothing was deleted on the way out
     resumed = m.resume()
     assert resumed.returncode == 1 and "interrupted" in resumed.stderr, resumed.stderr
@@ -205,10 +212,10 @@ def test_second_ctrl_c_stops_where_it_is(moving_vms: VmFixture, tmp_path: Path) 
 
 @pytest.mark.parametrize("point", ROLLBACK_KILL_POINTS)  # abort_replication+ ~ delete_destination
 def test_client_killed_during_rollback_then_resume(
-    moving_vms: VmFixture, tmp_path: Path, point: str
+    pooled_moving_vms: VmFixture, tmp_path: Path, point: str
 ) -> None:
-    vm_id = moving_vms.start()
-    m = Mover(moving_vms, vm_id, tmp_path)
+    vm_id = pooled_moving_vms.start()
+    m = Mover(pooled_moving_vms, vm_id, tmp_path)
     proc = m.start(**{TEST_PAUSE_AT: "sync+", TEST_STOP_AT: point})
     proc.wait_paused()
     proc.signal(signal.SIGINT, signal.SIGCONT)  # Ctrl-C: the rollback starts

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,22 @@ def test_direct_io_is_probed_on_the_domains_file_system(domain: FileStorageDomai
     assert domain.supports_direct_io()
     domain.metadata_path.unlink()
     assert not domain.supports_direct_io()
+
+
+def test_domains_in_one_file_system_share_its_device(
+    make_domain: Callable[..., FileStorageDomain], tmp_path: Path
+) -> None:
+    one, two = make_domain("one"), make_domain("two")
+    assert one.shares_device_with(two) and two.shares_device_with(one)
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], check=True)
+    try:
+        elsewhere = FileStorageDomain.create(mount, new_uuid(), "elsewhere")
+        assert not one.shares_device_with(elsewhere)
+        assert not elsewhere.shares_device_with(one)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
 def test_repository_finds_domains_by_uuid_after_restart(

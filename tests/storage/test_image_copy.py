@@ -9,7 +9,10 @@ test_image_copy_clone.py. ``RecordingTask`` and the chain: image_copy_support.py
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -121,27 +124,42 @@ def test_sync_all(
         assert copy.metadata().legality is Legality.LEGAL
 
 
-def test_sync_goes_through_the_page_cache_where_o_direct_is_refused(
+@pytest.fixture
+def other_device(tmp_path: Path, repository: StorageRepository) -> Iterator[FileStorageDomain]:
+    """A destination domain on a file system of its own: ext4 on a loop device."""
+    image, mount = tmp_path / "other-device.img", tmp_path / "mnt-other"
+    mount.mkdir()
+    with open(image, "wb") as f:
+        f.truncate(128 * MiB)
+    subprocess.run(["mkfs.ext4", "-q", "-F", str(image)], check=True, capture_output=True)
+    subprocess.run(["mount", "-o", "loop", str(image), str(mount)], check=True)
+    try:
+        yield repository.create_domain(mount, new_uuid(), "other")
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def sync_recording_cache_modes(
     src: FileStorageDomain,
     dst: FileStorageDomain,
     rate: image_copy.CopyRate,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # FAKE: a file system that refuses O_DIRECT (EINVAL: tmpfs before Linux 6.6, some FUSE
-    # file systems); no file system on this machine refuses it on demand. The copy must then
-    # run through the page cache and still leave identical, durable twins.
-    monkeypatch.setattr(FileStorageDomain, "supports_direct_io", lambda self: False)
-    # Spies (they call through): how each volume's copy opened its two ends.
-    opened: list[tuple[object, object]] = []
+) -> list[bool]:
+    """Sync a fresh chain from ``src`` to ``dst``, check the twins, and return for each
+    volume's copy whether it opened its ends with O_DIRECT (spies: they call through)."""
+    opened: list[bool] = []
     convert, job_for = qemuimg.convert, mirror_copy.job_for
 
     def spy_convert(*args: Any, **kwargs: Any) -> None:
-        opened.append((kwargs["src_direct"], kwargs["dst_direct"]))
+        assert kwargs["src_direct"] == kwargs["dst_direct"]
+        opened.append(kwargs["dst_direct"])
         convert(*args, **kwargs)
 
     def spy_job_for(copy: Any) -> mirror_copy.MirrorJob:
         job = job_for(copy)
-        opened.append((job.source["file"].get("cache"), job.target["cache"]["direct"]))
+        direct = job.target["cache"]["direct"]
+        assert job.source["file"].get("cache", {"direct": False})["direct"] == direct
+        opened.append(direct)
         return job
 
     monkeypatch.setattr(qemuimg, "convert", spy_convert)
@@ -150,14 +168,40 @@ def test_sync_goes_through_the_page_cache_where_o_direct_is_refused(
     chain = make_chain(src, img)
     clone(src, dst, img)
     image_copy.sync_data(src, dst, img, "ALL", RecordingTask(), rate=rate)
-    assert len(opened) == len(chain) and all(
-        end in (False, None) for ends in opened for end in ends
-    ), opened
     for vol in chain:
         copy = twin(dst, vol)
         assert own_extents(copy) == own_extents(vol)
         assert qemuimg.compare(vol.path, copy.path, fmt_a=qemu_fmt(vol), strict=True)
         assert copy.metadata().legality is Legality.LEGAL
+    assert len(opened) == len(chain), opened
+    return opened
+
+
+def test_sync_copies_with_o_direct_only_into_another_device(
+    src: FileStorageDomain,
+    dst: FileStorageDomain,
+    other_device: FileStorageDomain,
+    rate: image_copy.CopyRate,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Between two domains of one file system through the page cache (faster there); into
+    another device with O_DIRECT at both ends (docs/benchmarks.md, 12 and the tuning)."""
+    assert not any(sync_recording_cache_modes(src, dst, rate, monkeypatch))
+    monkeypatch.undo()
+    assert all(sync_recording_cache_modes(src, other_device, rate, monkeypatch))
+
+
+def test_sync_goes_through_the_page_cache_where_o_direct_is_refused(
+    src: FileStorageDomain,
+    other_device: FileStorageDomain,
+    rate: image_copy.CopyRate,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # FAKE: a file system that refuses O_DIRECT (EINVAL: tmpfs before Linux 6.6, some FUSE
+    # file systems); none on this machine refuses it on demand. The copy into another device
+    # must then go through the page cache and still leave identical twins.
+    monkeypatch.setattr(FileStorageDomain, "supports_direct_io", lambda self: False)
+    assert not any(sync_recording_cache_modes(src, other_device, rate, monkeypatch))
 
 
 def test_zero_filled_data_arrives_as_zeros_and_stays_thin(

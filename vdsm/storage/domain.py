@@ -205,6 +205,14 @@ class FileStorageDomain:
         os.close(fd)
         return True
 
+    def shares_device_with(self, other: FileStorageDomain) -> bool:
+        """Whether the two domains are on one file system (one device, as far as this host
+        can tell: the same st_dev). A domain that cannot be stat'ed counts as sharing."""
+        try:
+            return os.stat(self.path).st_dev == os.stat(other.path).st_dev
+        except OSError:
+            return True
+
     def write_metadata(self, metadata: DomainMetadata) -> None:
         fileutil.atomic_write(self.metadata_path, metadata.to_text().encode("utf-8"))
         self.metadata = metadata

@@ -288,10 +288,7 @@ def _mirror_volume(
 
 
 def _convert_volume(copy: VolumeCopy, ctx: TaskContext, progress: Progress, rate: CopyRate) -> None:
-    # O_DIRECT at both ends wherever the file systems take it: measured in the bench's
-    # tuning table (docs/benchmarks.md), 1.5-2x faster than through the page cache on one
-    # disk and 3-4x into a second, fast device, where buffered writes cost more than the
-    # device; and the copy leaves no dirty pages to flush nor cache to evict.
+    direct = copy.direct_io()  # O_DIRECT or the page cache: see VolumeCopy.direct_io
     try:
         qemuimg.convert(
             copy.src.path,
@@ -299,8 +296,8 @@ def _convert_volume(copy: VolumeCopy, ctx: TaskContext, progress: Progress, rate
             src_format=copy.src_md.format.qemu_format,
             dst_format=copy.dst_md.format.qemu_format,
             target_exists=True,
-            src_direct=copy.src.domain.supports_direct_io(),
-            dst_direct=copy.dst.domain.supports_direct_io(),
+            src_direct=direct,
+            dst_direct=direct,
             # With a parent: -B tells qemu-img the twin has a backing file, so only this
             # layer is copied and the twin's own link is kept. Without one: the fresh twin
             # reads as zeros, so skip zeros (a preallocated twin keeps its allocation).
@@ -321,8 +318,8 @@ def _convert_volume(copy: VolumeCopy, ctx: TaskContext, progress: Progress, rate
 
 
 def _start_writeback(vol: Volume) -> None:
-    """Start writing a copied twin's dirty pages back, without waiting for it: a twin written
-    through the page cache (its file system has no O_DIRECT, or the mirror job wrote it).
+    """Start writing a copied twin's dirty pages back, without waiting for it (a twin copied
+    through the page cache; after an O_DIRECT copy there is nothing to write back).
 
     POSIX_FADV_DONTNEED starts the writeback (and drops the pages already clean), so the disk
     writes this twin while the next volume is read, instead of everything at the final fsync;

@@ -107,13 +107,14 @@ def job_for(copy: VolumeCopy) -> MirrorJob:
         raise ValueError(f"{copy.src.description_for_errors}: no mirror recipe for this volume")
     source_file: dict[str, Any] = {"driver": "file", "filename": str(copy.src.path)}
     target_file: dict[str, Any] = {"driver": "file", "filename": str(copy.dst.path)}
-    # O_DIRECT at both ends where the file systems take it, as image_copy's qemu-img convert
-    # runs. The daemon never flushes the twin (not even as it closes it, which would wait
-    # for the writeback of a volume copied through the page cache before the next one
+    # O_DIRECT at both ends or neither, as image_copy's qemu-img convert (VolumeCopy.
+    # direct_io). The daemon never flushes the twin (not even as it closes it, which would
+    # wait for the writeback of a volume copied through the page cache before the next one
     # starts); image_copy fsyncs every twin before the task succeeds.
-    if copy.src.domain.supports_direct_io():
+    direct = copy.direct_io()
+    if direct:
         source_file["cache"] = {"direct": True}
-    no_flush = {"direct": copy.dst.domain.supports_direct_io(), "no-flush": True}
+    no_flush = {"direct": direct, "no-flush": True}
     if copy.src_md.format is VolumeFormat.COW:
         return MirrorJob(
             # The whole chain under the source (its header names the parent): only what this
