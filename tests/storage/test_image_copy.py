@@ -110,9 +110,11 @@ def test_sync_internal_then_leaf(
     ]
 
 
-def test_sync_all(
+def sync_all_and_check(
     src: FileStorageDomain, dst: FileStorageDomain, rate: image_copy.CopyRate
-) -> None:
+) -> list[volumes.Volume]:
+    """Sync ALL of a fresh chain from ``src`` to ``dst``; every twin reads as its source,
+    allocates what it does, and is LEGAL. Returns the source chain."""
     img = new_uuid()
     chain = make_chain(src, img)
     clone(src, dst, img)
@@ -122,6 +124,13 @@ def test_sync_all(
         assert own_extents(copy) == own_extents(vol)
         assert qemuimg.compare(vol.path, copy.path, fmt_a=qemu_fmt(vol), strict=True)
         assert copy.metadata().legality is Legality.LEGAL
+    return chain
+
+
+def test_sync_all(
+    src: FileStorageDomain, dst: FileStorageDomain, rate: image_copy.CopyRate
+) -> None:
+    sync_all_and_check(src, dst, rate)
 
 
 @pytest.fixture
@@ -164,15 +173,7 @@ def sync_recording_cache_modes(
 
     monkeypatch.setattr(qemuimg, "convert", spy_convert)
     monkeypatch.setattr(mirror_copy, "job_for", spy_job_for)
-    img = new_uuid()
-    chain = make_chain(src, img)
-    clone(src, dst, img)
-    image_copy.sync_data(src, dst, img, "ALL", RecordingTask(), rate=rate)
-    for vol in chain:
-        copy = twin(dst, vol)
-        assert own_extents(copy) == own_extents(vol)
-        assert qemuimg.compare(vol.path, copy.path, fmt_a=qemu_fmt(vol), strict=True)
-        assert copy.metadata().legality is Legality.LEGAL
+    chain = sync_all_and_check(src, dst, rate)
     assert len(opened) == len(chain), opened
     return opened
 

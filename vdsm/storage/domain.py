@@ -195,9 +195,10 @@ class FileStorageDomain:
         return DomainStats(total_bytes=total, used_bytes=total - free, free_bytes=free)
 
     def supports_direct_io(self) -> bool:
-        """Whether the domain's file system opens files with O_DIRECT (tmpfs, for one, does
-        not: EINVAL). Probed on the metadata file, which every domain has; a domain that
-        cannot be read at all says no, and whatever then uses it meets the error itself."""
+        """Whether the domain's file system opens files with O_DIRECT (tmpfs before Linux
+        6.6, for one, does not: EINVAL). Probed on the metadata file, which every domain has;
+        a domain that cannot be read at all says no, and whatever then uses it meets the
+        error itself."""
         try:
             fd = os.open(self.metadata_path, os.O_RDONLY | os.O_DIRECT)
         except OSError:
