@@ -2,14 +2,25 @@
 
 The governor is arithmetic over counters: fed the guests' I/O counters a real libvirt would
 report (tests/functional/test_copy_rate_limit.py runs it under a real guest's writes), it
-must hold the copy back when the guests are hurt (their operations take longer *and* they
-do fewer), let it climb while they are not (a paced guest whose operations merely take
-longer), go to full speed when they stop, never go below the floor nor above the cap.
+must hold the copy back when the guests are hurt (they do markedly fewer operations, or
+their operations take longer *and* they do fewer), let it climb while they are not (a paced
+guest whose operations merely take longer), go to full speed when they stop, never go below
+the floor nor above the cap.
 """
 
 from __future__ import annotations
 
-from vdsm.copy_governor import BACKOFF, FLOOR, GROWTH, STEP, CopyGovernor, GuestIo
+from vdsm.copy_governor import (
+    BACKOFF,
+    BASELINE_LOOKS,
+    FIRST_LOOK,
+    FLOOR,
+    GROWTH,
+    SHARE,
+    STEP,
+    CopyGovernor,
+    GuestIo,
+)
 
 MiB = 1024**2
 LOOK = 0.5  # seconds between two looks (the replication monitor's interval)
@@ -21,8 +32,8 @@ class Guests:
     def __init__(self) -> None:
         self.io = GuestIo(0, 0, 0)
 
-    def run(self, ops_per_s: float, latency_ms: float) -> GuestIo:
-        ops = int(ops_per_s * LOOK)
+    def run(self, ops_per_s: float, latency_ms: float, seconds: float = LOOK) -> GuestIo:
+        ops = int(ops_per_s * seconds)
         self.io = GuestIo(
             self.io.ops + ops,
             self.io.nbytes + ops * 65536,
@@ -88,12 +99,43 @@ def test_hurt_guests_cut_the_copy_then_it_grows_by_steps_never_below_the_floor()
     assert after.rate == FLOOR
 
 
-def test_guests_slowing_down_by_themselves_do_not_hold_the_copy_back() -> None:
+def test_guests_doing_fewer_operations_are_hurt_even_when_none_takes_longer() -> None:
+    """On a small host the copy takes the guests' CPU: they do fewer operations, each as fast
+    as before. Losing a little (above SHARE) is not hurt; losing more is."""
+    governor, guests = CopyGovernor(), Guests()
+    governor.decide(guests.run(0, 0), LOOK, 0)
+    governor.decide(guests.run(1000, 1.0), LOOK, 0)  # at the floor: best 1000 op/s
+    assert 850 < SHARE * 1000 < 950
+    climbing = governor.decide(guests.run(950, 1.0), LOOK, 500 * MiB)
+    assert climbing.rate == FLOOR * GROWTH
+    cut = governor.decide(guests.run(850, 1.0), LOOK, 500 * MiB)
+    assert cut.rate == int(climbing.rate * BACKOFF)
+    assert "850 op/s of their best 1000, 1.0 ms per op against 1.0 ms" in cut.held_back
+
+
+def test_guests_slowing_down_by_themselves_get_the_copy_back_once_their_old_best_is_forgotten() -> (
+    None
+):
     governor, guests = CopyGovernor(), Guests()
     governor.decide(guests.run(0, 0), LOOK, 0)
     governor.decide(guests.run(1000, 1.0), LOOK, 0)
-    slower = governor.decide(guests.run(300, 1.0), LOOK, 500 * MiB)  # fewer, not longer
-    assert slower.rate == FLOOR * GROWTH
+    rates = [
+        governor.decide(guests.run(300, 1.0), LOOK, int(FLOOR * LOOK)).rate
+        for _ in range(BASELINE_LOOKS)
+    ]
+    assert set(rates[:-1]) == {FLOOR}  # held back while 1000 op/s is among the recent looks
+    assert rates[-1] > FLOOR  # 300 op/s is what they do now: the copy climbs again
+
+
+def test_a_short_first_look_is_not_taken_for_the_guests_best() -> None:
+    """The first look comes FIRST_LOOK after the start: too few operations to be a guest's
+    best rate, which the next looks would all be measured against."""
+    governor, guests = CopyGovernor(), Guests()
+    governor.begin(guests.io)
+    lucky = governor.decide(guests.run(2000, 0.4, FIRST_LOOK), FIRST_LOOK, 0)
+    assert lucky.rate == FLOOR  # busy: it still tells busy from idle
+    rates = [governor.decide(guests.run(1600, 0.4), LOOK, 500 * MiB).rate for _ in range(3)]
+    assert rates == [FLOOR * GROWTH**n for n in range(1, 4)]
 
 
 def test_guests_going_idle_give_the_copy_full_speed_back() -> None:

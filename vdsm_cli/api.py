@@ -29,8 +29,12 @@ from vdsm_cli.errors import ApiError, CliError
 FINISHED = "finished"  # taskState of a task that ended, whatever its result
 SUCCESS = "success"  # taskResult of a task that did its job
 # Seconds between two polls of a task or a block job, by default: short at first (most tasks
-# end within a few tens of ms, and each wait adds to the caller's time), then POLL_INTERVAL.
+# end within a few tens of ms, and each wait adds to the caller's time), then POLL_SHARE of
+# the time waited so far, up to POLL_INTERVAL: a wait ends at most about a tenth of its
+# length after what it waits for (doubling pauses, as before, could add 0.45 s to a 1.3 s
+# copy: 0.05 + 0.1 + 0.2 + 0.4 + 0.5 s).
 POLL_FIRST = 0.05
+POLL_SHARE = 0.1
 POLL_INTERVAL = 0.5
 
 
@@ -118,18 +122,21 @@ def drive_of_stats(target: str, data: dict[str, Any]) -> Drive:
 
 
 class Poller:
-    """The pauses of one wait: ``interval`` each, or by default POLL_FIRST doubling up to
-    POLL_INTERVAL."""
+    """The pauses of one wait: ``interval`` each, or by default POLL_SHARE of the time
+    paused so far, between POLL_FIRST and POLL_INTERVAL."""
 
     def __init__(self, sleep: Callable[[float], None], interval: float | None = None) -> None:
         self._sleep = sleep
         self._fixed = interval
-        self._next = POLL_FIRST if interval is None else interval
+        self._waited = 0.0
 
     def pause(self) -> None:
-        self._sleep(self._next)
-        if self._fixed is None:
-            self._next = min(POLL_INTERVAL, self._next * 2)
+        if self._fixed is not None:
+            pause = self._fixed
+        else:
+            pause = min(POLL_INTERVAL, max(POLL_FIRST, self._waited * POLL_SHARE))
+        self._sleep(pause)
+        self._waited += pause
 
 
 class Vdsm:

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from vdsm_api import schema
+from vdsm_cli import api, output, progress
 from vdsm_cli import help as cli_help
-from vdsm_cli import output, progress
 from vdsm_cli.api import Vdsm, WaitTimeout
 from vdsm_cli.client import Client, Endpoint
 from vdsm_cli.errors import ApiError, CliError
@@ -250,7 +250,9 @@ def test_wait_closes_the_bar_on_ctrl_c() -> None:
     assert out.getvalue().endswith("\n")
 
 
-def test_wait_task_default_pauses_double_up_to_the_interval() -> None:
+def test_wait_task_default_pauses_are_a_tenth_of_the_wait_so_far_up_to_the_interval() -> None:
+    """A wait ends at most about a tenth of its length late: 50 ms pauses for the first
+    half second, then a tenth of the time waited, never more than POLL_INTERVAL."""
     fake = FakeTime()
     pauses: list[float] = []
 
@@ -258,10 +260,15 @@ def test_wait_task_default_pauses_double_up_to_the_interval() -> None:
         pauses.append(seconds)
         fake.sleep(seconds)
 
-    statuses = [status()] * 6 + [status("finished", 100, result="success")]
+    statuses = [status()] * 80 + [status("finished", 100, result="success")]
     got = scripted(statuses, fake, sleep).wait_task(TASK)
     assert got["taskResult"] == "success"
-    assert pauses == [0.05, 0.1, 0.2, 0.4, 0.5, 0.5]
+    assert pauses[:10] == [api.POLL_FIRST] * 10
+    waited = 0.0
+    for pause in pauses:
+        assert pause == min(api.POLL_INTERVAL, max(api.POLL_FIRST, waited * api.POLL_SHARE))
+        waited += pause
+    assert pauses[-1] == api.POLL_INTERVAL
 
 
 def test_wait_task_reports_every_status_and_wait_success_raises_on_failure() -> None:

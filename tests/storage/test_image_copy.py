@@ -10,6 +10,8 @@ test_image_copy_clone.py. ``RecordingTask`` and the chain: image_copy_support.py
 from __future__ import annotations
 
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -32,6 +34,7 @@ from tests.storage.image_copy_support import (
     twin,
 )
 from tests.storage.support import new_uuid, run_qemu_io
+from vdsm.copy_governor import GuestIo
 from vdsm.errors import CopyImageError, ImageIsNotLegalChain, TaskAborted
 from vdsm.storage import image_copy, mirror_copy, qemuimg
 from vdsm.storage import volume as volumes
@@ -161,8 +164,8 @@ def sync_recording_cache_modes(
 
     def spy_convert(*args: Any, **kwargs: Any) -> None:
         assert kwargs["src_direct"] == kwargs["dst_direct"]
-        opened.append(kwargs["dst_direct"])
         convert(*args, **kwargs)
+        opened.append(kwargs["dst_direct"])  # a copy that made the twin (not one stopped)
 
     def spy_job_for(copy: Any) -> mirror_copy.MirrorJob:
         job = job_for(copy)
@@ -203,6 +206,99 @@ def test_sync_goes_through_the_page_cache_where_o_direct_is_refused(
     # must then go through the page cache and still leave identical twins.
     monkeypatch.setattr(FileStorageDomain, "supports_direct_io", lambda self: False)
     assert not any(sync_recording_cache_modes(src, other_device, rate, monkeypatch))
+
+
+# Idle guests (a fake of libvirt's counters, as BusyGuests): an adaptive copy starts at full
+# speed, as one that does not adapt.
+AT_FULL_SPEED = {
+    "not adaptive": image_copy.UNLIMITED,
+    "adaptive, guests idle": image_copy.CopyRate(guest_io=lambda: GuestIo(0, 0, 0)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(AT_FULL_SPEED))
+def test_sync_into_another_device_copies_the_volumes_at_once(
+    src: FileStorageDomain,
+    dst: FileStorageDomain,
+    other_device: FileStorageDomain,
+    name: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At full speed into another device every layer's qemu-img runs at the same time (each
+    twin opened alone, so none locks another out) and the twins are whole; between two
+    domains of one device they run one after another."""
+    rate = AT_FULL_SPEED[name]
+    convert = qemuimg.convert
+    lock, in_flight, most = threading.Lock(), [0], [0]
+    together = threading.Barrier(3, timeout=30)  # the chain's three layers
+
+    def spy_convert(*args: Any, **kwargs: Any) -> None:
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        try:
+            if kwargs["dst_direct"]:  # into the other device: all three must be here at once
+                together.wait()
+            convert(*args, **kwargs)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    monkeypatch.setattr(qemuimg, "convert", spy_convert)
+    sync_all_and_check(src, dst, rate)
+    assert most[0] == 1
+    sync_all_and_check(src, other_device, rate)
+    assert most[0] == 3
+
+
+def test_copies_at_once_stop_when_the_first_look_finds_the_guests_busy(
+    src: FileStorageDomain, other_device: FileStorageDomain, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An adaptive copy into another device starts at once and looks at the guests as it
+    runs; busy, it stops the copies and makes them again one by one, held back (mirror jobs),
+    leaving whole twins."""
+    convert, job_for = qemuimg.convert, mirror_copy.job_for
+    started: list[str] = []
+    mirrored: list[str] = []
+
+    def outlasting_convert(*args: Any, **kwargs: Any) -> None:
+        # FAKE: a copy still running at the first look (these small layers take ~30 ms).
+        started.append(str(args[1]))
+        deadline = time.monotonic() + 30
+        while not kwargs["cancellation"].cancelled and time.monotonic() < deadline:
+            time.sleep(0.01)  # until the look stops it
+        convert(*args, **kwargs)  # stopped: raises CommandAborted without starting
+
+    def spy_job_for(copy: Any) -> mirror_copy.MirrorJob:
+        mirrored.append(copy.dst.vol_uuid)
+        return job_for(copy)
+
+    monkeypatch.setattr(qemuimg, "convert", outlasting_convert)
+    monkeypatch.setattr(mirror_copy, "job_for", spy_job_for)
+    chain = sync_all_and_check(src, other_device, COPY_RATES["mirror"])
+    assert len(started) == len(chain) == len(mirrored)
+    assert mirrored == [vol.vol_uuid for vol in chain]
+
+
+def test_a_failure_among_copies_at_once_is_the_tasks_error_and_all_roll_back(
+    src: FileStorageDomain, other_device: FileStorageDomain, repository: StorageRepository
+) -> None:
+    img = new_uuid()
+    chain = make_chain(src, img)
+    clone(src, other_device, img)
+    middle = twin(other_device, chain[1])
+    middle.path.write_bytes(b"garbage" * 100)
+
+    task = RecordingTask()
+    with pytest.raises(CopyImageError) as caught:
+        image_copy.sync_data(src, other_device, img, "ALL", task, rate=image_copy.UNLIMITED)
+    assert caught.value.code == 261
+    assert chain[1].vol_uuid in caught.value.message
+    assert "qemu-img: Could not open" in caught.value.message
+    # None is LEGAL before all are whole: the others were stopped or finished, unmarked.
+    assert {twin(other_device, vol).metadata().legality for vol in chain} == {Legality.ILLEGAL}
+    task.roll_back(repository)
+    assert {twin(other_device, vol).metadata().legality for vol in chain} == {Legality.ILLEGAL}
 
 
 def test_zero_filled_data_arrives_as_zeros_and_stays_thin(

@@ -9,6 +9,7 @@ helpers: qemuimg_support.py.
 from __future__ import annotations
 
 import struct
+import subprocess
 import time
 from pathlib import Path
 
@@ -89,6 +90,49 @@ def test_copy_each_layer_into_existing_twin(tmp_path: Path, qemu_io: str, base_f
     assert st_allocated(dst_chain[0]) < 3 * MiB
     assert st_allocated(dst_chain[1]) < 2 * MiB
     assert st_allocated(dst_chain[2]) < 2 * MiB
+
+
+def test_a_twin_opened_alone_is_copied_while_its_parent_is_written(
+    tmp_path: Path, qemu_io: str
+) -> None:
+    """Why copies at once open each twin alone (dst_alone): a copy into a twin opens its
+    backing chain and wants the parent's write lock, which a copy into the parent holds. Here
+    qemu-io holds it, open for writing until its stdin closes."""
+    src_chain = make_chain(qemu_io, tmp_path / "src", "qcow2")
+    dst_chain = make_chain(qemu_io, tmp_path / "dst", "qcow2", data=False)
+    src, dst, parent = src_chain[1], dst_chain[1], dst_chain[0]
+    layer = {
+        "src_format": "qcow2",
+        "dst_format": "qcow2",
+        "target_exists": True,
+        "backing": parent.name,
+        "backing_format": "qcow2",
+    }
+    holder = subprocess.Popen(
+        [qemu_io, "-f", "qcow2", str(parent)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdin is not None and holder.stdout is not None
+        holder.stdin.write(b"info\n")  # answered once the parent is open, its lock taken
+        holder.stdin.flush()
+        assert b"format name: qcow2" in holder.stdout.readline()
+        with pytest.raises(CommandError, match='Failed to get shared "write" lock'):
+            qemuimg.convert(src, dst, **layer)
+        qemuimg.convert(src, dst, dst_alone=True, **layer)
+    finally:
+        holder.communicate(b"quit\n", timeout=10)
+    assert own_extents(dst, "qcow2") == own_extents(src, "qcow2")
+    qemuimg.convert(
+        src_chain[0],
+        parent,
+        src_format="qcow2",
+        dst_format="qcow2",
+        target_exists=True,
+        target_is_zero=True,
+    )
+    assert qemuimg.compare(src, dst, fmt_a="qcow2", fmt_b="qcow2", strict=True)
+    with pytest.raises(ValueError, match="dst_alone needs target_exists"):
+        qemuimg.convert(src, dst, src_format="qcow2", dst_format="qcow2", dst_alone=True)
 
 
 def test_copy_layer_without_backing_collapses_the_chain(tmp_path: Path, qemu_io: str) -> None:

@@ -176,6 +176,29 @@ def test_cancel_stops_every_command_of_the_token() -> None:
     assert all(isinstance(e, CommandAborted) for e in errors)
 
 
+def test_a_child_token_stops_with_its_parent_and_alone_without_it() -> None:
+    """Copies run at once under a child of the task's token: a failed one stops its siblings
+    (the child alone), a stopped task stops them all (the parent)."""
+    task = Cancellation("task-1")
+    group = task.child()
+    assert group.label == "task-1"  # its children carry the task's tag for a restarted vdsmd
+    timer = threading.Timer(0.3, task.cancel)
+    timer.start()
+    try:
+        with pytest.raises(CommandAborted):
+            runner.run(["sleep", "30"], cancellation=group)
+    finally:
+        timer.cancel()
+    assert group.cancelled and task.cancelled
+    assert task.child().cancelled  # a child of a stopped task never starts anything
+
+    task = Cancellation()
+    group = task.child()
+    group.cancel()
+    assert group.cancelled and not task.cancelled
+    runner.run(["true"], cancellation=task)  # the task's own commands still run
+
+
 def test_pre_cancelled_token_never_starts(tmp_path: Path) -> None:
     marker = tmp_path / "started"
     cancellation = Cancellation()

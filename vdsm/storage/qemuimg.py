@@ -164,6 +164,7 @@ def convert(
     target_is_zero: bool = False,
     src_direct: bool = False,
     dst_direct: bool = False,
+    dst_alone: bool = False,
     rate_limit: int | None = None,
     on_progress: ProgressCallback | None = None,
     cancellation: Cancellation | None = None,
@@ -207,6 +208,13 @@ def convert(
     page cache; qemu-img then flushes the target as it closes it. Without them qemu-img's
     defaults hold: writeback for the source, unsafe for the target (no flush at all).
 
+    ``dst_alone``: open an existing qcow2 ``dst`` without its backing chain (a ``json:``
+    target with ``"backing": null``). qemu-img opens a target with its chain and takes the
+    write lock of each file in it, so two copies into twins of one chain, a parent and its
+    child, cannot run at once ('Failed to get shared "write" lock'); opened alone they can.
+    With ``backing`` (-B) the copy is the same either way: only the source layer's clusters
+    are written (measured on 7.2: the twin chains compare identical).
+
     ``rate_limit`` (-r): at most that many bytes per second are read from ``src``.
 
     ``on_progress(percent)`` adds -p and is called as qemu-img reports progress.
@@ -234,7 +242,14 @@ def convert(
         if rate_limit <= 0:
             raise ValueError(f"rate_limit must be positive: {rate_limit}")
         argv += ["-r", str(rate_limit)]
-    argv += [_filename(src), _filename(dst)]
+    if dst_alone:
+        if not target_exists or dst_format != "qcow2":
+            raise ValueError("dst_alone needs target_exists and a qcow2 target")
+        node = {"driver": "qcow2", "file": {"driver": "file", "filename": os.path.abspath(dst)}}
+        target = "json:" + json.dumps({**node, "backing": None})
+    else:
+        target = _filename(dst)
+    argv += [_filename(src), target]
     runner.run(argv, timeout=timeout, on_progress=on_progress, cancellation=cancellation)
 
 

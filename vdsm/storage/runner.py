@@ -137,6 +137,7 @@ class Cancellation:
         self._lock = threading.Lock()
         self._cancelled = False
         self._commands: set[_Command] = set()
+        self._children: list[Cancellation] = []
 
     @property
     def cancelled(self) -> bool:
@@ -146,9 +147,23 @@ class Cancellation:
     def cancel(self) -> None:
         with self._lock:
             self._cancelled = True
-            commands = list(self._commands)
+            commands, children = list(self._commands), list(self._children)
         for command in commands:
             command.abort()
+        for child in children:
+            child.cancel()
+
+    def child(self) -> Cancellation:
+        """A token of its own for some of this operation's commands, with this one's label:
+        cancelled with this one, and cancellable alone (a group of commands run at the same
+        time, stopped together when one fails, without stopping the whole operation)."""
+        child = Cancellation(self.label)
+        with self._lock:
+            self._children.append(child)
+            cancelled = self._cancelled
+        if cancelled:
+            child.cancel()
+        return child
 
     def _attach(self, command: _Command) -> bool:
         """Track a started command; False if the token was cancelled meanwhile."""
