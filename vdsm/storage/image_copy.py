@@ -253,7 +253,7 @@ def _copy_volumes_at_once(
 
     def run(key: int, copy: VolumeCopy) -> None:
         try:
-            _convert_volume(copy, group, progress.volume(copy.size, key), None)
+            _convert_volume(copy, group, progress.volume(copy.size, key), None, alone=True)
         except BaseException as e:
             if not group.cancelled:  # the first failure, not a copy it stopped
                 errors.append(e)
@@ -384,7 +384,13 @@ def _convert_volume(
     cancellation: Cancellation,
     on_progress: Callable[[float], None],
     rate_limit: int | None,
+    *,
+    alone: bool = False,
 ) -> None:
+    """``alone``: a twin with a parent is opened without its backing chain, so that copies
+    into one chain can run at once. Only then: through the page cache, a twin opened alone
+    was copied 34% slower (a 2 GiB chain on one disk, 3.33 s against 2.49 s, medians of four
+    alternating rounds)."""
     direct = copy.direct_io()  # O_DIRECT or the page cache: see VolumeCopy.direct_io
     try:
         qemuimg.convert(
@@ -401,8 +407,7 @@ def _convert_volume(
             backing=copy.backing,
             backing_format=copy.backing_format,
             target_is_zero=copy.backing is None,
-            # A twin with a parent opened alone: copies into one chain may then run at once.
-            dst_alone=copy.backing is not None,
+            dst_alone=alone and copy.backing is not None,
             rate_limit=rate_limit,
             on_progress=on_progress,
             cancellation=cancellation,
