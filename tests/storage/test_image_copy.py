@@ -280,21 +280,30 @@ def test_copies_at_once_stop_when_the_first_look_finds_the_guests_busy(
     assert mirrored == [vol.vol_uuid for vol in chain]
 
 
+def sync_into_a_broken_middle_twin(
+    src: FileStorageDomain, dst: FileStorageDomain, sync_type: str, rate: image_copy.CopyRate
+) -> tuple[list[volumes.Volume], RecordingTask, CopyImageError]:
+    """Sync a fresh chain whose middle twin is not a qcow2 image (garbage): the chain, the
+    task and the sync's error."""
+    img = new_uuid()
+    chain = make_chain(src, img)
+    clone(src, dst, img)
+    twin(dst, chain[1]).path.write_bytes(b"garbage" * 100)
+    task = RecordingTask()
+    with pytest.raises(CopyImageError) as caught:
+        image_copy.sync_data(src, dst, img, sync_type, task, rate=rate)
+    return chain, task, caught.value
+
+
 def test_a_failure_among_copies_at_once_is_the_tasks_error_and_all_roll_back(
     src: FileStorageDomain, other_device: FileStorageDomain, repository: StorageRepository
 ) -> None:
-    img = new_uuid()
-    chain = make_chain(src, img)
-    clone(src, other_device, img)
-    middle = twin(other_device, chain[1])
-    middle.path.write_bytes(b"garbage" * 100)
-
-    task = RecordingTask()
-    with pytest.raises(CopyImageError) as caught:
-        image_copy.sync_data(src, other_device, img, "ALL", task, rate=image_copy.UNLIMITED)
-    assert caught.value.code == 261
-    assert chain[1].vol_uuid in caught.value.message
-    assert "qemu-img: Could not open" in caught.value.message
+    chain, task, error = sync_into_a_broken_middle_twin(
+        src, other_device, "ALL", image_copy.UNLIMITED
+    )
+    assert error.code == 261
+    assert chain[1].vol_uuid in error.message
+    assert "qemu-img: Could not open" in error.message
     # None is LEGAL before all are whole: the others were stopped or finished, unmarked.
     assert {twin(other_device, vol).metadata().legality for vol in chain} == {Legality.ILLEGAL}
     task.roll_back(repository)
@@ -388,23 +397,16 @@ def test_copy_failure_carries_qemu_img_reason(
     repository: StorageRepository,
     rate: image_copy.CopyRate,
 ) -> None:
-    img = new_uuid()
-    chain = make_chain(src, img)
-    clone(src, dst, img)
+    chain, task, error = sync_into_a_broken_middle_twin(src, dst, "INTERNAL", rate)
     middle = twin(dst, chain[1])
-    middle.path.write_bytes(b"garbage" * 100)
-
-    task = RecordingTask()
-    with pytest.raises(CopyImageError) as caught:
-        image_copy.sync_data(src, dst, img, "INTERNAL", task, rate=rate)
-    assert caught.value.code == 261
-    assert chain[1].vol_uuid in caught.value.message
+    assert error.code == 261
+    assert chain[1].vol_uuid in error.message
     # QEMU's reason, in its words: not a qcow2 image.
     if rate.guest_io is None:
-        assert "qemu-img: Could not open" in caught.value.message
+        assert "qemu-img: Could not open" in error.message
     else:
-        assert "blockdev-add: Image is not in qcow2 format" in caught.value.message
-    assert "qcow2" in caught.value.message
+        assert "blockdev-add: Image is not in qcow2 format" in error.message
+    assert "qcow2" in error.message
     assert twin(dst, chain[0]).metadata().legality is Legality.LEGAL
     assert middle.metadata().legality is Legality.ILLEGAL
     task.roll_back(repository)  # a failed sync leaves every twin it touched ILLEGAL
