@@ -10,6 +10,9 @@ the live snapshot on its own.
 
 Every error code and restart safety (vdsmd or QEMU killed mid-replication, a refused pivot):
 test_lsm_failures.py. The fixtures and ``Migration``: lsm_helpers.py.
+
+No test here stops vdsmd: they share one daemon and pool (``pooled_vms``), each with an image
+and VMs of its own, and check only their own ids.
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ from vdsm_guest import checker
 from vdsm_guest.build import GuestImage
 
 pytestmark = pytest.mark.libvirt
+
+
+@pytest.fixture
+def vms(pooled_vms: VmFixture) -> VmFixture:
+    """The module's shared pool (conftest's ``pooled_vms``), not a daemon and pool per test."""
+    return pooled_vms
 
 
 def test_seed_flow_over_xmlrpc_under_guest_writes(vms: VmFixture, guest: GuestImage) -> None:
@@ -148,7 +157,13 @@ def test_finish_before_ready_is_40_and_a_slow_mirror_still_converges(
     ok(m.rpc.diskReplicateStart(vm_id, src, dst, True, "auto", 1))
     not_ready = m.finish_when_ready(src, dst, timeout=180)
     assert not_ready > 0, "Finish must answer 40 before the mirror is READY"
-    assert "restarting it with synchronous writes" in vms.daemon.log()
+    # This VM's own switch: the module's other tests log to the same daemon.
+    switched = [
+        line
+        for line in vms.daemon.log().splitlines()
+        if f"VM {vm_id} " in line and "restarting it with synchronous writes" in line
+    ]
+    assert switched, "no switch to synchronous writes logged for this VM"
     m.assert_runs_on(m.st.sd2, console)
 
 

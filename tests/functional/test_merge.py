@@ -1,6 +1,9 @@
 """Live merge through a real vdsmd and libvirt: active (the leaf into its parent, with pivot)
 and internal (a middle volume into its parent), under guest writes, then deleting the merged
-volume; and the refusals."""
+volume; and the refusals.
+
+No test here stops vdsmd: they share one daemon and pool (``pooled_vms``), each with an image
+and VMs of its own."""
 
 from __future__ import annotations
 
@@ -23,6 +26,12 @@ from vdsm_guest import checker
 from vdsm_guest.build import GuestImage
 
 pytestmark = pytest.mark.libvirt
+
+
+@pytest.fixture
+def vms(pooled_vms: VmFixture) -> VmFixture:
+    """The module's shared pool (conftest's ``pooled_vms``), not a daemon and pool per test."""
+    return pooled_vms
 
 
 def wait_merged(vms: VmFixture, vm_id: str, top: str, timeout: float = 60) -> dict[str, Any]:

@@ -11,6 +11,10 @@ The real CLI, run as a subprocess (tests/functional/mover.py):
   is down, a disk busy with a replication, a move already running) change nothing.
 - Every disk of a VM with --all, one after another.
 
+The tests share one vdsmd and pool (``pooled_moving_vms``: an image and VMs of their own on
+it), but for the pre-flight refusals, which attach a domain on a tmpfs of their own to the
+pool and unmount it after.
+
 Interrupted, killed and failed moves, and ``--resume``: test_move_disk_recovery.py.
 """
 
@@ -42,12 +46,12 @@ pytestmark = pytest.mark.libvirt
     ("keep", "merge"), [(False, True), (True, True), (False, False), (True, False)]
 )
 def test_move_under_guest_writes(
-    moving_vms: VmFixture, guest: GuestImage, tmp_path: Path, keep: bool, merge: bool
+    pooled_moving_vms: VmFixture, guest: GuestImage, tmp_path: Path, keep: bool, merge: bool
 ) -> None:
-    vm_id = moving_vms.start(**guest_params(guest, slots=64, pause=0.02))
-    console = Path(moving_vms.stats(vm_id)["consoleLog"])
+    vm_id = pooled_moving_vms.start(**guest_params(guest, slots=64, pause=0.02))
+    console = Path(pooled_moving_vms.stats(vm_id)["consoleLog"])
     wait_writes(console, 10)
-    m = Mover(moving_vms, vm_id, tmp_path)
+    m = Mover(pooled_moving_vms, vm_id, tmp_path)
     extra = [*(["--keep-source"] if keep else []), *([] if merge else ["--no-merge"])]
     before = wait_writes(console, 0)
     proc = m.run(*extra, json_output=True)
@@ -67,13 +71,14 @@ def test_move_under_guest_writes(
 
     wait_writes(console, wait_writes(console, 0) + 20)  # and it keeps writing on the destination
     chain = assert_on_destination(m, merged=merge, kept=keep)
-    leaf = Path(moving_vms.stats(vm_id)["disks"]["vda"]["path"])
+    leaf = Path(pooled_moving_vms.stats(vm_id)["disks"]["vda"]["path"])
     result = checker.check(leaf, "qcow2", console)
     assert result.ok, result.failures
     assert result.slots_verified == min(64, result.writes_logged)
     if keep:
         # The kept source is the disk as it was at the pivot: it missed what came after.
-        src_leaf = tmp_path / "src" / moving_vms.storage.sd / "images" / moving_vms.img / chain[-1]
+        st = pooled_moving_vms.storage
+        src_leaf = st.root / "src" / st.sd / "images" / pooled_moving_vms.img / chain[-1]
         if not merge:
             assert checker.check(src_leaf, "qcow2", console).failures
 
@@ -82,17 +87,19 @@ def test_move_under_guest_writes(
     assert again.returncode == 0 and "already in domain" in again.stdout, again.stderr
     resumed = m.resume()
     assert resumed.returncode == 0 and "nothing to resume" in resumed.stdout
-    assert world(moving_vms, vm_id)["chain"] == chain
+    assert world(pooled_moving_vms, vm_id)["chain"] == chain
 
 
-def test_human_output_dry_run_and_the_source_back(moving_vms: VmFixture, tmp_path: Path) -> None:
-    vm_id = moving_vms.start()
-    m = Mover(moving_vms, vm_id, tmp_path)
-    before = world(moving_vms, vm_id)
+def test_human_output_dry_run_and_the_source_back(
+    pooled_moving_vms: VmFixture, tmp_path: Path
+) -> None:
+    vm_id = pooled_moving_vms.start()
+    m = Mover(pooled_moving_vms, vm_id, tmp_path)
+    before = world(pooled_moving_vms, vm_id)
     plan = m.run("--dry-run")
     assert plan.returncode == 0, plan.stderr
     assert "data to copy: 24." in plan.stdout and "estimate: about" in plan.stdout
-    assert world(moving_vms, vm_id) == before and m.leftover_state() == []
+    assert world(pooled_moving_vms, vm_id) == before and m.leftover_state() == []
 
     done = m.run("--bandwidth", "100", "--sync-writes")
     assert done.returncode == 0, done.stderr
@@ -100,11 +107,11 @@ def test_human_output_dry_run_and_the_source_back(moving_vms: VmFixture, tmp_pat
         assert text in done.stdout
     assert_on_destination(m)
     # And back again: the same command towards the first domain.
-    back = m.run(dst=moving_vms.storage.sd)
+    back = m.run(dst=pooled_moving_vms.storage.sd)
     assert back.returncode == 0, back.stderr
-    assert world(moving_vms, vm_id)["domain"] == moving_vms.storage.sd
-    assert chain_of(moving_vms.stats(vm_id)) == m.chain and qemu_pid(vm_id) == m.pid
-    plan = m.run("--dry-run", dst=moving_vms.storage.sd2)
+    assert world(pooled_moving_vms, vm_id)["domain"] == pooled_moving_vms.storage.sd
+    assert chain_of(pooled_moving_vms.stats(vm_id)) == m.chain and qemu_pid(vm_id) == m.pid
+    plan = m.run("--dry-run", dst=pooled_moving_vms.storage.sd2)
     assert "measured moves" in plan.stdout  # the estimate now uses the measured rate
 
 
@@ -173,9 +180,11 @@ def test_preflight_refusals_change_nothing(
     assert proc.returncode == 1 and "is not known on" in proc.stderr
 
 
-def test_a_second_client_on_the_same_disk_is_refused(moving_vms: VmFixture, tmp_path: Path) -> None:
-    vm_id = moving_vms.start()
-    m = Mover(moving_vms, vm_id, tmp_path)
+def test_a_second_client_on_the_same_disk_is_refused(
+    pooled_moving_vms: VmFixture, tmp_path: Path
+) -> None:
+    vm_id = pooled_moving_vms.start()
+    m = Mover(pooled_moving_vms, vm_id, tmp_path)
     proc = m.start(**{TEST_PAUSE_AT: "clone"})
     proc.wait_paused()
     second = m.run()
@@ -189,8 +198,8 @@ def test_a_second_client_on_the_same_disk_is_refused(moving_vms: VmFixture, tmp_
 # --- every disk of a VM ---------------------------------------------------------------------------
 
 
-def test_all_disks_one_after_another(moving_vms: VmFixture, tmp_path: Path) -> None:
-    st = moving_vms.storage
+def test_all_disks_one_after_another(pooled_moving_vms: VmFixture, tmp_path: Path) -> None:
+    st = pooled_moving_vms.storage
     img2, vol2 = new_uuid(), new_uuid()
     st.create_volume(img2, vol2, fmt="RAW")
     first = {
@@ -198,24 +207,27 @@ def test_all_disks_one_after_another(moving_vms: VmFixture, tmp_path: Path) -> N
         "device": "disk",
         "domainID": st.sd,
         "poolID": st.sp,
-        "imageID": moving_vms.img,
-        "volumeID": moving_vms.leaf,
+        "imageID": pooled_moving_vms.img,
+        "volumeID": pooled_moving_vms.leaf,
         "iface": "virtio",
         "index": 0,
     }
     second = {**first, "imageID": img2, "volumeID": vol2, "index": 1}
-    vm_id = moving_vms.start(devices=[first, second])
-    m = Mover(moving_vms, vm_id, tmp_path)
+    vm_id = pooled_moving_vms.start(devices=[first, second])
+    m = Mover(pooled_moving_vms, vm_id, tmp_path)
+    # The other tests' images on the shared pool: they must stay where they are.
+    src_before, dst_before = images(pooled_moving_vms, st.sd), images(pooled_moving_vms, st.sd2)
+    assert {pooled_moving_vms.img, img2} <= set(src_before)
     proc = m.run(all_disks=True, json_output=True)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     events = [json.loads(line) for line in proc.stdout.splitlines()]
     notes = [e["message"] for e in events if e["event"] == "note"]
     assert "moving 2 disks one after another: vda, vdb" in notes
-    assert [e["imageID"] for e in events if e["event"] == "start"] == [moving_vms.img, img2]
-    stats = moving_vms.stats(vm_id)
+    assert [e["imageID"] for e in events if e["event"] == "start"] == [pooled_moving_vms.img, img2]
+    stats = pooled_moving_vms.stats(vm_id)
     assert {d["domainID"] for d in stats["disks"].values()} == {st.sd2}
     assert chain_of(stats, "vda") == m.chain and chain_of(stats, "vdb") == [vol2]
-    assert images(moving_vms, st.sd) == [] and sorted(images(moving_vms, st.sd2)) == sorted(
-        [moving_vms.img, img2]
-    )
+    moved = {pooled_moving_vms.img, img2}
+    assert sorted(images(pooled_moving_vms, st.sd)) == sorted(set(src_before) - moved)
+    assert sorted(images(pooled_moving_vms, st.sd2)) == sorted([*dst_before, *moved])
     assert m.leftover_state() == []

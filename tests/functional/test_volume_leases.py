@@ -6,6 +6,10 @@ real libvirt, real QEMU. "Held" is sanlock's own answer (``sanlock client status
 holds which resource), compared with the domain XML's ``<lease>`` list and vdsmd's record.
 vdsmd is also killed between each lease step and the step it guards (vdsm.crash_point), then
 restarted: the three must agree again.
+
+The tests that leave vdsmd running and its pool connected share one daemon and pool
+(``pooled_plain_vms``: the plain vdsmd, as ``leased_vdsmd``; an image and VMs of their own);
+those that kill vdsmd or disconnect the pool have a daemon and pool each.
 """
 
 from __future__ import annotations
@@ -73,8 +77,8 @@ def replicate(m: Migration, snap: str) -> tuple[dict[str, str], dict[str, str]]:
     return src, dst
 
 
-def test_leases_follow_the_disk_through_a_migration(leased_vms: VmFixture) -> None:
-    vms = leased_vms
+def test_leases_follow_the_disk_through_a_migration(pooled_plain_vms: VmFixture) -> None:
+    vms = pooled_plain_vms
     st = vms.storage
     vm_id = vms.start()
     qemu = qemu_pid(vm_id)
@@ -99,8 +103,8 @@ def test_leases_follow_the_disk_through_a_migration(leased_vms: VmFixture) -> No
     assert held_by(qemu) == {(st.sd2, snap)}
 
 
-def test_abort_gives_the_destination_lease_back(leased_vms: VmFixture) -> None:
-    vms = leased_vms
+def test_abort_gives_the_destination_lease_back(pooled_plain_vms: VmFixture) -> None:
+    vms = pooled_plain_vms
     st = vms.storage
     vm_id = vms.start()
     qemu = qemu_pid(vm_id)
@@ -113,8 +117,8 @@ def test_abort_gives_the_destination_lease_back(leased_vms: VmFixture) -> None:
     assert held_by(qemu) == {(st.sd, snap)} == xml_leases(vm_id)
 
 
-def test_live_merge_moves_the_lease_to_the_base(leased_vms: VmFixture) -> None:
-    vms = leased_vms
+def test_live_merge_moves_the_lease_to_the_base(pooled_plain_vms: VmFixture) -> None:
+    vms = pooled_plain_vms
     st = vms.storage
     vm_id = vms.start()
     qemu = qemu_pid(vm_id)
@@ -129,8 +133,8 @@ def test_live_merge_moves_the_lease_to_the_base(leased_vms: VmFixture) -> None:
     assert held_by(qemu) == {(st.sd, vms.base)} == xml_leases(vm_id)
 
 
-def test_a_volume_a_vm_writes_is_not_deleted(leased_vms: VmFixture) -> None:
-    vms = leased_vms
+def test_a_volume_a_vm_writes_is_not_deleted(pooled_plain_vms: VmFixture) -> None:
+    vms = pooled_plain_vms
     st = vms.storage
     vms.start()
     rpc = vms.daemon.xmlrpc()
@@ -235,12 +239,12 @@ def test_vdsmd_killed_at_each_lease_step(leased_vms: VmFixture, point: str) -> N
     assert qemu_pid(vm_id) == qemu  # the VM never stopped
 
 
-def test_a_volume_made_before_leases_gets_its_lease(leased_vms: VmFixture, tmp_path: Path) -> None:
+def test_a_volume_made_before_leases_gets_its_lease(pooled_plain_vms: VmFixture) -> None:
     """A volume whose ``.lease`` is empty (made before volume leases existed) has its lease
     formatted when a VM first needs it."""
-    vms = leased_vms
+    vms = pooled_plain_vms
     st = vms.storage
-    lease_file = tmp_path / "src" / st.sd / "images" / vms.img / f"{vms.leaf}.lease"
+    lease_file = st.root / "src" / st.sd / "images" / vms.img / f"{vms.leaf}.lease"
     assert lease_file.stat().st_size > 0
     lease_file.write_bytes(b"")
     vm_id = vms.start()
@@ -249,19 +253,19 @@ def test_a_volume_made_before_leases_gets_its_lease(leased_vms: VmFixture, tmp_p
 
 
 def test_replicate_refused_while_another_holds_the_destination_lease(
-    leased_vms: VmFixture, tmp_path: Path
+    pooled_plain_vms: VmFixture,
 ) -> None:
     """diskReplicateStart takes the destination leaf's lease before the mirror writes to it:
     held by another process (here the test itself, through the machine's sanlock daemon), it
     answers 55 with sanlock's reason and starts nothing; once free, the same call works."""
-    vms = leased_vms
+    vms = pooled_plain_vms
     st = vms.storage
     vm_id = vms.start()
     qemu = qemu_pid(vm_id)
     m = Migration(vms, vm_id)
     snap = m.live_snapshot()
     m.clone()
-    lease_file = tmp_path / "dst" / st.sd2 / "images" / vms.img / f"{snap}.lease"
+    lease_file = st.root / "dst" / st.sd2 / "images" / vms.img / f"{snap}.lease"
     deadline = time.monotonic() + 30  # the destination's lockspace joined (attached last)
     while not ok(m.rpc.repoStats()).get(st.sd2, {}).get("acquired"):
         assert time.monotonic() < deadline, "the destination's lockspace not joined"
