@@ -18,9 +18,9 @@ and writer: ``steady_seconds`` × 1.5 of writing before, then the whole migratio
 pivot, the sync of the internal volumes included): "during" is that span. Then the same in
 auto mode with the rate not adaptive (vdsmd restarted with --no-adaptive-copy-rate): what
 the governor buys the guest. Last, the idle guest: the same move with no writer, adaptive and
-not, in the order not-adaptive, adaptive, adaptive, not-adaptive (ABBA), ``repeat`` + 1
-blocks rounded to an even number of moves each: what the governor costs when there is
-nothing to yield to. The chain goes back and forth between the two domains, and a plain
+not, in blocks of not-adaptive, adaptive, adaptive, not-adaptive (ABBA), at least
+``repeat`` moves of each (two per block): what the governor costs when there is nothing to
+yield to. The chain goes back and forth between the two domains, and a plain
 alternation gave each daemon one direction only: in one run of this measure every adaptive
 move read its chain from the second domain and took 0.5 s longer, move after move. ABBA
 gives each daemon both directions, as many times each.
