@@ -7,8 +7,10 @@ must be: a copy still in the page cache is not a copy yet.
 
 from __future__ import annotations
 
+import mmap
 import os
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +64,69 @@ def cp_files(files: list[Path], out_dir: Path) -> float:
     for f in files:
         fsync(out_dir / f.name)
     return time.monotonic() - start
+
+
+def _data_extents(fd: int) -> list[tuple[int, int]]:
+    """(offset, length) of every allocated extent of the open file (SEEK_DATA/SEEK_HOLE)."""
+    size = os.fstat(fd).st_size
+    extents: list[tuple[int, int]] = []
+    offset = 0
+    while offset < size:
+        try:
+            start = os.lseek(fd, offset, os.SEEK_DATA)
+        except OSError:  # ENXIO: no data after offset
+            break
+        end = os.lseek(fd, start, os.SEEK_HOLE)
+        extents.append((start, end - start))
+        offset = end
+    return extents
+
+
+def _read_extents(path: Path, counted: list[int]) -> None:
+    chunk = 4 * MiB
+    buf = mmap.mmap(-1, chunk)  # page-aligned, as O_DIRECT needs
+    whole = memoryview(buf)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+    try:
+        total = 0
+        for start, length in _data_extents(fd):
+            # O_DIRECT offsets are block-aligned; an extent's start and end are.
+            offset, end = start, start + length
+            while offset < end:
+                n = os.preadv(fd, [whole[: min(chunk, end - offset)]], offset)
+                if n <= 0:
+                    break
+                total += n
+                offset += n
+        counted.append(total)
+    finally:
+        os.close(fd)
+        whole.release()
+        buf.close()
+
+
+def read_data(files: list[Path], *, at_once: bool) -> tuple[int, float]:
+    """(bytes, seconds) to read the allocated data of ``files`` with O_DIRECT, 4 MiB reads:
+    what the storage delivers of exactly the data a copy of them reads. ``at_once``: one
+    reader per file, all together (as the copies at once read a chain); else one file after
+    another."""
+    counted: list[int] = []
+    start = time.monotonic()
+    if at_once:
+        readers = [threading.Thread(target=_read_extents, args=(f, counted)) for f in files]
+        for t in readers:
+            t.start()
+        for t in readers:
+            t.join()
+    else:
+        for f in files:
+            _read_extents(f, counted)
+    seconds = time.monotonic() - start
+    if not files or len(counted) != len(files) or not sum(counted):
+        raise RuntimeError(
+            f"reading the data of {files} failed (no files, a reader failed, or no data)"
+        )
+    return sum(counted), seconds
 
 
 @dataclass(frozen=True)

@@ -219,6 +219,24 @@ def test_illegal_source_volume(src: FileStorageDomain, dst: FileStorageDomain) -
     assert not image.exists(dst, img)
 
 
+def test_of_two_unreadable_sources_the_first_in_the_chain_is_the_error(
+    src: FileStorageDomain, dst: FileStorageDomain
+) -> None:
+    """The volumes are mapped at once (copy_plan.plan_all); the error is still the first
+    volume's, in chain order, whichever qemu-img map fails first, and nothing is written."""
+    img = new_uuid()
+    chain = make_chain(src, img)
+    clone(src, dst, img)
+    for vol in chain[1:]:  # the two qcow2 layers: qemu-img map of either fails
+        vol.path.write_bytes(b"not an image")
+    first = chain[1]
+    dst_before = tree(dst.path)
+    with pytest.raises(SourceImageActionError, match=first.vol_uuid) as caught:
+        image_copy.sync_data(src, dst, img, "ALL", RecordingTask())
+    assert caught.value.code == 259
+    assert tree(dst.path) == dst_before
+
+
 # --- locks ------------------------------------------------------------------------------------
 
 

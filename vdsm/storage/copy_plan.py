@@ -8,6 +8,7 @@ refusal carries the contract's code: 2000, 268, 262, 259 (source), 260 (destinat
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -129,6 +130,20 @@ def plan(source: ChainEntry, twin: ChainEntry, target: Chain) -> VolumeCopy:
         raise SourceImageActionError(f"{src_vol.description_for_errors}: {e.detail}") from e
     size = qemuimg.allocated_bytes(extents, depth=0)
     return VolumeCopy(src_vol, src_md, dst_vol, dst_md, backing, backing_format, size)
+
+
+# qemu-img map processes run at once by plan_all: each takes ~10 ms, mostly its own start.
+PLAN_WORKERS = 8
+
+
+def plan_all(pairs: list[tuple[ChainEntry, ChainEntry]], target: Chain) -> list[VolumeCopy]:
+    """:func:`plan` for every (source, twin) pair, in order, the qemu-img maps at once: the
+    copy waits for all of them (three volumes: 36 ms one after another, into another device a
+    few percent of the whole sync). The first pair's error, in order, is raised."""
+    if len(pairs) < 2:
+        return [plan(source, twin, target) for source, twin in pairs]
+    with ThreadPoolExecutor(max_workers=min(PLAN_WORKERS, len(pairs))) as pool:
+        return list(pool.map(lambda pair: plan(pair[0], pair[1], target), pairs))
 
 
 def source_chain(domain: FileStorageDomain, img_uuid: str) -> Chain:

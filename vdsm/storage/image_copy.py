@@ -177,7 +177,7 @@ def sync_data(
         # the FIRST_LOOK the first copy would otherwise wait for (see _start_decision).
         governor.begin(rate.guest_io(), at=time.monotonic())
     mode, pairs, target = copy_plan.checked_sync(src, dst, img_uuid, sync_type)
-    copies = [copy_plan.plan(s, d, target) for s, d in pairs]
+    copies = copy_plan.plan_all(pairs, target)
     progress = Progress(ctx, sum(copy.size for copy in copies))
     log.info(
         "syncing %s of image %s: %d volumes, %d bytes", mode, img_uuid, len(copies), progress.total
